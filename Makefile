@@ -1,0 +1,39 @@
+# The README's two commands:
+#   make pipeline   set up .venv, then run the main job (train the quick model and evaluate it)
+#   make test       set up .venv, then run the test suite (what .ci/run calls)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch, found locally by pip on our machines; installing it first keeps pip
+# from resolving "torch" to the multi-GB CUDA build. Override on a GPU host: make TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+RUN_DIR ?= runs/quick-$(shell date +%Y%m%d-%H%M%S)
+
+# Default data: the shared MNIST folder beside the checkout when there is one; otherwise the
+# loader uses ~/.cache/capsnet/mnist and downloads the four files with SHA-256 checks.
+ifeq ($(CAPSNET_DATA_DIR),)
+ifneq ($(wildcard ../shared/datasets/mnist/*.gz),)
+export CAPSNET_DATA_DIR := $(abspath ../shared/datasets/mnist)
+endif
+endif
+
+.PHONY: setup pipeline test lint
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+pipeline: setup
+	$(BIN)/capsnet-train --profile quick --out $(RUN_DIR)
+	$(BIN)/capsnet-evaluate $(RUN_DIR)/best.pt
+
+test: setup
+	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .

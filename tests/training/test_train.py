@@ -1,0 +1,146 @@
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import REPO
+from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from training.evaluate import evaluate_checkpoint
+from training.train import train
+
+
+def run_train(config, out, data_dir, **kw):
+    return train(config, out, data_dir, progress=False, **kw)
+
+
+def test_short_run_writes_loadable_checkpoints_and_metrics(tiny_train_config, synthetic_data_dir, tmp_path):
+    summary = run_train(tiny_train_config, tmp_path / "run", synthetic_data_dir)
+    assert summary["epochs"] == 2 and summary["steps"] == 2 * (520 // 32)
+    assert not summary["interrupted"] and 0.0 <= summary["test_accuracy"] <= 1.0
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2]
+    assert lines[1]["train_loss"] < lines[0]["train_loss"]
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)  # plain data only
+    assert best["metrics"]["test_accuracy"] == summary["test_accuracy"]
+    assert best["train_config"]["variant"] == "tiny" and best["model_config"]["routing_iters"] == 3
+    assert best["class_names"] == [str(d) for d in range(10)]
+    model = model_from_checkpoint(best)
+    assert model(torch.rand(1, 1, 28, 28))[0].shape == (1, 10)
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_same_seed_same_loss_different_seed_different(tiny_train_config, synthetic_data_dir, tmp_path):
+    cfg = dataclasses.replace(tiny_train_config, epochs=1)
+    run_train(cfg, tmp_path / "a", synthetic_data_dir)
+    run_train(cfg, tmp_path / "b", synthetic_data_dir)
+    run_train(dataclasses.replace(cfg, seed=1), tmp_path / "c", synthetic_data_dir)
+    loss = {k: json.loads((tmp_path / k / "metrics.jsonl").read_text())["train_loss"] for k in "abc"}
+    assert loss["a"] == loss["b"]
+    assert loss["a"] != loss["c"]
+
+
+def test_resume_in_the_middle_matches_straight_run(tiny_train_config, synthetic_data_dir, tmp_path):
+    # 16 steps per epoch: stopping at 10 is mid-epoch, and 20 crosses the epoch boundary.
+    straight = dataclasses.replace(tiny_train_config, max_steps=20)
+    run_train(straight, tmp_path / "straight", synthetic_data_dir)
+    first = run_train(dataclasses.replace(straight, max_steps=10), tmp_path / "resumed", synthetic_data_dir)
+    assert first["interrupted"] and first["steps"] == 10
+    second = run_train(straight, tmp_path / "resumed", synthetic_data_dir, resume=True)
+    assert second["steps"] == 20
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    for name, tensor in a["model_state"].items():
+        assert torch.equal(tensor, b["model_state"][name]), name
+    assert a["optimizer_state"]["state"][0]["step"] == b["optimizer_state"]["state"][0]["step"]
+    metrics = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in metrics] == [1]
+
+
+def test_resume_refuses_a_different_run_config(tiny_train_config, synthetic_data_dir, tmp_path):
+    run_train(dataclasses.replace(tiny_train_config, max_steps=2), tmp_path / "run", synthetic_data_dir)
+    with pytest.raises(ValueError, match="cannot resume.*lr="):
+        run_train(dataclasses.replace(tiny_train_config, lr=0.1), tmp_path / "run", synthetic_data_dir,
+                  resume=True)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_train(tiny_train_config, tmp_path / "run", synthetic_data_dir)
+
+
+def test_truncated_checkpoint_is_a_clear_error(tiny_train_config, synthetic_data_dir, tmp_path):
+    run_train(dataclasses.replace(tiny_train_config, max_steps=1), tmp_path / "run", synthetic_data_dir)
+    data = (tmp_path / "run" / "last.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "cut.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_evaluate_writes_json_and_figures(tiny_train_config, synthetic_data_dir, tmp_path):
+    run_train(dataclasses.replace(tiny_train_config, epochs=1), tmp_path / "run", synthetic_data_dir)
+    result = evaluate_checkpoint(tmp_path / "run" / "best.pt", synthetic_data_dir)
+    saved = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    assert saved["num_images"] == 200 and saved["accuracy"] == result["accuracy"]
+    cm = torch.tensor(saved["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == 200
+    assert cm.diag().sum() == 200 - saved["errors"]
+    assert set(saved["per_class_accuracy"]) == {str(d) for d in range(10)}
+    fig4 = Image.open(tmp_path / "run" / "pose_perturbations.png")
+    assert fig4.size == (2 + 11 * 30, 2 + 8 * 30)  # 11 perturbations x 8 pose dims (tiny), 28+2 px tiles
+    assert Image.open(tmp_path / "run" / "reconstructions.png").size == (2 + 8 * 30, 2 + 8 * 30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "training.train", "--variant", "tiny", "--batch-size", "32",
+            "--val-size", "120", "--device", "cpu", "--no-progress", *args]
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_run_completes(synthetic_data_dir, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "training.train",
+           *cli("--out", str(tmp_path / "ddp"), "--data-dir", str(synthetic_data_dir), "--epochs", "1")[3:]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 rank(s)" in proc.stderr
+    ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert ckpt["step"] == 520 // 32 and ckpt["epoch"] == 1
+    assert not any(k.startswith("module.") for k in ckpt["model_state"])
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resume_continues(synthetic_data_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(cli("--out", str(out), "--data-dir", str(synthetic_data_dir), "--epochs", "500"),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (out / "last.pt").exists() and time.time() < deadline:  # first epoch done
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "SIGTERM" in stderr
+    stopped = load_checkpoint(out / "last.pt")
+    assert stopped["step"] >= 16
+    resumed = subprocess.run(cli("--out", str(out), "--data-dir", str(synthetic_data_dir), "--resume",
+                                 "--max-steps", str(stopped["step"] + 3)),
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert load_checkpoint(out / "last.pt")["step"] == stopped["step"] + 3

@@ -1,0 +1,132 @@
+"""Frozen configuration objects that travel with every checkpoint and export.
+
+`CapsNetConfig` describes the network; its defaults are the paper's MNIST CapsNet
+(Sabour, Frosst & Hinton 2017). `TrainConfig` describes one training run. Both turn
+into plain dicts (`to_dict`) for checkpoints and ONNX metadata, and back (`from_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CapsNetConfig:
+    """Architecture of a CapsNet. Defaults: the paper's MNIST network (8,215,568 parameters)."""
+
+    image_size: int = 28
+    in_channels: int = 1
+    conv1_channels: int = 256
+    conv1_kernel: int = 9
+    primary_types: int = 32  # "32 channels of convolutional 8D capsules"
+    primary_dim: int = 8
+    primary_kernel: int = 9
+    primary_stride: int = 2
+    num_classes: int = 10
+    digit_dim: int = 16
+    routing_iters: int = 3
+    decoder_hidden: tuple[int, ...] = (512, 1024)
+
+    def __post_init__(self) -> None:
+        if self.routing_iters < 1:
+            raise ValueError(f"routing_iters must be >= 1, got {self.routing_iters}")
+        if self.primary_grid < 1:
+            raise ValueError(
+                f"image_size {self.image_size} is too small for conv1_kernel {self.conv1_kernel} "
+                f"and primary_kernel {self.primary_kernel}"
+            )
+        # JSON round trips turn tuples into lists; keep the frozen object hashable.
+        object.__setattr__(self, "decoder_hidden", tuple(self.decoder_hidden))
+
+    @property
+    def primary_grid(self) -> int:
+        """Side of the PrimaryCaps feature map (6 for the paper's 28x28 input)."""
+        conv1_out = self.image_size - self.conv1_kernel + 1
+        return (conv1_out - self.primary_kernel) // self.primary_stride + 1
+
+    @property
+    def num_primary(self) -> int:
+        """Number of primary capsules N_in (1152 for the paper's network)."""
+        return self.primary_types * self.primary_grid**2
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["decoder_hidden"] = list(self.decoder_hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CapsNetConfig:
+        return cls(**_known_fields(cls, d))
+
+
+# Named variants share one code path; only the widths differ.
+VARIANTS: dict[str, CapsNetConfig] = {
+    # The paper's network, exactly.
+    "paper": CapsNetConfig(),
+    # CPU demo size: trains to ~99% on MNIST in minutes on two cores.
+    "small": CapsNetConfig(conv1_channels=64, primary_types=8, decoder_hidden=(256, 512)),
+    # Unit tests: a few thousand parameters, same geometry.
+    "tiny": CapsNetConfig(conv1_channels=8, primary_types=2, primary_dim=4, digit_dim=8,
+                          decoder_hidden=(16, 32)),
+}
+
+
+def variant_config(name: str, **overrides: Any) -> CapsNetConfig:
+    """The named variant's config with optional field overrides (e.g. routing_iters=2)."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown model variant {name!r}; choose one of {sorted(VARIANTS)}")
+    return dataclasses.replace(VARIANTS[name], **overrides)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Everything that changes the resulting weights lives here."""
+
+    variant: str = "paper"
+    routing_iters: int = 3
+    dataset: str = "mnist"
+    epochs: int = 50
+    batch_size: int = 128  # global batch; split across DDP ranks
+    lr: float = 1e-3
+    lr_decay: float = 0.96  # multiplied into the learning rate once per epoch, applied per step
+    val_size: int = 5000  # carved from the end of the training set
+    max_shift: int = 2  # random translation in pixels, training only
+    recon_weight: float = 0.0005
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = False  # bf16 autocast, CUDA only
+    max_steps: int | None = None  # stop early after this many optimizer steps (resume continues)
+    eval_batch_size: int = 500
+    # Train data limit (None = all). For tests and smoke runs only.
+    train_limit: int | None = None
+
+    def model_config(self) -> CapsNetConfig:
+        return variant_config(self.variant, routing_iters=self.routing_iters)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return cls(**_known_fields(cls, d))
+
+
+# Fields that may differ between a run and its resumption (they only say how far to go).
+RESUMABLE_OVERRIDES = ("epochs", "max_steps", "device", "eval_batch_size")
+
+PROFILES: dict[str, TrainConfig] = {
+    # The README's main job: a CPU run of a few minutes that still clears 98.5% on MNIST.
+    "quick": TrainConfig(variant="small", epochs=5, lr_decay=0.6),
+    # The paper's schedule, meant for a GPU.
+    "paper": TrainConfig(variant="paper", epochs=50, lr_decay=0.96),
+}
+
+
+def _known_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return dict(d)

@@ -1,0 +1,184 @@
+"""MNIST / Fashion-MNIST: where the files are, fetching them with checksums, splits, augmentation.
+
+No network access happens at import time; `ensure_dataset` downloads only files that are missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from training.fileio import atomic_path
+from training.idx import IMAGE_MAGIC, LABEL_MAGIC, IDXError, read_idx
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "CAPSNET_DATA_DIR"
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    class_names: tuple[str, ...]
+    sha256: dict[str, str]  # file name -> SHA-256 of the original gzip file
+    mirrors: tuple[str, ...]  # base URLs, tried in order
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        class_names=tuple(str(d) for d in range(10)),
+        sha256={
+            "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        },
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        ),
+    ),
+    "fashion-mnist": DatasetSpec(
+        name="fashion-mnist",
+        class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        sha256={
+            "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        },
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    ),
+}
+
+
+class DataUnavailableError(RuntimeError):
+    """The dataset files are neither on disk nor downloadable."""
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[name]
+
+
+def resolve_data_dir(dataset: str, data_dir: str | Path | None = None) -> Path:
+    """`data_dir` if given, else $CAPSNET_DATA_DIR, else ~/.cache/capsnet/<dataset>.
+
+    The directory is the one holding the four .gz files of that dataset.
+    """
+    if data_dir:
+        return Path(data_dir).expanduser()
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "capsnet" / dataset
+
+
+def download_file(url: str, dest: Path, sha256: str, timeout: float = 30.0) -> None:
+    """Download `url` to `dest` atomically, keeping it only if its SHA-256 matches.
+
+    Raises urllib.error.URLError / OSError on network failure and ValueError on a checksum
+    mismatch; in every failure no file (partial or wrong) is left at `dest`.
+    """
+    with atomic_path(dest) as tmp:
+        h = hashlib.sha256()
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                h.update(chunk)
+                out.write(chunk)
+        if h.hexdigest() != sha256:
+            raise ValueError(f"checksum mismatch for {url}: got sha256 {h.hexdigest()}, expected {sha256}")
+
+
+def ensure_dataset(dataset: str, data_dir: str | Path | None = None,
+                   mirrors: tuple[str, ...] | None = None) -> Path:
+    """Make sure the four files of `dataset` are in its data directory; download missing ones.
+
+    Returns the directory. Raises DataUnavailableError, naming the directory and the files to
+    put there, when a file is missing and no mirror delivers a verified copy.
+    """
+    spec = dataset_spec(dataset)
+    directory = resolve_data_dir(dataset, data_dir)
+    missing = [name for name in spec.sha256 if not (directory / name).is_file()]
+    for name in missing:
+        errors = []
+        for base in mirrors or spec.mirrors:
+            url = base.rstrip("/") + "/" + name
+            log.info("downloading %s", url)
+            try:
+                download_file(url, directory / name, spec.sha256[name])
+                break
+            except (OSError, ValueError, urllib.error.URLError) as e:
+                errors.append(f"  {url}: {e}")
+        else:
+            raise DataUnavailableError(
+                f"{dataset}: {name} is missing from {directory} and could not be downloaded:\n"
+                + "\n".join(errors)
+                + f"\nPut the four files {sorted(spec.sha256)} in {directory}, or point "
+                f"--data-dir or ${DATA_DIR_ENV} at the folder that holds them."
+            )
+    return directory
+
+
+def load_split(dataset: str, split: str, data_dir: str | Path | None = None) -> tuple[Tensor, Tensor]:
+    """Images uint8 [N, 1, 28, 28] and labels int64 [N] of the 'train' or 'test' split."""
+    directory = ensure_dataset(dataset, data_dir)
+    image_file, label_file = SPLIT_FILES[split]
+    images = read_idx(directory / image_file, IMAGE_MAGIC)
+    labels = read_idx(directory / label_file, LABEL_MAGIC)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise IDXError(
+            f"{directory}: {split} images {images.shape} and labels {labels.shape} do not match"
+        )
+    n_classes = len(dataset_spec(dataset).class_names)
+    if labels.size and labels.max() >= n_classes:
+        raise IDXError(f"{directory / label_file}: label {labels.max()} outside 0..{n_classes - 1}")
+    return (torch.from_numpy(images.copy()).unsqueeze(1),
+            torch.from_numpy(labels.astype(np.int64)))
+
+
+def train_val_split(images: Tensor, labels: Tensor, val_size: int
+                    ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """Carve the validation split from the end of the training set: ((train), (val))."""
+    if not 0 < val_size < len(images):
+        raise ValueError(f"val_size must be between 1 and {len(images) - 1}, got {val_size}")
+    cut = len(images) - val_size
+    return (images[:cut], labels[:cut]), (images[cut:], labels[cut:])
+
+
+def to_float(images: Tensor) -> Tensor:
+    """uint8 [B, 1, H, W] -> float32 in [0, 1]."""
+    return images.float().div_(255.0)
+
+
+def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
+    """Translate each image by an independent random (dy, dx) in [-max_shift, max_shift], zero-filled.
+
+    images: [B, C, H, W] -> [B, C, H, W], same dtype and device.
+    """
+    if max_shift == 0:
+        return images
+    b, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4)
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator)
+    rows = (torch.arange(h).unsqueeze(0) + offsets[0].unsqueeze(1)).to(images.device)  # [B, H]
+    cols = (torch.arange(w).unsqueeze(0) + offsets[1].unsqueeze(1)).to(images.device)  # [B, W]
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    # padded[b, :, rows[b, y], cols[b, x]] for every y, x: [B, H, W, C] -> [B, C, H, W]
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)

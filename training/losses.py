@@ -1,0 +1,28 @@
+"""Margin loss and reconstruction loss of the paper (section 3 and 4.1)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+M_PLUS = 0.9
+M_MINUS = 0.1
+LAMBDA = 0.5
+
+
+def margin_loss(lengths: Tensor, labels: Tensor) -> Tensor:
+    """Mean over the batch of sum_k T_k max(0, m+ - |v_k|)^2 + lambda (1 - T_k) max(0, |v_k| - m-)^2.
+
+    Args:
+        lengths: capsule lengths |v_k| [B, N_out].
+        labels: true classes [B] (int64).
+    """
+    targets = torch.nn.functional.one_hot(labels, lengths.shape[1]).to(lengths.dtype)
+    present = targets * torch.relu(M_PLUS - lengths) ** 2
+    absent = LAMBDA * (1.0 - targets) * torch.relu(lengths - M_MINUS) ** 2
+    return (present + absent).sum(dim=1).mean()
+
+
+def reconstruction_loss(reconstruction: Tensor, images: Tensor, weight: float = 0.0005) -> Tensor:
+    """weight x sum of squared pixel errors per image, averaged over the batch. Both [B, C, H, W]."""
+    return weight * ((reconstruction - images) ** 2).flatten(1).sum(dim=1).mean()
