@@ -3,35 +3,22 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from training.config import TrainConfig
-from training.data import SPLIT_FILES
+from training.data import SPLIT_FILES, synthetic_digits
 from training.idx import write_idx
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
-
-
-def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Digit-like uint8 images [n, 28, 28]: class k is a bright bar whose position and angle
-    depend on k, plus noise. Learnable in a few steps, so tests can check that loss falls."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    yy, xx = np.mgrid[0:28, 0:28]
-    images = np.zeros((n, 28, 28), dtype=np.float32)
-    for k in range(10):
-        angle = np.pi * k / 10
-        dist = np.abs((yy - 14) * np.cos(angle) - (xx - 14) * np.sin(angle))
-        images[labels == k] = np.exp(-dist**2 / 4.0) * ((yy - 14) ** 2 + (xx - 14) ** 2 < 100)
-    images += 0.1 * rng.random(images.shape)
-    return (np.clip(images, 0, 1) * 255).astype(np.uint8), labels
+# BentoML reads its home once per process: give the whole session a private, empty model store.
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="capsnet-test-bentoml-")
 
 
 def write_dataset(directory: Path, n_train: int = 640, n_test: int = 200) -> Path:

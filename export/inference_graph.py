@@ -1,0 +1,41 @@
+"""The module that gets exported: images in, the chosen outputs out, no branches at run time."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from training.model import CapsNet, capsule_length
+
+ALL_OUTPUTS = ("probabilities", "poses", "reconstruction", "routing")
+
+
+class InferenceGraph(nn.Module):
+    """The exported module: images -> the chosen outputs, branch-free (choices fixed at build time).
+
+    image [B, 1, 28, 28] float32 in [0, 1] ->
+        probabilities  [B, N_out]            capsule lengths
+        poses          [B, N_out, D_out]
+        reconstruction [B, 1, 28, 28]        decoder masked by the predicted class (optional)
+        routing        [B, N_in, N_out]      final coupling coefficients (optional)
+    With `dtype=torch.float16` the network runs in half precision; inputs and outputs stay float32.
+    """
+
+    def __init__(self, model: CapsNet, outputs: tuple[str, ...] = ("probabilities", "poses"),
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        unknown = set(outputs) - set(ALL_OUTPUTS)
+        if unknown or outputs[:2] != ("probabilities", "poses"):
+            raise ValueError(f"outputs must start with probabilities, poses; unknown: {sorted(unknown)}")
+        self.model = model.eval().to(dtype)
+        self.outputs = outputs
+        self.dtype = dtype
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        poses, coupling = self.model.encode(image.to(self.dtype))
+        produced = {"probabilities": capsule_length(poses), "poses": poses}
+        if "reconstruction" in self.outputs:
+            produced["reconstruction"] = self.model.reconstruct(poses)
+        if "routing" in self.outputs:
+            produced["routing"] = coupling
+        return tuple(produced[name].float() for name in self.outputs)

@@ -1,0 +1,184 @@
+"""`capsnet-export CHECKPOINT -o DIR`: ONNX export with routing unrolled, parity proven, registered.
+
+`export_onnx` writes model.onnx (and model.fp16.onnx with --fp16), parity.json and config.json
+into DIR. It builds everything in a staging folder inside DIR and moves the files in only after
+parity passes, so a failed export leaves DIR as it was and registers nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from export.inference_graph import InferenceGraph
+from export.parity import (
+    METADATA_PREFIX,
+    UnusableInputError,
+    failure_summary,
+    library_versions,
+    parity_summary,
+    verify_parity,
+)
+from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from training.fileio import sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+CONTROL_FLOW = {"Loop", "If", "Scan"}
+
+
+class ParityError(RuntimeError):
+    """The exported graph does not compute what the checkpoint computes."""
+
+
+def export_graph(graph: InferenceGraph, path: Path, metadata: dict[str, Any], opset: int = OPSET) -> None:
+    """Export `graph` to one self-contained ONNX file with a dynamic batch axis and metadata."""
+    example = torch.rand(2, 1, graph.model.config.image_size, graph.model.config.image_size)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    # optimize=False: the onnxscript optimizer in onnxscript 0.7 deletes `x + 1e-8` as if it were
+    # `x + 0`, which turns squash into 0 * inf = NaN at a zero vector (ONNX Runtime optimizes the
+    # graph itself, numerically exactly, when it loads it).
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, (example,), str(path), input_names=["image"],
+                          output_names=list(graph.outputs), dynamic_shapes={"image": {0: batch}},
+                          opset_version=opset, dynamo=True, external_data=False, optimize=False)
+    model = onnx.load(str(path))
+    found = CONTROL_FLOW & {n.op_type for n in model.graph.node}
+    if found:
+        raise RuntimeError(f"exported graph has control flow {sorted(found)}; routing must be unrolled")
+    if path.with_name(path.name + ".data").exists():
+        raise RuntimeError("exporter wrote external weights; the contract is one self-contained file")
+    model.doc_string = ("CapsNet (Sabour et al. 2017). Input 'image' float32 [batch,1,28,28] in [0,1]. "
+                        f"Outputs: {', '.join(graph.outputs)}.")
+    for key, value in metadata.items():
+        model.metadata_props.add(key=METADATA_PREFIX + key, value=json.dumps(value))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruction: bool = False,
+                with_routing: bool = False, fp16: bool = False, routing_iters: int | None = None,
+                data_dir: str | Path | None = None, limit: int | None = None,
+                opset: int = OPSET) -> dict[str, Any]:
+    """Export a checkpoint, prove parity and move model.onnx, parity.json, config.json into out_dir.
+
+    `routing_iters` unrolls a different number of iterations than the checkpoint was trained with
+    (parity is then proven against the checkpoint's weights at that depth, and capsnet-verify
+    against the checkpoint itself will fail, as it should).
+    Raises ParityError (nothing written) when any parity section fails.
+    Returns {"dir", "files", "parity": report, "config": config.json content}.
+    """
+    checkpoint = Path(checkpoint)
+    out_dir = Path(out_dir)
+    ckpt = load_checkpoint(checkpoint)
+    if routing_iters is not None:
+        ckpt = {**ckpt, "model_config": {**ckpt["model_config"], "routing_iters": routing_iters}}
+    outputs = ("probabilities", "poses") + (("reconstruction",) if with_reconstruction else ()) \
+        + (("routing",) if with_routing else ())
+    config = {
+        "model_config": ckpt["model_config"],
+        "class_names": ckpt["class_names"],
+        "routing_iters": ckpt["model_config"]["routing_iters"],
+        "train_config": ckpt["train_config"],
+        "train_metrics": ckpt["metrics"],
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "opset": opset,
+        "input": {"name": "image", "dtype": "float32", "shape": ["batch", 1, 28, 28], "range": [0.0, 1.0]},
+        "outputs": list(outputs),
+        "versions": library_versions(),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    try:
+        # The parity check compares against a checkpoint file; with an override, stage one.
+        reference_ckpt = checkpoint
+        if routing_iters is not None:
+            reference_ckpt = staging / "reference.pt"
+            torch.save(ckpt, reference_ckpt)
+        files = {"model.onnx": torch.float32}
+        if fp16:
+            files["model.fp16.onnx"] = torch.float16
+        sections = []
+        for name, dtype in files.items():
+            precision = "fp16" if dtype == torch.float16 else "fp32"
+            log.info("exporting %s (%s, opset %d, outputs %s)", name, precision, opset, ", ".join(outputs))
+            export_graph(InferenceGraph(model_from_checkpoint(ckpt), outputs, dtype), staging / name,
+                         {**config, "precision": precision}, opset)
+            log.info("verifying parity of %s", name)
+            report = verify_parity(staging / name, reference_ckpt, data_dir=data_dir, limit=limit)
+            sections.append(report)
+            if not report["passed"]:
+                raise ParityError(f"{name} does not match {checkpoint}:\n{failure_summary(report)}")
+        parity = {**sections[0], "checkpoint": str(checkpoint), "checkpoint_sha256": config["checkpoint_sha256"],
+                  "sections": [s for r in sections for s in r["sections"]],
+                  "models": {r["onnx_model"]: r["onnx_sha256"] for r in sections}}
+        parity["passed"] = all(r["passed"] for r in sections)
+        write_json(staging / "parity.json", parity)
+        write_json(staging / "config.json", config)
+        for name in [*files, "parity.json", "config.json"]:
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"dir": str(out_dir), "files": [*files, "parity.json", "config.json"], "parity": parity,
+            "config": config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(prog="capsnet-export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a .pt written by capsnet-train (usually RUN/best.pt)")
+    p.add_argument("-o", "--out", required=True, help="folder for model.onnx, parity.json, config.json")
+    p.add_argument("--with-reconstruction", action="store_true",
+                   help="add output 'reconstruction' [batch,1,28,28] (decoder masked by the predicted class)")
+    p.add_argument("--with-routing", action="store_true",
+                   help="add output 'routing': final coupling coefficients [batch,N_in,10]")
+    p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (float16 inside, "
+                                                       "float32 in/out) with its own parity section")
+    p.add_argument("--routing-iters", type=int, help="unroll this many routing iterations instead of "
+                                                     "the checkpoint's (for experiments)")
+    p.add_argument("--data-dir", help="MNIST folder for the parity images (default: $CAPSNET_DATA_DIR); "
+                                      "without one, synthetic digits are used")
+    p.add_argument("--limit", type=int, help="parity on the first N test images only (default: all)")
+    p.add_argument("--opset", type=int, default=OPSET)
+    p.add_argument("--register", action=argparse.BooleanOptionalAction, default=True,
+                   help="store the export in the BentoML model store (default: on)")
+    p.add_argument("--name", default="capsnet-mnist", help="BentoML model name (default: capsnet-mnist)")
+    args = p.parse_args(argv)
+    try:
+        result = export_onnx(args.checkpoint, args.out, with_reconstruction=args.with_reconstruction,
+                             with_routing=args.with_routing, fp16=args.fp16,
+                             routing_iters=args.routing_iters, data_dir=args.data_dir, limit=args.limit,
+                             opset=args.opset)
+    except ParityError as e:
+        log.error("parity FAILED, nothing written or registered:\n%s", e)
+        return 1
+    except (CheckpointError, UnusableInputError, ValueError, OSError) as e:
+        log.error("%s", e)
+        return 2
+    print(json.dumps(parity_summary(result["parity"]), indent=2))
+    if args.register:
+        from export.registry import register_export
+
+        tag = register_export(args.out, args.name)
+        print(f"registered BentoML model {tag}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Registration of an export in the BentoML model store, and finding it again."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import bentoml
+
+from export.parity import parity_summary
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAME = "capsnet-mnist"
+ARTIFACTS = ("model.onnx", "model.fp16.onnx", "parity.json", "config.json")
+
+
+def register_export(export_dir: str | Path, name: str = DEFAULT_NAME) -> str:
+    """Store the ONNX file(s), parity.json and config.json of `export_dir` as a BentoML model.
+
+    Refuses an export whose parity did not pass. The model's metadata carries the model config,
+    class names, routing iterations, training metrics and the parity summary; BentoML only
+    saves the model if this block completes. Returns the tag, e.g. 'capsnet-mnist:abc123'.
+    """
+    export_dir = Path(export_dir)
+    for required in ("model.onnx", "parity.json", "config.json"):
+        if not (export_dir / required).is_file():
+            raise FileNotFoundError(f"{export_dir / required} missing: run capsnet-export first")
+    parity = json.loads((export_dir / "parity.json").read_text())
+    if not parity.get("passed"):
+        raise ValueError(f"{export_dir}/parity.json says parity failed; refusing to register")
+    config = json.loads((export_dir / "config.json").read_text())
+    metrics = config.get("train_metrics", {})
+    labels = {
+        "stage": "exported",
+        "dataset": config["train_config"]["dataset"],
+        "variant": config["train_config"]["variant"],
+        "parity": "passed",
+        "routing_iters": str(config["routing_iters"]),
+    }
+    metadata = {
+        "model_config": config["model_config"],
+        "class_names": config["class_names"],
+        "routing_iters": config["routing_iters"],
+        "outputs": config["outputs"],
+        "opset": config["opset"],
+        "val_accuracy": metrics.get("best_val_accuracy"),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "checkpoint_sha256": config["checkpoint_sha256"],
+        "parity": parity_summary(parity),
+        "versions": config["versions"],
+    }
+    metadata = {k: v for k, v in metadata.items() if v is not None}  # BentoML rejects None
+    with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
+        for artifact in ARTIFACTS:
+            if (export_dir / artifact).is_file():
+                shutil.copy2(export_dir / artifact, model.path_of(artifact))
+    log.info("registered %s", model.tag)
+    return str(model.tag)

@@ -1,0 +1,184 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+import export.parity as parity
+from export.onnx_export import CONTROL_FLOW, ParityError, export_onnx
+from export.onnx_export import main as export_main
+from export.parity import degenerate_images, read_metadata, verify_parity
+from export.parity import main as verify_main
+from training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, synthetic_data_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export")
+    export_onnx(tiny_checkpoint, out, with_reconstruction=True, with_routing=True, data_dir=synthetic_data_dir)
+    return out
+
+
+def session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_export_writes_one_self_contained_graph_without_control_flow(exported):
+    assert sorted(p.name for p in exported.iterdir()) == ["config.json", "model.onnx", "parity.json"]
+    model = onnx.load(str(exported / "model.onnx"))
+    assert not CONTROL_FLOW & {n.op_type for n in model.graph.node}
+    (image,) = model.graph.input
+    dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
+    assert image.name == "image" and isinstance(dims[0], str) and dims[1:] == [1, 28, 28]
+    assert [o.name for o in model.graph.output] == ["probabilities", "poses", "reconstruction", "routing"]
+    meta = read_metadata(model)
+    assert meta["routing_iters"] == 3 and meta["class_names"] == [str(d) for d in range(10)]
+    assert meta["opset"] == 18 and meta["precision"] == "fp32" and "torch" in meta["versions"]
+    assert len(meta["checkpoint_sha256"]) == 64 and "best_val_accuracy" in meta["train_metrics"]
+
+
+def test_parity_json_records_what_was_compared(exported):
+    report = json.loads((exported / "parity.json").read_text())
+    assert report["passed"]
+    assert report["inputs"]["degenerate"] == ["all_black", "all_white", "single_pixel", "noise"]
+    (section,) = report["sections"]
+    assert section["tolerance"] == {"rtol": 1e-4, "atol": 1e-5}
+    assert sorted(section["batch_sizes"], key=int) == ["1", "7", "64", "256"]
+    for result in section["batch_sizes"].values():
+        assert result["argmax_agreement"] == 1.0
+        for check in result["outputs"].values():
+            assert check["shape_ok"] and check["dtype_ok"] and check["finite"] and check["violations"] == 0
+    assert {"torch", "onnx", "onnxruntime"} <= set(report["versions"])
+
+
+def test_graph_takes_batch_1_and_256_and_stays_finite_on_degenerate_images(exported):
+    s = session(exported / "model.onnx")
+    for batch in (1, 256):
+        probs, poses, recon, routing = s.run(None, {"image": np.random.rand(batch, 1, 28, 28).astype(np.float32)})
+        assert probs.shape == (batch, 10) and poses.shape == (batch, 10, 8)
+        assert recon.shape == (batch, 1, 28, 28) and routing.shape == (batch, 72, 10)
+        np.testing.assert_allclose(routing.sum(axis=2), 1.0, rtol=1e-5)
+    for name, image in degenerate_images().items():
+        outputs = s.run(None, {"image": image})
+        assert all(np.isfinite(o).all() for o in outputs), name
+
+
+def test_squash_of_a_zero_vector_is_finite_in_the_exported_graph(tiny_checkpoint, synthetic_data_dir, tmp_path):
+    # Zero biases + a black image make every capsule exactly zero: squash(0) must give 0, not NaN.
+    ckpt = load_checkpoint(tiny_checkpoint)
+    for name in ("conv1.bias", "primary.bias"):
+        ckpt["model_state"][name].zero_()
+    save_checkpoint(tmp_path / "zero.pt", ckpt)
+    export_onnx(tmp_path / "zero.pt", tmp_path / "out", data_dir=synthetic_data_dir, limit=16)
+    probs, poses = session(tmp_path / "out" / "model.onnx").run(None, {"image": np.zeros((1, 1, 28, 28), np.float32)})
+    assert np.isfinite(probs).all() and np.isfinite(poses).all()
+    assert np.abs(poses).max() == 0.0
+
+
+def test_fp16_export_has_its_own_looser_section(tiny_checkpoint, synthetic_data_dir, tmp_path):
+    result = export_onnx(tiny_checkpoint, tmp_path, fp16=True, data_dir=synthetic_data_dir, limit=64)
+    assert (tmp_path / "model.fp16.onnx").is_file()
+    precisions = {s["precision"]: s for s in result["parity"]["sections"]}
+    assert precisions["fp16"]["tolerance"] == {"rtol": 1e-2, "atol": 1e-3} and precisions["fp16"]["passed"]
+    s = session(tmp_path / "model.fp16.onnx")
+    assert s.get_inputs()[0].type == "tensor(float)" and s.get_outputs()[0].type == "tensor(float)"
+    initializers = onnx.load(str(tmp_path / "model.fp16.onnx")).graph.initializer
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in initializers)
+
+
+def test_verify_cli_passes_on_a_good_export(exported, tiny_checkpoint, synthetic_data_dir, tmp_path):
+    code = verify_main([str(exported / "model.onnx"), "--checkpoint", str(tiny_checkpoint),
+                        "--data-dir", str(synthetic_data_dir), "--report", str(tmp_path / "r.json")])
+    assert code == 0
+    assert json.loads((tmp_path / "r.json").read_text())["passed"]
+
+
+def test_verify_fails_for_other_routing_depth(tiny_checkpoint, synthetic_data_dir, tmp_path):
+    export_onnx(tiny_checkpoint, tmp_path, routing_iters=2, data_dir=synthetic_data_dir, limit=32)
+    assert read_metadata(onnx.load(str(tmp_path / "model.onnx")))["routing_iters"] == 2
+    code = verify_main([str(tmp_path / "model.onnx"), "--checkpoint", str(tiny_checkpoint),
+                        "--data-dir", str(synthetic_data_dir), "--limit", "32"])
+    assert code == 1
+
+
+def test_verify_fails_when_one_weight_changed(exported, tiny_checkpoint, synthetic_data_dir, tmp_path):
+    model = onnx.load(str(exported / "model.onnx"))
+    weights = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    array = numpy_helper.to_array(weights).copy()
+    array.flat[0] += 0.5
+    weights.CopyFrom(numpy_helper.from_array(array, weights.name))
+    onnx.save(model, str(tmp_path / "tampered.onnx"))
+    report = verify_parity(tmp_path / "tampered.onnx", tiny_checkpoint, data_dir=synthetic_data_dir, limit=64)
+    assert not report["passed"]
+    assert "outside rtol" in parity.failure_summary(report)
+    assert verify_main([str(tmp_path / "tampered.onnx"), "--checkpoint", str(tiny_checkpoint),
+                        "--data-dir", str(synthetic_data_dir), "--limit", "64"]) == 1
+
+
+def test_verify_unusable_inputs_exit_2(exported, tiny_checkpoint, synthetic_data_dir, tmp_path):
+    data = (exported / "model.onnx").read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    ckpt = tiny_checkpoint.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(ckpt[: len(ckpt) // 2])
+    other = load_checkpoint(tiny_checkpoint)
+    other["model_config"] = {**other["model_config"], "digit_dim": 16}
+    other["model_state"] = {k: v for k, v in other["model_state"].items()}
+    torch.save(other, tmp_path / "other.pt")
+    args = ["--data-dir", str(synthetic_data_dir), "--limit", "8"]
+    onnx_file, good_ckpt = str(exported / "model.onnx"), str(tiny_checkpoint)
+    assert verify_main([str(tmp_path / "cut.onnx"), "--checkpoint", good_ckpt, *args]) == 2
+    assert verify_main([onnx_file, "--checkpoint", str(tmp_path / "cut.pt"), *args]) == 2
+    assert verify_main([str(tmp_path / "missing.onnx"), "--checkpoint", good_ckpt, *args]) == 2
+    assert verify_main([onnx_file, "--checkpoint", str(tmp_path / "other.pt"), *args]) == 2
+
+
+def test_failed_parity_leaves_nothing_and_registers_nothing(tiny_checkpoint, synthetic_data_dir, tmp_path,
+                                                            monkeypatch):
+    import bentoml
+
+    def perturbed(ckpt):
+        model = model_from_checkpoint(ckpt)
+        with torch.no_grad():
+            model.digit_weights.mul_(1.5)
+        return model
+
+    monkeypatch.setattr(parity, "model_from_checkpoint", perturbed)
+    before = {str(m.tag) for m in bentoml.models.list()}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("user file")
+    with pytest.raises(ParityError, match="'probabilities'.*worst at"):
+        export_onnx(tiny_checkpoint, tmp_path / "out", data_dir=synthetic_data_dir, limit=16)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+    code = export_main([str(tiny_checkpoint), "-o", str(tmp_path / "out"), "--data-dir",
+                        str(synthetic_data_dir), "--limit", "16"])
+    assert code == 1
+    assert {str(m.tag) for m in bentoml.models.list()} == before
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
+def test_register_stores_model_with_parity_metadata(tiny_checkpoint, synthetic_data_dir, tmp_path, capsys):
+    import bentoml
+
+    code = export_main([str(tiny_checkpoint), "-o", str(tmp_path), "--data-dir", str(synthetic_data_dir),
+                        "--limit", "16", "--name", "capsnet-test"])
+    assert code == 0
+    tag = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    model = bentoml.models.get(tag)
+    assert model.tag.name == "capsnet-test"
+    assert model.info.labels["parity"] == "passed" and model.info.labels["routing_iters"] == "3"
+    assert model.info.metadata["parity"]["passed"] is True
+    assert model.info.metadata["parity"]["sections"][0]["argmax_agreement"] == 1.0
+    for name in ("model.onnx", "parity.json", "config.json"):
+        assert Path(model.path_of(name)).is_file()
+
+
+@pytest.mark.skipif(not parity.cuda_usable(), reason="needs a CUDA GPU with onnxruntime-gpu")
+@pytest.mark.gpu
+def test_cuda_parity_section(exported):
+    report = json.loads((exported / "parity.json").read_text())
+    providers = [s["provider"] for s in report["sections"]]
+    assert "CUDAExecutionProvider" in providers and all(s["passed"] for s in report["sections"])
