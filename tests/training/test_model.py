@@ -57,14 +57,25 @@ def reference_routing(u_hat: torch.Tensor, iters: int) -> tuple[torch.Tensor, to
     return v, c
 
 
-@pytest.mark.parametrize("iters", [1, 3])
+@pytest.mark.parametrize("iters", [1, 2, 3])
 def test_routing_matches_explicit_loops(iters):
     torch.manual_seed(1)
     u_hat = torch.randn(2, 12, 5, 4)  # [B, N_in, N_out, D_out]
-    v, c = dynamic_routing(u_hat.permute(1, 0, 2, 3), iters)  # ours takes [N_in, B, N_out, D_out]
+    v, c = dynamic_routing(u_hat, iters)
     v_ref, c_ref = reference_routing(u_hat, iters)
     torch.testing.assert_close(v.double(), v_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(c.transpose(1, 2).double(), c_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_routing_gradient_matches_explicit_loops():
+    torch.manual_seed(6)
+    u_hat = torch.randn(2, 12, 5, 4, dtype=torch.float64)
+    ours = u_hat.clone().requires_grad_(True)
+    ref = u_hat.clone().requires_grad_(True)
+    weights = torch.randn(2, 5, 4, dtype=torch.float64)
+    (dynamic_routing(ours, 3)[0] * weights).sum().backward()
+    (reference_routing(ref, 3)[0] * weights).sum().backward()
+    torch.testing.assert_close(ours.grad, ref.grad)
 
 
 def test_images_in_a_batch_do_not_interact():
