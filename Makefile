@@ -1,5 +1,6 @@
 # The README's two commands:
-#   make pipeline   set up .venv, then run the main job (train the quick model and evaluate it)
+#   make pipeline   set up .venv, then run the main job: train the quick model, evaluate it,
+#                   export it to ONNX with parity proven, register it in the BentoML store, verify
 #   make test       set up .venv, then run the test suite (what .ci/run calls)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -18,6 +19,8 @@ export CAPSNET_DATA_DIR := $(abspath ../shared/datasets/mnist)
 endif
 endif
 
+export BENTOML_DO_NOT_TRACK ?= True
+
 .PHONY: setup pipeline test lint
 setup: $(VENV)/.installed
 
@@ -31,9 +34,11 @@ $(VENV)/.installed: pyproject.toml
 pipeline: setup
 	$(BIN)/capsnet-train --profile quick --out $(RUN_DIR)
 	$(BIN)/capsnet-evaluate $(RUN_DIR)/best.pt
+	$(BIN)/capsnet-export $(RUN_DIR)/best.pt -o $(RUN_DIR)/export
+	$(BIN)/capsnet-verify $(RUN_DIR)/export/model.onnx --checkpoint $(RUN_DIR)/best.pt
 
 test: setup
-	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check .

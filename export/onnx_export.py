@@ -33,7 +33,7 @@ from export.parity import (
     verify_parity,
 )
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from training.fileio import sha256_file, write_json
+from training.fileio import quiet_third_party_loggers, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_third_party_loggers()
     p = argparse.ArgumentParser(prog="capsnet-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a .pt written by capsnet-train (usually RUN/best.pt)")

@@ -28,7 +28,7 @@ from export.inference_graph import InferenceGraph
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.config import CapsNetConfig
 from training.data import SPLIT_FILES, load_split, resolve_data_dir, synthetic_digits
-from training.fileio import sha256_file, write_json
+from training.fileio import quiet_third_party_loggers, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +308,7 @@ def parity_summary(report: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_third_party_loggers()
     p = argparse.ArgumentParser(prog="capsnet-verify", description=(
         "Re-run the parity check of an exported CapsNet against its checkpoint. "
         "Exit 0: parity holds; 1: parity fails; 2: unusable input."))

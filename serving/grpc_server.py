@@ -1,0 +1,122 @@
+"""Open Inference Protocol v2 over gRPC (`inference.GRPCInferenceService`, as KServe and Triton
+speak it), so existing Triton/KServe clients work unchanged.
+
+The message classes come from tritonclient's generated code of the same .proto. ModelInfer hands
+its validated images to the same batched model call as HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from serving.validation import InputError, validate_images
+
+log = logging.getLogger(__name__)
+
+Infer = Callable[[np.ndarray], Awaitable[dict[str, np.ndarray]]]
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """Implements ServerLive/Ready, ModelReady, Server/ModelMetadata and ModelInfer; the other
+    methods of the service answer UNIMPLEMENTED (the generated base class does that)."""
+
+    def __init__(self, model_name: str, model_version: str, infer: Infer, is_ready: Callable[[], bool],
+                 max_images: int, output_dims: dict[str, list[int]]) -> None:
+        self.model_name = model_name
+        self.model_version = model_version
+        self.infer = infer
+        self.is_ready = is_ready
+        self.max_images = max_images
+        self.output_dims = output_dims  # per output, the shape after the batch axis
+
+    async def _check_model(self, name: str, version: str, context: grpc.aio.ServicerContext) -> None:
+        if name != self.model_name or version not in ("", self.model_version):
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"unknown model {name!r} version {version!r}; this server has "
+                                f"{self.model_name!r} version {self.model_version!r}")
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.is_ready())
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        await self._check_model(request.name, request.version, context)
+        return pb.ModelReadyResponse(ready=self.is_ready())
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(name="capsnet-pipeline", version="0.1.0", extensions=[])
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        await self._check_model(request.name, request.version, context)
+        T = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=self.model_name, versions=[self.model_version], platform="onnxruntime_onnx",
+            inputs=[T(name="image", datatype="FP32", shape=[-1, 1, 28, 28])],
+            outputs=[T(name=n, datatype="FP32", shape=[-1, *d]) for n, d in self.output_dims.items()])
+
+    def _images(self, request: Any) -> np.ndarray:
+        """The request's one FP32 input as validated [N, 1, 28, 28]; InputError otherwise."""
+        if len(request.inputs) != 1 or request.inputs[0].name != "image":
+            raise InputError(f"expected exactly one input named 'image', got {[i.name for i in request.inputs]}")
+        tensor = request.inputs[0]
+        if tensor.datatype != "FP32":
+            raise InputError(f"input 'image' must be FP32, got {tensor.datatype}")
+        shape = list(tensor.shape)
+        count = int(np.prod(shape)) if shape else 0
+        if request.raw_input_contents:
+            raw = request.raw_input_contents[0]
+            if len(raw) != 4 * count:
+                raise InputError(f"raw_input_contents holds {len(raw)} bytes; shape {shape} FP32 needs {4 * count}")
+            flat = np.frombuffer(raw, dtype="<f4")
+        else:
+            flat = np.asarray(tensor.contents.fp32_contents, dtype=np.float32)
+            if flat.size != count:
+                raise InputError(f"fp32_contents holds {flat.size} values; shape {shape} needs {count}")
+        if any(d < 0 for d in shape):
+            raise InputError(f"shape {shape} has a negative dimension")
+        return validate_images(flat.reshape(shape), self.max_images)
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        await self._check_model(request.model_name, request.model_version, context)
+        try:
+            images = self._images(request)
+        except InputError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        wanted = [o.name for o in request.outputs] or list(self.output_dims)
+        unknown = set(wanted) - set(self.output_dims)
+        if unknown:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown outputs {sorted(unknown)}")
+        try:
+            outputs = await self.infer(images)
+        except Exception:
+            log.exception("inference failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "inference failed; see the server log")
+        response = pb.ModelInferResponse(model_name=self.model_name, model_version=self.model_version,
+                                         id=request.id)
+        for name in wanted:
+            array = np.ascontiguousarray(outputs[name], dtype="<f4")
+            response.outputs.add(name=name, datatype="FP32", shape=list(array.shape))
+            response.raw_output_contents.append(array.tobytes())
+        return response
+
+
+async def start_grpc_server(servicer: InferenceServicer, port: int,
+                            max_message_bytes: int) -> grpc.aio.Server:
+    """Start an asyncio gRPC server on 0.0.0.0:`port` serving `servicer`."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
+                                      ("grpc.max_send_message_length", max_message_bytes)])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    if server.add_insecure_port(f"0.0.0.0:{port}") == 0:
+        raise RuntimeError(f"cannot bind the gRPC port {port} (in use?); set CAPSNET_GRPC_PORT")
+    await server.start()
+    log.info("gRPC (Open Inference Protocol v2) listening on port %d", port)
+    return server

@@ -1,0 +1,92 @@
+"""ONNX Runtime around an exported CapsNet: provider choice, warm-up, inference. No torch here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def gpu_count() -> int:
+    """NVIDIA GPUs visible through NVML (nvidia-ml-py comes with BentoML); 0 when none or no driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no library, no driver, no device: all mean "no usable GPU"
+        return 0
+
+
+class CapsNetRuntime:
+    """One ONNX Runtime session over an export folder (model.onnx, config.json, parity.json).
+
+    The CUDA provider is asked for only when a GPU is visible, and the provider actually in use is
+    read back from the session: onnxruntime-gpu without a GPU quietly runs on the CPU.
+    """
+
+    def __init__(self, model_dir: str | Path) -> None:
+        model_dir = Path(model_dir)
+        self.config: dict[str, Any] = json.loads((model_dir / "config.json").read_text())
+        self.parity: dict[str, Any] = json.loads((model_dir / "parity.json").read_text())
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        wanted = [CUDA, CPU] if gpu_count() > 0 and CUDA in ort.get_available_providers() else [CPU]
+        self.session = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=wanted)
+        self.provider = self.session.get_providers()[0]
+        if wanted[0] == CUDA and self.provider != CUDA:
+            log.warning("a GPU is visible but ONNX Runtime could not use CUDA; running on %s", self.provider)
+        log.info("ONNX Runtime %s on %s (asked for %s)", ort.__version__, self.provider, wanted)
+        self.num_classes = len(self.config["class_names"])
+        self.pose_dim = self.config["model_config"]["digit_dim"]
+        self._stats_lock = threading.Lock()
+        self.batches = 0
+        self.images = 0
+        self.max_batch_seen = 0
+
+    @property
+    def output_width(self) -> int:
+        """Columns of `infer_packed`'s result: probabilities then flattened poses."""
+        return self.num_classes * (1 + self.pose_dim)
+
+    def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """images float32 [N, 1, 28, 28] -> (probabilities [N, K], poses [N, K, D])."""
+        probabilities, poses = self.session.run(["probabilities", "poses"], {"image": images})
+        with self._stats_lock:
+            self.batches += 1
+            self.images += len(images)
+            self.max_batch_seen = max(self.max_batch_seen, len(images))
+        return probabilities, poses
+
+    def infer_packed(self, images: np.ndarray) -> np.ndarray:
+        """[N, 1, 28, 28] -> [N, K + K*D]: one array per image, what a batchable API must return."""
+        probabilities, poses = self.infer(images)
+        return np.concatenate([probabilities, poses.reshape(len(images), -1)], axis=1)
+
+    def unpack(self, packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Inverse of `infer_packed`: [N, K + K*D] -> ([N, K], [N, K, D])."""
+        k = self.num_classes
+        return packed[:, :k], packed[:, k:].reshape(len(packed), k, self.pose_dim)
+
+    def warm_up(self, max_batch_size: int) -> None:
+        """Run the sizes the batcher will use, so the first requests do not pay for allocation."""
+        for n in (1, max_batch_size):
+            self.session.run(None, {"image": np.zeros((n, 1, 28, 28), np.float32)})
+
+    def stats(self) -> dict[str, Any]:
+        with self._stats_lock:
+            return {"batches": self.batches, "images": self.images,
+                    "mean_batch_size": self.images / self.batches if self.batches else 0.0,
+                    "max_batch_size_seen": self.max_batch_seen}

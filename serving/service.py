@@ -1,0 +1,191 @@
+"""The BentoML services behind `bentoml serve` (entry: `serving.service:CapsNet`).
+
+Two services, as BentoML documents for batching behind preprocessing:
+    CapsNet       HTTP API (classify, classify_image, metadata), validation, image decoding, and the
+                  gRPC server (Open Inference Protocol v2). It calls ...
+    CapsNetModel  ... whose `infer` is `batchable=True`: concurrent calls from HTTP and gRPC alike
+                  are merged by BentoML's adaptive batcher into one ONNX Runtime run.
+Settings come from CAPSNET_* environment variables (serving/settings.py). No torch, no training code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+import onnxruntime as ort
+from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
+from pydantic import BaseModel, Field
+
+from serving.grpc_server import InferenceServicer, start_grpc_server
+from serving.http_limits import BodySizeLimit
+from serving.preprocess import preprocess_encoded
+from serving.runtime import CUDA, CapsNetRuntime
+from serving.settings import ServingSettings
+from serving.validation import InputError, validate_images
+
+log = logging.getLogger("capsnet.serving")
+settings = ServingSettings.from_env()
+
+
+def resolve_model(tag: str) -> bentoml.Model:
+    """The stored model for `tag`, or exit saying how to create one."""
+    try:
+        return bentoml.models.get(tag)
+    except NotFound:
+        sys.stderr.write(
+            f"\nNo model '{tag}' in the BentoML model store. Create one with\n"
+            "    make pipeline\n"
+            "or, from an existing checkpoint,\n"
+            "    capsnet-export RUN/best.pt -o RUN/export\n"
+            "(or point CAPSNET_MODEL_TAG at a registered model: `bentoml models list`).\n\n")
+        raise SystemExit(2) from None
+
+
+MODEL = resolve_model(settings.model_tag)
+
+
+class Prediction(BaseModel):
+    label: int = Field(description="predicted class: the longest digit capsule")
+    class_name: str
+    probabilities: list[float] = Field(description="length of each class capsule, in [0, 1)")
+    poses: list[list[float]] = Field(description="the class capsules' pose vectors [classes][pose dims]")
+
+
+@bentoml.service(name="capsnet-model", workers=1, traffic={"timeout": 60})
+class CapsNetModel:
+    """Runs the ONNX graph; BentoML batches calls to `infer`."""
+
+    model_ref = bentoml.models.BentoModel(str(MODEL.tag))
+
+    def __init__(self) -> None:
+        self.runtime = CapsNetRuntime(self.model_ref.path)
+        self.runtime.warm_up(settings.max_batch_size)
+        if settings.require_gpu and self.runtime.provider != CUDA:
+            log.error("CAPSNET_REQUIRE_GPU is set but ONNX Runtime runs on %s: readiness will fail",
+                      self.runtime.provider)
+
+    def __is_ready__(self) -> bool:
+        return not settings.require_gpu or self.runtime.provider == CUDA
+
+    @bentoml.api(batchable=True, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms)
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """[N, 1, 28, 28] float32 (already validated) -> [N, K + K*D]: probabilities, flattened poses."""
+        return self.runtime.infer_packed(images)
+
+    @bentoml.api
+    def runtime_info(self) -> dict[str, Any]:
+        return {"provider": self.runtime.provider, "providers": self.runtime.session.get_providers(),
+                "batches": self.runtime.stats()}
+
+
+@bentoml.service(name="capsnet", workers=1, traffic={"timeout": 60})
+class CapsNet:
+    """Classify handwritten digits with a Capsule Network (Sabour et al. 2017), served from ONNX."""
+
+    model = bentoml.depends(CapsNetModel)
+
+    def __init__(self) -> None:
+        path = Path(MODEL.path)
+        self.config: dict[str, Any] = json.loads((path / "config.json").read_text())
+        self.class_names: list[str] = self.config["class_names"]
+        self.pose_dim: int = self.config["model_config"]["digit_dim"]
+        self.grpc_server: Any = None
+
+    async def _predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Validated [N, 1, 28, 28] -> (probabilities [N, K], poses [N, K, D]) via the batcher."""
+        packed = np.asarray(await self.model.to_async.infer(images))
+        k = len(self.class_names)
+        probabilities, poses = packed[:, :k], packed[:, k:].reshape(len(packed), k, self.pose_dim)
+        if not (np.isfinite(probabilities).all() and np.isfinite(poses).all()):
+            raise BentoMLException("the model produced non-finite values; refusing to return them")
+        return probabilities, poses
+
+    def _predictions(self, probabilities: np.ndarray, poses: np.ndarray) -> list[Prediction]:
+        labels = probabilities.argmax(axis=1)
+        return [Prediction(label=int(k), class_name=self.class_names[k], probabilities=p.tolist(),
+                           poses=v.tolist()) for k, p, v in zip(labels, probabilities, poses, strict=True)]
+
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        k = len(self.class_names)
+
+        async def infer(images: np.ndarray) -> dict[str, np.ndarray]:
+            probabilities, poses = await self._predict(images)
+            return {"probabilities": probabilities, "poses": poses}
+
+        servicer = InferenceServicer(
+            model_name=MODEL.tag.name, model_version=MODEL.tag.version or "", infer=infer,
+            is_ready=lambda: self.grpc_server is not None, max_images=settings.max_batch_size,
+            output_dims={"probabilities": [k], "poses": [k, self.pose_dim]})
+        self.grpc_server = await start_grpc_server(servicer, settings.grpc_port, settings.max_request_bytes)
+
+    @bentoml.on_shutdown
+    async def stop_grpc(self) -> None:
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace=2)
+
+    async def __is_ready__(self) -> bool:
+        return self.grpc_server is not None
+
+    @bentoml.api
+    async def classify(self, images: np.ndarray) -> list[Prediction]:
+        """Classify a batch of images given as arrays: [N, 28, 28] or [N, 1, 28, 28], floats in [0, 1]
+        (MNIST pixels divided by 255). Returns, per image, the label, the 10 capsule lengths and
+        the 10x16 pose vectors."""
+        try:
+            batch = validate_images(images, settings.max_batch_size)
+        except InputError as e:
+            raise InvalidArgument(str(e)) from None
+        return self._predictions(*await self._predict(batch))
+
+    @bentoml.api
+    async def classify_image(self, images: list[Path]) -> list[Prediction]:
+        """Classify uploaded PNG or JPEG files of any size (multipart form field `images`, one or
+        more files). Each is made MNIST-like first: grayscale, inverted if dark-on-light, cropped to
+        the ink, scaled to fit 20x20, centred by centre of mass in 28x28."""
+        if not images:
+            raise InvalidArgument("no image uploaded: send one or more files in the form field 'images'")
+        if len(images) > settings.max_batch_size:
+            raise InvalidArgument(f"{len(images)} images in one request; the limit is {settings.max_batch_size}")
+        decoded = []
+        for index, path in enumerate(images):
+            try:
+                decoded.append(preprocess_encoded(Path(path).read_bytes()))
+            except InputError as e:
+                raise InvalidArgument(f"image {index}: {e}") from None
+        return self._predictions(*await self._predict(np.stack(decoded)))
+
+    @bentoml.api(route="/metadata")
+    async def metadata(self) -> dict[str, Any]:
+        """The served model: tag, config, classes, routing iterations, parity summary, the ONNX
+        Runtime provider in use, batching settings and statistics, versions."""
+        runtime = await self.model.to_async.runtime_info()
+        info = MODEL.info
+        return {
+            "model_tag": str(MODEL.tag),
+            "model_config": self.config["model_config"],
+            "class_names": self.class_names,
+            "routing_iters": self.config["routing_iters"],
+            "outputs": {"probabilities": [len(self.class_names)], "poses": [len(self.class_names), self.pose_dim]},
+            "accuracy": {"validation": info.metadata.get("val_accuracy"), "test": info.metadata.get("test_accuracy")},
+            "parity": info.metadata.get("parity"),
+            "provider": runtime["provider"],
+            "providers": runtime["providers"],
+            "require_gpu": settings.require_gpu,
+            "batching": {"max_batch_size": settings.max_batch_size, "max_latency_ms": settings.max_latency_ms,
+                         **runtime["batches"]},
+            "grpc_port": settings.grpc_port,
+            "versions": {"onnxruntime": ort.__version__, "bentoml": bentoml.__version__,
+                         "numpy": np.__version__, "python": platform.python_version(),
+                         "exported_with": self.config.get("versions", {})},
+        }
+
+
+CapsNet.add_asgi_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)

@@ -1,0 +1,36 @@
+"""Serving settings, read once from the environment (documented in the README)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    model_tag: str = "capsnet-mnist:latest"  # CAPSNET_MODEL_TAG
+    max_batch_size: int = 64  # CAPSNET_MAX_BATCH_SIZE: largest batch the model sees, and per request
+    max_latency_ms: int = 50  # CAPSNET_MAX_LATENCY_MS: the batcher's latency budget
+    grpc_port: int = 8001  # CAPSNET_GRPC_PORT
+    require_gpu: bool = False  # CAPSNET_REQUIRE_GPU: readiness fails unless CUDA is in use
+    max_request_bytes: int = 8 << 20  # CAPSNET_MAX_REQUEST_BYTES: larger bodies get 413
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> ServingSettings:
+        env = dict(os.environ if env is None else env)
+        d = cls()
+        settings = cls(
+            model_tag=env.get("CAPSNET_MODEL_TAG", d.model_tag),
+            max_batch_size=int(env.get("CAPSNET_MAX_BATCH_SIZE", d.max_batch_size)),
+            max_latency_ms=int(env.get("CAPSNET_MAX_LATENCY_MS", d.max_latency_ms)),
+            grpc_port=int(env.get("CAPSNET_GRPC_PORT", d.grpc_port)),
+            require_gpu=_flag(env.get("CAPSNET_REQUIRE_GPU", "false")),
+            max_request_bytes=int(env.get("CAPSNET_MAX_REQUEST_BYTES", d.max_request_bytes)),
+        )
+        if settings.max_batch_size < 2:
+            raise ValueError("CAPSNET_MAX_BATCH_SIZE must be at least 2")
+        return settings
