@@ -45,6 +45,17 @@ def mnist_dir() -> Path:
     return SHARED_MNIST
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> Path:
+    """A tiny model trained for 8 steps on synthetic digits (shared by export and serving tests)."""
+    from training.train import train
+
+    out = tmp_path_factory.mktemp("tiny-run")
+    config = TrainConfig(variant="tiny", epochs=1, batch_size=32, val_size=120, device="cpu", max_steps=8)
+    train(config, out, synthetic_data_dir, progress=False)
+    return out / "last.pt"
+
+
 @pytest.fixture
 def tiny_train_config() -> TrainConfig:
     """A tiny model on synthetic data: a step takes milliseconds."""

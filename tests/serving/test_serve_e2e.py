@@ -1,0 +1,274 @@
+"""A real `bentoml serve` from the repository root, called over HTTP and gRPC with real clients.
+
+Every server runs in its own process group on free ports and is killed at teardown; every wait
+and request has a deadline, so a hung server fails the test instead of hanging CI.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import bentoml
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
+from export.onnx_export import export_onnx
+from export.registry import register_export
+from serving.preprocess import preprocess_encoded
+from tests.conftest import REPO
+from training.data import synthetic_digits
+
+START_TIMEOUT = 90  # seconds for `bentoml serve` to become ready (15 s is typical here)
+REQUEST_TIMEOUT = 30
+GRPC_TIMEOUT = 30
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`bentoml serve` in the repository root with the given environment."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.http_port, self.grpc_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+        full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "CAPSNET_GRPC_PORT": str(self.grpc_port), **env}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(self.http_port)],
+            cwd=REPO, env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()[-5000:]
+
+    def wait(self, path: str = "/readyz", status: int = 200) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == status:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"{path} did not answer {status} within {START_TIMEOUT} s:\n{self.output()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=15)
+        os.unlink(self.log.name)
+
+    def post(self, api: str, **kwargs) -> httpx.Response:
+        return httpx.post(self.url + "/" + api, timeout=REQUEST_TIMEOUT, **kwargs)
+
+    def grpc(self) -> grpcclient.InferenceServerClient:
+        return grpcclient.InferenceServerClient(f"127.0.0.1:{self.grpc_port}")
+
+
+@pytest.fixture(scope="module")
+def registered(tiny_checkpoint, synthetic_data_dir, tmp_path_factory) -> bentoml.Model:
+    out = tmp_path_factory.mktemp("serve-export")
+    export_onnx(tiny_checkpoint, out, data_dir=synthetic_data_dir, limit=32)
+    return bentoml.models.get(register_export(out, "capsnet-e2e"))
+
+
+@pytest.fixture(scope="module")
+def server(registered):
+    s = Server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_MAX_BATCH_SIZE": "16",
+                "CAPSNET_MAX_LATENCY_MS": "100"})
+    try:
+        s.wait()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return synthetic_digits(24, seed=3)[0][:, None].astype(np.float32) / 255.0
+
+
+def grpc_infer(client, model: str, images: np.ndarray):
+    tensor = grpcclient.InferInput("image", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    return client.infer(model, [tensor], client_timeout=GRPC_TIMEOUT)
+
+
+def stats(server: Server) -> dict:
+    return server.post("metadata", json={}).json()["batching"]
+
+
+def test_http_grpc_and_direct_onnx_runtime_agree(server, registered, images):
+    session = ort.InferenceSession(registered.path_of("model.onnx"), providers=["CPUExecutionProvider"])
+    direct_probs, direct_poses = session.run(["probabilities", "poses"], {"image": images})
+    http = server.post("classify", json={"images": images[:16, 0].tolist()}).json() \
+        + server.post("classify", json={"images": images[16:].tolist()}).json()
+    http_probs = np.array([p["probabilities"] for p in http], np.float32)
+    with server.grpc() as client:
+        result = grpc_infer(client, "capsnet-e2e", images[:16])
+        grpc_probs = np.concatenate([result.as_numpy("probabilities"),
+                                     grpc_infer(client, "capsnet-e2e", images[16:]).as_numpy("probabilities")])
+        grpc_poses = result.as_numpy("poses")
+    labels = direct_probs.argmax(1)
+    assert [p["label"] for p in http] == labels.tolist() == grpc_probs.argmax(1).tolist()
+    np.testing.assert_allclose(http_probs, direct_probs, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(grpc_probs, direct_probs, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(grpc_poses, direct_poses[:16], rtol=0, atol=1e-6)
+    assert np.array(http[0]["poses"]).shape == (10, 8) and http[0]["class_name"] == str(http[0]["label"])
+
+
+def test_classify_image_preprocesses_like_mnist(server, images):
+    pixels = (images[:6, 0] * 255).astype(np.uint8)
+    files, expected = [], []
+    for k, digit in enumerate(pixels):
+        big = Image.fromarray(255 - digit).resize((140, 140))  # dark on light, 5x larger, JPEG
+        buf = io.BytesIO()
+        big.save(buf, "JPEG" if k % 2 else "PNG")
+        files.append(("images", (f"digit{k}.{'jpg' if k % 2 else 'png'}", buf.getvalue(), "image/jpeg")))
+        expected.append(preprocess_encoded(buf.getvalue()))
+    response = server.post("classify_image", files=files)
+    assert response.status_code == 200, response.text
+    reference = server.post("classify", json={"images": np.stack(expected).tolist()}).json()
+    assert [p["label"] for p in response.json()] == [p["label"] for p in reference]
+    np.testing.assert_allclose([p["probabilities"] for p in response.json()],
+                               [p["probabilities"] for p in reference], atol=1e-6)
+
+
+def test_metadata_and_builtin_endpoints(server, registered):
+    meta = server.post("metadata", json={}).json()
+    assert meta["model_tag"] == str(registered.tag)
+    assert meta["provider"] == ("CUDAExecutionProvider" if meta["require_gpu"] else meta["providers"][0])
+    assert meta["routing_iters"] == 3 and meta["class_names"] == [str(d) for d in range(10)]
+    assert meta["parity"]["passed"] is True
+    assert meta["batching"]["max_batch_size"] == 16 and meta["batching"]["max_latency_ms"] == 100
+    assert {"onnxruntime", "bentoml"} <= set(meta["versions"])
+    assert httpx.get(server.url + "/livez", timeout=5).status_code == 200
+    assert "bentoml" in httpx.get(server.url + "/metrics", timeout=5).text
+    paths = httpx.get(server.url + "/docs.json", timeout=5).json()["paths"]
+    assert {"/classify", "/classify_image", "/metadata"} <= set(paths)
+    with server.grpc() as client:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("capsnet-e2e")
+        assert client.get_model_metadata("capsnet-e2e").inputs[0].shape == [-1, 1, 28, 28]
+
+
+def test_concurrent_http_and_grpc_requests_share_batches(server, images):
+    before = stats(server)
+
+    def one_http(k: int) -> int:
+        return server.post("classify", json={"images": images[k % 24:k % 24 + 1].tolist()}).json()[0]["label"]
+
+    def one_grpc(k: int) -> int:
+        with server.grpc() as client:
+            return int(grpc_infer(client, "capsnet-e2e", images[k % 24:k % 24 + 1]).as_numpy("probabilities").argmax())
+
+    with ThreadPoolExecutor(32) as pool:
+        futures = [pool.submit(one_http if k % 2 else one_grpc, k) for k in range(64)]
+        labels = [f.result(timeout=REQUEST_TIMEOUT * 2) for f in futures]
+    after = stats(server)
+    assert len(labels) == 64
+    assert after["images"] - before["images"] == 64
+    batches = after["batches"] - before["batches"]
+    assert batches < 64, "every request ran alone: no batching"
+    assert after["max_batch_size_seen"] > 1
+
+
+HTTP_BAD = [
+    ("classify", {"json": {"images": np.zeros((2, 27, 28)).tolist()}}, 400, "shape"),
+    ("classify", {"json": {"images": np.zeros((28, 28)).tolist()}}, 400, "shape"),
+    ("classify", {"json": {"images": [[["x"] * 28] * 28]}}, 400, "real numbers"),
+    ("classify", {"content": b'{"images": [[[NaN]]]}', "headers": {"content-type": "application/json"}}, 400, ""),
+    ("classify", {"json": {"images": np.full((1, 28, 28), 255.0).tolist()}}, 400, "[0, 1]"),
+    ("classify", {"json": {"images": []}}, 400, "empty"),
+    ("classify", {"json": {"images": np.zeros((17, 28, 28)).tolist()}}, 400, "limit is 16"),
+    ("classify", {"content": b"x" * (9 << 20), "headers": {"content-type": "application/json"}}, 413, "bytes"),
+    ("classify_image", {"files": [("images", ("x.png", b"not an image", "image/png"))]}, 400, "not a PNG"),
+]
+
+
+def test_bad_inputs_get_clear_errors_and_the_server_stays_correct(server, images):
+    reference = server.post("classify", json={"images": images[:4].tolist()}).json()
+    for api, kwargs, status, message in HTTP_BAD:
+        response = server.post(api, **kwargs)
+        assert response.status_code == status, (api, kwargs.keys(), response.text)
+        assert message in response.text, response.text
+        assert "NaN" not in response.text.replace("[[[NaN", "") and "null" not in response.text
+    with server.grpc() as client:
+        bad = [(np.zeros((1, 1, 27, 28), np.float32), "FP32", "capsnet-e2e", "INVALID_ARGUMENT"),
+               (np.zeros((1, 1, 28, 28), np.float64), "FP64", "capsnet-e2e", "INVALID_ARGUMENT"),
+               (np.full((1, 1, 28, 28), np.nan, np.float32), "FP32", "capsnet-e2e", "INVALID_ARGUMENT"),
+               (np.full((1, 1, 28, 28), 2.0, np.float32), "FP32", "capsnet-e2e", "INVALID_ARGUMENT"),
+               (np.zeros((0, 1, 28, 28), np.float32), "FP32", "capsnet-e2e", "INVALID_ARGUMENT"),
+               (np.zeros((17, 1, 28, 28), np.float32), "FP32", "capsnet-e2e", "INVALID_ARGUMENT"),
+               (np.zeros((1, 1, 28, 28), np.float32), "FP32", "no-such-model", "NOT_FOUND")]
+        for array, dtype, model, code in bad:
+            tensor = grpcclient.InferInput("image", list(array.shape), dtype)
+            tensor.set_data_from_numpy(array)
+            with pytest.raises(InferenceServerException) as err:
+                client.infer(model, [tensor], client_timeout=GRPC_TIMEOUT)
+            assert code in str(err.value.status()), (array.shape, dtype, str(err.value))
+    assert httpx.get(server.url + "/readyz", timeout=5).status_code == 200
+    assert server.post("classify", json={"images": images[:4].tolist()}).json() == reference
+
+
+def test_a_bad_request_does_not_fail_its_batch_mates(server, images):
+    def good(k: int) -> int:
+        return server.post("classify", json={"images": images[k:k + 1].tolist()}).status_code
+
+    def bad(_: int) -> int:
+        return server.post("classify", json={"images": np.full((1, 28, 28), 2.0).tolist()}).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        goods = [pool.submit(good, k) for k in range(16)]
+        bads = [pool.submit(bad, k) for k in range(16)]
+        assert [f.result(timeout=REQUEST_TIMEOUT * 2) for f in goods] == [200] * 16
+        assert all(f.result(timeout=REQUEST_TIMEOUT * 2) == 400 for f in bads)
+
+
+def test_serve_without_a_registered_model_exits_with_instructions(tmp_path):
+    s = Server({"BENTOML_HOME": str(tmp_path / "empty-store")})
+    try:
+        s.process.wait(timeout=START_TIMEOUT)
+        assert s.process.returncode != 0
+        assert "make pipeline" in s.output() and "capsnet-export" in s.output()
+    finally:
+        s.stop()
+
+
+def test_required_gpu_fails_readiness_on_cpu(registered):
+    from serving.runtime import gpu_count
+
+    if gpu_count() > 0:
+        pytest.skip("a GPU is present: readiness would legitimately pass")
+    s = Server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_REQUIRE_GPU": "1"})
+    try:
+        s.wait("/livez", 200)
+        s.wait("/readyz", 503)
+        time.sleep(2)
+        assert httpx.get(s.url + "/readyz", timeout=5).status_code == 503
+        assert "CAPSNET_REQUIRE_GPU" in s.output()
+    finally:
+        s.stop()
