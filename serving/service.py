@@ -1,27 +1,26 @@
-"""The BentoML services behind `bentoml serve` (entry: `serving.service:CapsNet`).
+"""The BentoML service behind `bentoml serve` (entry: `serving.service:CapsNet`).
 
-Two services, as BentoML documents for batching behind preprocessing:
-    CapsNet       HTTP API (classify, classify_image, metadata), validation, image decoding, and the
-                  gRPC server (Open Inference Protocol v2). It calls ...
-    CapsNetModel  ... whose `infer` is `batchable=True`: concurrent calls from HTTP and gRPC alike
-                  are merged by BentoML's adaptive batcher into one ONNX Runtime run.
+`infer` is the one `batchable=True` API: BentoML's adaptive batcher merges concurrent calls into one
+ONNX Runtime run. The public APIs (HTTP classify, classify_image and the gRPC ModelInfer) validate
+and preprocess per request, then call `infer` through the service's in-process client
+(`self.to_async`), which goes through the batcher: requests from both protocols share batches with
+each other and with direct callers of /infer. (A plain `self.infer(...)` would run unbatched.)
 Settings come from CAPSNET_* environment variables (serving/settings.py). No torch, no training code.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import bentoml
 import numpy as np
 import onnxruntime as ort
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from serving.grpc_server import InferenceServicer, start_grpc_server
 from serving.http_limits import BodySizeLimit
@@ -51,6 +50,10 @@ def resolve_model(tag: str) -> bentoml.Model:
 MODEL = resolve_model(settings.model_tag)
 
 
+def _validated(images: np.ndarray) -> np.ndarray:
+    return validate_images(images, settings.max_batch_size)  # InputError is a ValueError: 400
+
+
 class Prediction(BaseModel):
     label: int = Field(description="predicted class: the longest digit capsule")
     class_name: str
@@ -58,9 +61,13 @@ class Prediction(BaseModel):
     poses: list[list[float]] = Field(description="the class capsules' pose vectors [classes][pose dims]")
 
 
-@bentoml.service(name="capsnet-model", workers=1, traffic={"timeout": 60})
-class CapsNetModel:
-    """Runs the ONNX graph; BentoML batches calls to `infer`."""
+# runner_connection: BentoML's client behind self.to_async replaces its HTTP session every 100
+# requests by default and closes the old one under requests still in flight (BentoML issue #5540:
+# "Server disconnected" under load). The in-process connection has nothing to go stale: keep it.
+@bentoml.service(name="capsnet", workers=1, traffic={"timeout": 60},
+                 runner_connection={"max_requests": 1_000_000_000, "max_age": 1e9})
+class CapsNet:
+    """Classify handwritten digits with a Capsule Network (Sabour et al. 2017), served from ONNX."""
 
     model_ref = bentoml.models.BentoModel(str(MODEL.tag))
 
@@ -70,37 +77,21 @@ class CapsNetModel:
         if settings.require_gpu and self.runtime.provider != CUDA:
             log.error("CAPSNET_REQUIRE_GPU is set but ONNX Runtime runs on %s: readiness will fail",
                       self.runtime.provider)
-
-    def __is_ready__(self) -> bool:
-        return not settings.require_gpu or self.runtime.provider == CUDA
+        self.config = self.runtime.config
+        self.class_names: list[str] = self.config["class_names"]
+        self.pose_dim: int = self.runtime.pose_dim
+        self.grpc_server: Any = None
 
     @bentoml.api(batchable=True, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms)
-    def infer(self, images: np.ndarray) -> np.ndarray:
-        """[N, 1, 28, 28] float32 (already validated) -> [N, K + K*D]: probabilities, flattened poses."""
+    def infer(self, images: Annotated[np.ndarray, AfterValidator(_validated)]) -> np.ndarray:
+        """Low-level batched endpoint: images [N, 1, 28, 28] float32 in [0, 1] -> [N, 10 + 10*16]
+        (capsule lengths, then the flattened poses). Each request is validated on its own before
+        BentoML merges it into a batch, so a bad request never fails its batch-mates."""
         return self.runtime.infer_packed(images)
-
-    @bentoml.api
-    def runtime_info(self) -> dict[str, Any]:
-        return {"provider": self.runtime.provider, "providers": self.runtime.session.get_providers(),
-                "batches": self.runtime.stats()}
-
-
-@bentoml.service(name="capsnet", workers=1, traffic={"timeout": 60})
-class CapsNet:
-    """Classify handwritten digits with a Capsule Network (Sabour et al. 2017), served from ONNX."""
-
-    model = bentoml.depends(CapsNetModel)
-
-    def __init__(self) -> None:
-        path = Path(MODEL.path)
-        self.config: dict[str, Any] = json.loads((path / "config.json").read_text())
-        self.class_names: list[str] = self.config["class_names"]
-        self.pose_dim: int = self.config["model_config"]["digit_dim"]
-        self.grpc_server: Any = None
 
     async def _predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Validated [N, 1, 28, 28] -> (probabilities [N, K], poses [N, K, D]) via the batcher."""
-        packed = np.asarray(await self.model.to_async.infer(images))
+        packed = np.asarray(await self.to_async.infer(images), dtype=np.float32)
         k = len(self.class_names)
         probabilities, poses = packed[:, :k], packed[:, k:].reshape(len(packed), k, self.pose_dim)
         if not (np.isfinite(probabilities).all() and np.isfinite(poses).all()):
@@ -132,7 +123,8 @@ class CapsNet:
             await self.grpc_server.stop(grace=2)
 
     async def __is_ready__(self) -> bool:
-        return self.grpc_server is not None
+        gpu_ok = not settings.require_gpu or self.runtime.provider == CUDA
+        return gpu_ok and self.grpc_server is not None and hasattr(self, "to_async")
 
     @bentoml.api
     async def classify(self, images: np.ndarray) -> list[Prediction]:
@@ -166,7 +158,6 @@ class CapsNet:
     async def metadata(self) -> dict[str, Any]:
         """The served model: tag, config, classes, routing iterations, parity summary, the ONNX
         Runtime provider in use, batching settings and statistics, versions."""
-        runtime = await self.model.to_async.runtime_info()
         info = MODEL.info
         return {
             "model_tag": str(MODEL.tag),
@@ -176,11 +167,11 @@ class CapsNet:
             "outputs": {"probabilities": [len(self.class_names)], "poses": [len(self.class_names), self.pose_dim]},
             "accuracy": {"validation": info.metadata.get("val_accuracy"), "test": info.metadata.get("test_accuracy")},
             "parity": info.metadata.get("parity"),
-            "provider": runtime["provider"],
-            "providers": runtime["providers"],
+            "provider": self.runtime.provider,
+            "providers": self.runtime.session.get_providers(),
             "require_gpu": settings.require_gpu,
             "batching": {"max_batch_size": settings.max_batch_size, "max_latency_ms": settings.max_latency_ms,
-                         **runtime["batches"]},
+                         **self.runtime.stats()},
             "grpc_port": settings.grpc_port,
             "versions": {"onnxruntime": ort.__version__, "bentoml": bentoml.__version__,
                          "numpy": np.__version__, "python": platform.python_version(),

@@ -14,7 +14,7 @@ def _flag(value: str) -> bool:
 class ServingSettings:
     model_tag: str = "capsnet-mnist:latest"  # CAPSNET_MODEL_TAG
     max_batch_size: int = 64  # CAPSNET_MAX_BATCH_SIZE: largest batch the model sees, and per request
-    max_latency_ms: int = 50  # CAPSNET_MAX_LATENCY_MS: the batcher's latency budget
+    max_latency_ms: int = 1000  # CAPSNET_MAX_LATENCY_MS: requests queued longer are shed with 503
     grpc_port: int = 8001  # CAPSNET_GRPC_PORT
     require_gpu: bool = False  # CAPSNET_REQUIRE_GPU: readiness fails unless CUDA is in use
     max_request_bytes: int = 8 << 20  # CAPSNET_MAX_REQUEST_BYTES: larger bodies get 413

@@ -1,0 +1,149 @@
+"""Load a running `bentoml serve` with single-image requests and compare with direct ONNX Runtime.
+
+For each protocol (HTTP classify, gRPC ModelInfer) and concurrency level, `level` clients send
+one image per request for a fixed time. Per level: requests/s, p50/p95/p99 latency, errors, and the
+mean batch size the model saw (from /metadata before and after). In the same run: direct ONNX
+Runtime throughput at batch 64 on the served model file, and the ratio.
+
+    bentoml serve &   # from the repository root
+    python benchmarks/serve_load.py [--url http://127.0.0.1:3000] [--grpc 127.0.0.1:8001]
+
+The load generator shares the machine with the server; on a 2-core machine it takes a real share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import time
+
+import bentoml
+import httpx
+import numpy as np
+import onnxruntime as ort
+import tritonclient.grpc.aio as grpc_aio
+from tritonclient.grpc import InferInput
+
+from training.data import synthetic_digits
+
+
+async def metadata(url: str) -> dict:
+    async with httpx.AsyncClient(timeout=30) as client:
+        return (await client.post(url + "/metadata", json={})).json()
+
+
+async def run_level(protocol: str, level: int, seconds: float, images: np.ndarray, args) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    kinds: dict[str, int] = {}  # what went wrong, so an error count can be explained
+
+    def failed(what: str) -> None:
+        nonlocal errors
+        errors += 1
+        kinds[what] = kinds.get(what, 0) + 1
+    deadline = time.perf_counter() + seconds
+    model = (await metadata(args.url))["model_tag"].split(":")[0]
+
+    async def http_worker(client: httpx.AsyncClient, k: int) -> None:
+        while time.perf_counter() < deadline:
+            body = {"images": images[k % len(images)][None].tolist()}
+            t = time.perf_counter()
+            try:
+                r = await client.post(args.url + "/classify", json=body)
+                if r.status_code == 200:
+                    latencies.append(time.perf_counter() - t)
+                else:
+                    failed(f"HTTP {r.status_code}")
+            except httpx.HTTPError as e:
+                failed(type(e).__name__)
+            k += level
+
+    async def grpc_worker(client: grpc_aio.InferenceServerClient, k: int) -> None:
+        while time.perf_counter() < deadline:
+            tensor = InferInput("image", [1, 1, 28, 28], "FP32")
+            tensor.set_data_from_numpy(images[k % len(images)][None])
+            t = time.perf_counter()
+            try:
+                await client.infer(model, [tensor], client_timeout=30)
+                latencies.append(time.perf_counter() - t)
+            except Exception as e:  # tritonclient raises InferenceServerException with the status
+                status = getattr(e, "status", None)
+                failed(str(status()) if callable(status) else type(e).__name__)
+            k += level
+
+    before = (await metadata(args.url))["batching"]
+    start = time.perf_counter()
+    if protocol == "http":
+        limits = httpx.Limits(max_connections=level, max_keepalive_connections=level)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            await asyncio.gather(*(http_worker(client, k) for k in range(level)))
+    else:
+        client = grpc_aio.InferenceServerClient(args.grpc)
+        try:
+            await asyncio.gather(*(grpc_worker(client, k) for k in range(level)))
+        finally:
+            await client.close()
+    elapsed = time.perf_counter() - start
+    after = (await metadata(args.url))["batching"]
+    batches = after["batches"] - before["batches"]
+    ms = sorted(1000 * x for x in latencies)
+
+    def pct(p: float) -> float:
+        return ms[min(len(ms) - 1, int(p * len(ms)))] if ms else float("nan")
+
+    return {"protocol": protocol, "concurrency": level, "requests": len(ms), "errors": errors, "error_kinds": kinds,
+            "requests_per_sec": len(ms) / elapsed, "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
+            "mean_batch_size": (after["images"] - before["images"]) / batches if batches else 0.0}
+
+
+def direct_throughput(model_path: str, images: np.ndarray, batch: int = 64, repeats: int = 7) -> float:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    x = np.ascontiguousarray(np.resize(images, (batch, 1, 28, 28)))
+    session.run(None, {"image": x})
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(5):
+            session.run(None, {"image": x})
+        rates.append(5 * batch / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", default="http://127.0.0.1:3000")
+    p.add_argument("--grpc", default="127.0.0.1:8001")
+    p.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--protocols", nargs="+", default=["http", "grpc"], choices=["http", "grpc"])
+    args = p.parse_args()
+
+    images = synthetic_digits(256, seed=5)[0][:, None].astype(np.float32) / 255.0
+    meta = await metadata(args.url)
+    rows = [await run_level(proto, level, args.seconds, images, args)
+            for proto in args.protocols for level in args.levels]
+    direct = direct_throughput(bentoml.models.get(meta["model_tag"]).path_of("model.onnx"), images)
+
+    print(f"model {meta['model_tag']} on {meta['provider']}; max batch {meta['batching']['max_batch_size']}, "
+          f"max latency {meta['batching']['max_latency_ms']} ms; {platform.machine()}, {args.seconds:g} s per level")
+    print(f"{'protocol':>8}{'conc':>6}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}"
+          f"{'batch':>7}{'vs direct':>11}")
+    for r in rows:
+        print(f"{r['protocol']:>8}{r['concurrency']:>6}{r['requests_per_sec']:>9.1f}{r['p50_ms']:>9.1f}"
+              f"{r['p95_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['errors']:>8}{r['mean_batch_size']:>7.1f}"
+              f"{r['requests_per_sec'] / direct:>10.2f}x")
+    for r in rows:
+        if r["errors"]:
+            print(f"{r['protocol']} at {r['concurrency']}: errors {r['error_kinds']}")
+    print(f"direct ONNX Runtime (CPU) at batch 64: {direct:.1f} images/s")
+    print(json.dumps({"model": meta["model_tag"], "provider": meta["provider"], "direct_batch64_images_per_sec": direct,
+                      "rows": rows}))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
