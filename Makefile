@@ -1,6 +1,7 @@
 # The README's two commands:
-#   make pipeline   set up .venv, then run the main job: train the quick model, evaluate it,
-#                   export it to ONNX with parity proven, register it in the BentoML store, verify
+#   make pipeline   set up .venv, then run the main job: train the quick model, evaluate it, export
+#                   it to ONNX with parity proven, register it in the BentoML store, verify it, and
+#                   serve it in the foreground (`make model` does everything but the serving)
 #   make test       set up .venv, then run the test suite (what .ci/run calls)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,6 +11,8 @@ BIN := $(VENV)/bin
 # from resolving "torch" to the multi-GB CUDA build. Override on a GPU host: make TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 RUN_DIR ?= runs/quick-$(shell date +%Y%m%d-%H%M%S)
+PORT ?= 3000
+GRPC_PORT ?= $(or $(CAPSNET_GRPC_PORT),8001)
 
 # Default data: the shared MNIST folder beside the checkout when there is one; otherwise the
 # loader uses ~/.cache/capsnet/mnist and downloads the four files with SHA-256 checks.
@@ -21,7 +24,7 @@ endif
 
 export BENTOML_DO_NOT_TRACK ?= True
 
-.PHONY: setup pipeline test lint
+.PHONY: setup model pipeline serve test lint
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -31,11 +34,25 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-pipeline: setup
+model: setup
 	$(BIN)/capsnet-train --profile quick --out $(RUN_DIR)
 	$(BIN)/capsnet-evaluate $(RUN_DIR)/best.pt
 	$(BIN)/capsnet-export $(RUN_DIR)/best.pt -o $(RUN_DIR)/export
 	$(BIN)/capsnet-verify $(RUN_DIR)/export/model.onnx --checkpoint $(RUN_DIR)/best.pt
+
+pipeline: model serve
+
+# Serve the newest registered capsnet-mnist (CAPSNET_MODEL_TAG picks another) until Ctrl-C.
+serve: setup
+	@echo
+	@echo "Serving the newest capsnet-mnist model (Ctrl-C stops):"
+	@echo "  HTTP  http://localhost:$(PORT)   (API docs: http://localhost:$(PORT)/docs)"
+	@echo "  gRPC  localhost:$(GRPC_PORT)   (Open Inference Protocol v2, model capsnet-mnist)"
+	@echo "Try, from another shell:"
+	@echo "  curl -s -F images=@serving/examples/seven.png http://localhost:$(PORT)/classify_image"
+	@echo "  curl -s -X POST http://localhost:$(PORT)/metadata -H 'content-type: application/json' -d '{}'"
+	@echo
+	CAPSNET_GRPC_PORT=$(GRPC_PORT) $(BIN)/bentoml serve --port $(PORT)
 
 test: setup
 	$(BIN)/python -m pytest -q
