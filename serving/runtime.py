@@ -56,11 +56,6 @@ class CapsNetRuntime:
         self.images = 0
         self.max_batch_seen = 0
 
-    @property
-    def output_width(self) -> int:
-        """Columns of `infer_packed`'s result: probabilities then flattened poses."""
-        return self.num_classes * (1 + self.pose_dim)
-
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """images float32 [N, 1, 28, 28] -> (probabilities [N, K], poses [N, K, D])."""
         probabilities, poses = self.session.run(["probabilities", "poses"], {"image": images})

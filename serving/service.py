@@ -91,9 +91,7 @@ class CapsNet:
 
     async def _predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Validated [N, 1, 28, 28] -> (probabilities [N, K], poses [N, K, D]) via the batcher."""
-        packed = np.asarray(await self.to_async.infer(images), dtype=np.float32)
-        k = len(self.class_names)
-        probabilities, poses = packed[:, :k], packed[:, k:].reshape(len(packed), k, self.pose_dim)
+        probabilities, poses = self.runtime.unpack(np.asarray(await self.to_async.infer(images), np.float32))
         if not (np.isfinite(probabilities).all() and np.isfinite(poses).all()):
             raise BentoMLException("the model produced non-finite values; refusing to return them")
         return probabilities, poses

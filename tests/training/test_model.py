@@ -120,29 +120,31 @@ def test_every_parameter_gets_a_finite_gradient():
         assert p.grad.abs().sum() > 0, name
 
 
-def test_bf16_autocast_runs_and_stays_close():
+def check_device_and_bf16(variant: str, device: str) -> None:
+    """float32 on `device` matches the CPU; bf16 autocast on `device` runs, stays finite and close."""
     torch.manual_seed(4)
-    model = CapsNet(variant_config("tiny")).eval()
+    model = CapsNet(variant_config(variant)).eval()
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         ref, _ = model(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            probs, poses = model(x)
-    assert probs.shape == (3, 10) and poses.shape == (3, 10, 8)
+        model, xd = model.to(device), x.to(device)
+        probs32, _ = model(xd)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            probs, poses = model(xd)
+    torch.testing.assert_close(probs32.cpu(), ref, rtol=1e-3, atol=1e-4)
+    assert probs.shape == (3, 10) and poses.shape == (3, 10, model.config.digit_dim)
     assert torch.isfinite(probs.float()).all()
-    torch.testing.assert_close(probs.float(), ref, rtol=0.05, atol=0.02)
+    torch.testing.assert_close(probs.float().cpu(), ref, rtol=0.05, atol=0.02)
+
+
+def test_bf16_autocast_runs_and_stays_close():
+    check_device_and_bf16("tiny", "cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.gpu
-def test_cuda_forward_matches_cpu():
-    torch.manual_seed(5)
-    model = CapsNet(variant_config("small")).eval()
-    x = torch.rand(2, 1, 28, 28)
-    with torch.no_grad():
-        cpu, _ = model(x)
-        gpu, _ = model.cuda()(x.cuda())
-    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-4)
+def test_cuda_float32_and_bf16_match_cpu():
+    check_device_and_bf16("small", "cuda")
 
 
 def test_variants_share_code_and_differ_in_width():
