@@ -144,3 +144,26 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(synthetic_data_dir, tmp
                              cwd=REPO, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert load_checkpoint(out / "last.pt")["step"] == stopped["step"] + 3
+
+
+def test_full_disk_keeps_the_previous_checkpoint_intact(tiny_train_config, synthetic_data_dir, tmp_path,
+                                                        monkeypatch):
+    import errno
+
+    import training.checkpoint
+
+    cfg = dataclasses.replace(tiny_train_config, max_steps=2)
+    run_train(cfg, tmp_path / "run", synthetic_data_dir)
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+
+    def disk_full(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(training.checkpoint.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run_train(dataclasses.replace(cfg, max_steps=4), tmp_path / "run", synthetic_data_dir, resume=True)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["last.pt"]
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
