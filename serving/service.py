@@ -111,7 +111,7 @@ class CapsNet:
 
         servicer = InferenceServicer(
             model_name=MODEL.tag.name, model_version=MODEL.tag.version or "", infer=infer,
-            is_ready=lambda: self.grpc_server is not None, max_images=settings.max_batch_size,
+            is_ready=self._ready, max_images=settings.max_batch_size,
             output_dims={"probabilities": [k], "poses": [k, self.pose_dim]})
         self.grpc_server = await start_grpc_server(servicer, settings.grpc_port, settings.max_request_bytes)
 
@@ -120,9 +120,13 @@ class CapsNet:
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=2)
 
-    async def __is_ready__(self) -> bool:
+    def _ready(self) -> bool:
+        """Ready = on the GPU if one is required, gRPC up, and BentoML's client to the batcher wired."""
         gpu_ok = not settings.require_gpu or self.runtime.provider == CUDA
         return gpu_ok and self.grpc_server is not None and hasattr(self, "to_async")
+
+    async def __is_ready__(self) -> bool:  # BentoML's /readyz
+        return self._ready()
 
     @bentoml.api
     async def classify(self, images: np.ndarray) -> list[Prediction]:
@@ -163,7 +167,9 @@ class CapsNet:
             "class_names": self.class_names,
             "routing_iters": self.config["routing_iters"],
             "outputs": {"probabilities": [len(self.class_names)], "poses": [len(self.class_names), self.pose_dim]},
-            "accuracy": {"validation": info.metadata.get("val_accuracy"), "test": info.metadata.get("test_accuracy")},
+            # only what the export recorded: a model from an interrupted run has no test accuracy
+            "accuracy": {name: info.metadata[key] for name, key in (("validation", "val_accuracy"),
+                         ("test", "test_accuracy")) if info.metadata.get(key) is not None},
             "parity": info.metadata.get("parity"),
             "provider": self.runtime.provider,
             "providers": self.runtime.session.get_providers(),

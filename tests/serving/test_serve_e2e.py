@@ -269,6 +269,8 @@ def test_required_gpu_fails_readiness_on_cpu(registered):
         s.wait("/readyz", 503)
         time.sleep(2)
         assert httpx.get(s.url + "/readyz", timeout=5).status_code == 503
+        with s.grpc() as client:
+            assert client.is_server_live() and not client.is_server_ready()
         assert "CAPSNET_REQUIRE_GPU" in s.output()
     finally:
         s.stop()
