@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
+from bench_timing import median_rate
 
 from export.inference_graph import InferenceGraph
 from export.onnx_export import export_graph
@@ -25,26 +24,6 @@ from export.parity import cuda_usable, open_session
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import variant_config
 from training.model import CapsNet
-
-
-def images_per_sec(fn, batch: int, repeats: int, min_seconds: float = 0.5) -> float:
-    """Median images/s over `repeats` timed rounds, each long enough to time reliably."""
-    fn()
-    fn()  # warm-up: allocator, thread pools, ORT's first-run arena
-    calls = max(1, int(min_seconds / max(1e-6, _time(fn))))
-    rates = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        rates.append(batch * calls / (time.perf_counter() - t))
-    return statistics.median(rates)
-
-
-def _time(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -76,11 +55,11 @@ def main() -> None:
             with torch.inference_mode():
                 reference = graph(xt)[0].numpy()
                 row = {"batch": batch,
-                       "torch-eager-cpu": images_per_sec(lambda xt=xt: graph(xt), batch, args.repeats)}
+                       "torch-eager-cpu": median_rate(lambda xt=xt: graph(xt), batch, args.repeats)}
             for name, s in sessions.items():
                 out = s.run(["probabilities"], {"image": x})[0]
                 row[f"{name} max_abs_diff"] = float(np.abs(out - reference).max())
-                row[name] = images_per_sec(lambda s=s, x=x: s.run(None, {"image": x}), batch, args.repeats)
+                row[name] = median_rate(lambda s=s, x=x: s.run(None, {"image": x}), batch, args.repeats)
                 row[f"{name} / torch"] = row[name] / row["torch-eager-cpu"]
             rows.append(row)
         providers = {name: s.get_providers()[0] for name, s in sessions.items()}

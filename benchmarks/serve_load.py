@@ -17,16 +17,16 @@ import argparse
 import asyncio
 import json
 import platform
-import statistics
 import time
 
 import bentoml
 import httpx
 import numpy as np
-import onnxruntime as ort
 import tritonclient.grpc.aio as grpc_aio
+from bench_timing import median_rate
 from tritonclient.grpc import InferInput
 
+from export.parity import open_session
 from training.data import synthetic_digits
 
 
@@ -100,18 +100,10 @@ async def run_level(protocol: str, level: int, seconds: float, images: np.ndarra
 
 
 def direct_throughput(model_path: str, images: np.ndarray, batch: int = 64, repeats: int = 7) -> float:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    """Images/s of ONNX Runtime (CPU) on the served model file at `batch`, no server involved."""
+    session = open_session(model_path, ["CPUExecutionProvider"])
     x = np.ascontiguousarray(np.resize(images, (batch, 1, 28, 28)))
-    session.run(None, {"image": x})
-    rates = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(5):
-            session.run(None, {"image": x})
-        rates.append(5 * batch / (time.perf_counter() - t))
-    return statistics.median(rates)
+    return median_rate(lambda: session.run(None, {"image": x}), batch, repeats)
 
 
 async def main() -> None:

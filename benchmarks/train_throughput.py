@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 
 import torch
+from bench_timing import median_rate
 from torch import Tensor
 
 from training.config import variant_config
-from training.model import CapsNet, capsule_length, dynamic_routing, squash
+from training.model import CapsNet, dynamic_routing, squash
 from training.train import TrainingModule
 
 
@@ -38,16 +37,6 @@ class BroadcastCapsNet(CapsNet):
             if it < self.config.routing_iters - 1:
                 b = b + (u_hat * v).sum(dim=-1, keepdim=True)
         return v.squeeze(1), c.squeeze(-1)
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def train_step_fn(model: CapsNet, x: Tensor, y: Tensor):
@@ -81,13 +70,11 @@ def main() -> None:
     with torch.no_grad():
         (p_ours, _), (p_ref, _) = ours(x), reference(x)
         max_diff = float((p_ours - p_ref).abs().max())
-        infer = {name: median_seconds(lambda m=m: m(x), args.repeats)
+        infer = {name: median_rate(lambda m=m: m(x), args.batch, args.repeats)
                  for name, m in (("ours", ours), ("reference", reference))}
         u_hat = ours.predictions(ours.primary_capsules(x))
-        routing = median_seconds(lambda: dynamic_routing(u_hat, ours.config.routing_iters), args.repeats)
-        poses, _ = ours.encode(x)
-        capsule_length(poses)
-    train = {name: median_seconds(train_step_fn(m, x, y), args.repeats)
+        routing = median_rate(lambda: dynamic_routing(u_hat, ours.config.routing_iters), args.batch, args.repeats)
+    train = {name: median_rate(train_step_fn(m, x, y), args.batch, args.repeats, min_seconds=0)
              for name, m in (("ours", ours), ("reference", reference))}
 
     result = {
@@ -95,11 +82,11 @@ def main() -> None:
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": str(torch.__version__),
         "max_abs_diff_probabilities": max_diff,
-        "inference_images_per_sec": {k: args.batch / v for k, v in infer.items()},
-        "training_images_per_sec": {k: args.batch / v for k, v in train.items()},
-        "inference_speedup": infer["reference"] / infer["ours"],
-        "training_speedup": train["reference"] / train["ours"],
-        "routing_share_of_forward": routing / infer["ours"],
+        "inference_images_per_sec": infer,
+        "training_images_per_sec": train,
+        "inference_speedup": infer["ours"] / infer["reference"],
+        "training_speedup": train["ours"] / train["reference"],
+        "routing_share_of_forward": infer["ours"] / routing,
     }
     print(f"CapsNet '{args.variant}', batch {args.batch}, median of {args.repeats} "
           f"({result['hardware']}, torch {result['torch']})")

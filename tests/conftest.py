@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -29,6 +30,13 @@ def write_dataset(directory: Path, n_train: int = 640, n_test: int = 200) -> Pat
         write_idx(directory / image_file, images)
         write_idx(directory / label_file, labels)
     return directory
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from training.config import TrainConfig
-from training.data import DataUnavailableError, load_split, to_float
-from training.evaluation import classification_metrics, predict
+from training.data import DataUnavailableError, to_float
+from training.evaluation import test_split_metrics
 from training.figures import pose_perturbation_grid, reconstruction_grid, save_png
 from training.fileio import sha256_file, write_json
 from training.idx import IDXError
@@ -35,15 +34,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = No
     ckpt = load_checkpoint(checkpoint)
     dev = resolve_device(device, DistributedContext())
     model = model_from_checkpoint(ckpt).to(dev)
-    dataset = TrainConfig.from_dict(ckpt["train_config"]).dataset
-    images, labels = load_split(dataset, "test", data_dir)
-    probabilities, _ = predict(model, images, batch_size, dev)
+    metrics, images = test_split_metrics(ckpt, model, data_dir, batch_size, dev)
     result = {
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": sha256_file(checkpoint),
-        "dataset": dataset,
+        "dataset": ckpt["train_config"]["dataset"],
         "split": "test",
-        **classification_metrics(probabilities, labels, ckpt["class_names"]),
+        **metrics,
         "val_accuracy": ckpt["metrics"].get("best_val_accuracy"),
         "model_config": ckpt["model_config"],
     }
@@ -51,7 +48,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = No
     sample = to_float(images[:32]).to(dev)
     save_png(out / "reconstructions.png", reconstruction_grid(model, sample))
     save_png(out / "pose_perturbations.png", pose_perturbation_grid(model, sample[:1]))
-    log.info("test accuracy %.4f on %d images; wrote %s", result["accuracy"], len(labels), out)
+    log.info("test accuracy %.4f on %d images; wrote %s", result["accuracy"], result["num_images"], out)
     return result
 
 

@@ -37,7 +37,7 @@ from training.checkpoint import (
 )
 from training.config import PROFILES, RESUMABLE_OVERRIDES, TrainConfig
 from training.data import dataset_spec, load_split, random_shift, to_float, train_val_split
-from training.evaluation import classification_metrics, predict
+from training.evaluation import classification_metrics, predict, test_split_metrics
 from training.fileio import atomic_path
 from training.losses import margin_loss, reconstruction_loss
 from training.model import CapsNet
@@ -316,13 +316,11 @@ def record_test_accuracy(best_path: Path, data_dir: str | Path | None, batch_siz
     """Evaluate the selected (best-validation) checkpoint once on the untouched test set and
     store the number in its metrics."""
     ckpt = load_checkpoint(best_path)
-    test_x, test_y = load_split(TrainConfig.from_dict(ckpt["train_config"]).dataset, "test", data_dir)
-    probs, _ = predict(model_from_checkpoint(ckpt).to(device), test_x, batch_size, device)
-    accuracy = classification_metrics(probs, test_y, ckpt["class_names"])["accuracy"]
-    ckpt["metrics"]["test_accuracy"] = accuracy
+    metrics, _ = test_split_metrics(ckpt, model_from_checkpoint(ckpt).to(device), data_dir, batch_size, device)
+    ckpt["metrics"]["test_accuracy"] = metrics["accuracy"]
     save_checkpoint(best_path, ckpt)
-    log.info("test accuracy of %s: %.4f (%d images)", best_path, accuracy, len(test_y))
-    return accuracy
+    log.info("test accuracy of %s: %.4f (%d images)", best_path, metrics["accuracy"], metrics["num_images"])
+    return metrics["accuracy"]
 
 
 def build_parser() -> argparse.ArgumentParser:

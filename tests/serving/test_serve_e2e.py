@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,18 +28,12 @@ from tritonclient.utils import InferenceServerException
 from export.onnx_export import export_onnx
 from export.registry import register_export
 from serving.preprocess import preprocess_encoded
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from training.data import synthetic_digits
 
 START_TIMEOUT = 90  # seconds for `bentoml serve` to become ready (15 s is typical here)
 REQUEST_TIMEOUT = 30
 GRPC_TIMEOUT = 30
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

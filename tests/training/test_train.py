@@ -2,7 +2,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.evaluate import evaluate_checkpoint
 from training.train import train
@@ -95,12 +94,6 @@ def test_evaluate_writes_json_and_figures(tiny_train_config, synthetic_data_dir,
     fig4 = Image.open(tmp_path / "run" / "pose_perturbations.png")
     assert fig4.size == (2 + 11 * 30, 2 + 8 * 30)  # 11 perturbations x 8 pose dims (tiny), 28+2 px tiles
     assert Image.open(tmp_path / "run" / "reconstructions.png").size == (2 + 8 * 30, 2 + 8 * 30)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli(*args: str) -> list[str]:
