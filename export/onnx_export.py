@@ -30,10 +30,11 @@ from export.parity import (
     failure_summary,
     library_versions,
     parity_summary,
+    quiet_third_party_loggers,
     verify_parity,
 )
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from training.fileio import quiet_third_party_loggers, sha256_file, write_json
+from training.fileio import sha256_file, write_json
 
 log = logging.getLogger(__name__)
 

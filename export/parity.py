@@ -28,7 +28,7 @@ from export.inference_graph import InferenceGraph
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.config import CapsNetConfig
 from training.data import SPLIT_FILES, load_split, resolve_data_dir, synthetic_digits
-from training.fileio import quiet_third_party_loggers, sha256_file, write_json
+from training.fileio import sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +304,13 @@ def parity_summary(report: dict[str, Any]) -> dict[str, Any]:
             "batch_sizes": [int(b) for b in s["batch_sizes"]],
         } for s in report["sections"]],
     }
+
+
+def quiet_third_party_loggers() -> None:
+    """CLIs log at INFO; the ONNX exporter's dependencies chat at INFO/WARNING about things that
+    do not concern our users (torchvision ops they never use, unused-node removal)."""
+    for name in ("torch.onnx", "onnx_ir", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

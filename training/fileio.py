@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -58,9 +57,3 @@ def sha256_file(path: str | Path) -> str:
             h.update(chunk)
     return h.hexdigest()
 
-
-def quiet_third_party_loggers() -> None:
-    """CLIs log at INFO; the ONNX exporter's dependencies chat at INFO/WARNING about things that
-    do not concern our users (torchvision ops they never use, unused-node removal)."""
-    for name in ("torch.onnx", "onnx_ir", "onnxscript"):
-        logging.getLogger(name).setLevel(logging.ERROR)
