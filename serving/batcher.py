@@ -1,0 +1,48 @@
+"""In-process access to BentoML's adaptive batcher for one `batchable=True` API.
+
+BentoML (1.4) offers in-process callers only `self.to_async.<api>`, which is an HTTP client whose
+transport is the service's own ASGI app: every call JSON-encodes the array, runs the whole
+middleware stack, rebuilds the API's JSON schema, decodes again, and only then reaches the batcher.
+Measured under load, that loopback cost more CPU than the model itself. The batcher it ends in is
+`ServiceAppFactory.batch_infer(name, args, kwargs)` (BentoML's CorkDispatcher, with its metrics
+histogram and worker thread); `find_batcher` returns that bound method, so our HTTP and gRPC handlers
+hand a validated array straight to the same batcher and share batches with direct /infer callers.
+
+The lookup reads BentoML internals (the route BentoML registers for the API, whose endpoint is a
+partial of the factory's bound `api_endpoint_wrapper`), so it checks every step and returns None
+when anything is not as expected; the caller then falls back to `to_async` (correct, just slower).
+The bentoml pin in pyproject.toml (<1.5) and the end-to-end tests guard it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Batcher = Callable[[Any], Awaitable[Any]]
+
+
+def find_batcher(service_instance: Any, api_name: str) -> Batcher | None:
+    """The coroutine function `images -> outputs` that enqueues `images` (a batch along axis 0) in
+    BentoML's batcher for `api_name` and returns this request's slice of the batched result; None
+    when this BentoML does not expose it the expected way."""
+    proxy = getattr(service_instance, "__self_proxy__", None)  # set by BentoML once the app starts
+    app = getattr(getattr(proxy, "to_async", None), "app", None)
+    for route in getattr(app, "routes", ()):
+        endpoint = getattr(route, "endpoint", None)
+        if getattr(route, "name", None) != api_name or not isinstance(endpoint, functools.partial):
+            continue
+        factory = getattr(endpoint.func, "__self__", None)
+        batch_infer = getattr(factory, "batch_infer", None)
+        if callable(batch_infer) and api_name in getattr(factory, "dispatchers", {}):
+            return functools.partial(_call, batch_infer, api_name)
+    log.warning("BentoML's batcher for %r not found in-process; using the slower self.to_async path", api_name)
+    return None
+
+
+async def _call(batch_infer: Callable[..., Awaitable[Any]], api_name: str, value: Any) -> Any:
+    return await batch_infer(api_name, (value,), {})
