@@ -2,9 +2,9 @@
 
 `infer` is the one `batchable=True` API: BentoML's adaptive batcher merges concurrent calls into one
 ONNX Runtime run. The public APIs (HTTP classify, classify_image and the gRPC ModelInfer) validate
-and preprocess per request, then call `infer` through the service's in-process client
-(`self.to_async`), which goes through the batcher: requests from both protocols share batches with
-each other and with direct callers of /infer. (A plain `self.infer(...)` would run unbatched.)
+and preprocess per request, then hand the array to that batcher in-process (serving/batcher.py):
+requests from both protocols share batches with each other and with direct callers of /infer.
+(A plain `self.infer(...)` would run unbatched.)
 Settings come from CAPSNET_* environment variables (serving/settings.py). No torch, no training code.
 """
 
@@ -89,6 +89,7 @@ class CapsNet:
         self.pose_dim: int = self.runtime.pose_dim
         self.grpc_server: Any = None
         self._batcher: Batcher | None = None
+        self._batcher_in_process = False
 
     @bentoml.api(batchable=True, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms)
     def infer(self, images: Annotated[np.ndarray, AfterValidator(_validated)]) -> np.ndarray:
@@ -101,7 +102,9 @@ class CapsNet:
         """`infer` through BentoML's batcher, called in-process (serving/batcher.py says why not
         through self.to_async). Resolved on first use: BentoML wires it up after the startup hooks."""
         if self._batcher is None:
-            self._batcher = find_batcher(self, "infer") or self.to_async.infer
+            found = find_batcher(self, "infer")
+            self._batcher_in_process = found is not None
+            self._batcher = found or self.to_async.infer
         return self._batcher
 
     async def _predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,9 +140,10 @@ class CapsNet:
             await self.grpc_server.stop(grace=2)
 
     def _ready(self) -> bool:
-        """Ready = on the GPU if one is required, gRPC up, and BentoML's client to the batcher wired."""
+        """Ready = on the GPU if one is required, gRPC up, and BentoML done wiring the app (it sets
+        __self_proxy__ after the startup hooks; the batcher is found through it)."""
         gpu_ok = not settings.require_gpu or self.runtime.provider == CUDA
-        return gpu_ok and self.grpc_server is not None and hasattr(self, "to_async")
+        return gpu_ok and self.grpc_server is not None and getattr(self, "__self_proxy__", None) is not None
 
     async def __is_ready__(self) -> bool:  # BentoML's /readyz
         return self._ready()
@@ -177,6 +181,7 @@ class CapsNet:
         """The served model: tag, config, classes, routing iterations, parity summary, the ONNX
         Runtime provider in use, batching settings and statistics, versions."""
         info = MODEL.info
+        self._batched_infer()  # resolve it, so in_process below is known before the first request
         return {
             "model_tag": str(MODEL.tag),
             "model_config": self.config["model_config"],
@@ -191,6 +196,7 @@ class CapsNet:
             "providers": self.runtime.session.get_providers(),
             "require_gpu": settings.require_gpu,
             "batching": {"max_batch_size": settings.max_batch_size, "max_latency_ms": settings.max_latency_ms,
+                         "in_process": self._batcher_in_process,  # false: the slower to_async fallback
                          **self.runtime.stats()},
             "grpc_port": settings.grpc_port,
             "versions": {"onnxruntime": ort.__version__, "bentoml": bentoml.__version__,

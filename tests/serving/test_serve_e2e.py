@@ -158,6 +158,7 @@ def test_metadata_and_builtin_endpoints(server, registered):
     assert meta["routing_iters"] == 3 and meta["class_names"] == [str(d) for d in range(10)]
     assert meta["parity"]["passed"] is True
     assert meta["batching"]["max_batch_size"] == 16 and meta["batching"]["max_latency_ms"] == 100
+    assert meta["batching"]["in_process"] is True, "fell back to BentoML's slower self.to_async loopback"
     assert {"onnxruntime", "bentoml"} <= set(meta["versions"])
     assert httpx.get(server.url + "/livez", timeout=5).status_code == 200
     assert "bentoml" in httpx.get(server.url + "/metrics", timeout=5).text
