@@ -36,6 +36,20 @@ async def metadata(url: str) -> dict:
         return await r.json()
 
 
+async def batch_totals(url: str) -> tuple[float, float]:
+    """(requests batched, batches) so far for the `infer` batcher, summed over all server workers:
+    BentoML's Prometheus histogram bentoml_service_adaptive_batch_size (its _sum and _count)."""
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as r:
+        text = await r.text()
+    totals = {"_sum": 0.0, "_count": 0.0}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        for suffix in totals:
+            if name.startswith("bentoml_service_adaptive_batch_size" + suffix + "{") and 'method_name="infer"' in name:
+                totals[suffix] += float(value)
+    return totals["_sum"], totals["_count"]
+
+
 def encoded_requests(images: np.ndarray, model: str) -> tuple[list[bytes], list[pb.ModelInferRequest]]:
     """Each image as a ready HTTP JSON body for /classify and a ready gRPC ModelInferRequest.
 
@@ -94,7 +108,7 @@ async def run_level(protocol: str, level: int, seconds: float, images: np.ndarra
                 failed(e.code().name)
             k += level
 
-    before = (await metadata(args.url))["batching"]
+    before = await batch_totals(args.url)
     start = time.perf_counter()
     if protocol == "http":
         connector = aiohttp.TCPConnector(limit=level)
@@ -102,12 +116,17 @@ async def run_level(protocol: str, level: int, seconds: float, images: np.ndarra
                                          timeout=aiohttp.ClientTimeout(total=30)) as session:
             await asyncio.gather(*(http_worker(session, k) for k in range(level)))
     else:
-        async with grpc.aio.insecure_channel(args.grpc) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            await asyncio.gather(*(grpc_worker(stub, k) for k in range(level)))
+        # a connection per client, as independent clients would have (gRPC would otherwise share one
+        # TCP connection between channels, and with several server workers reach only one of them)
+        channels = [grpc.aio.insecure_channel(args.grpc, options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(level)]
+        try:
+            await asyncio.gather(*(grpc_worker(pb_grpc.GRPCInferenceServiceStub(c), k) for k, c in enumerate(channels)))
+        finally:
+            await asyncio.gather(*(c.close() for c in channels))
     elapsed = time.perf_counter() - start
-    after = (await metadata(args.url))["batching"]
-    batches = after["batches"] - before["batches"]
+    after = await batch_totals(args.url)
+    batches = after[1] - before[1]
     ms = sorted(1000 * x for x in latencies)
 
     def pct(p: float) -> float:
@@ -115,7 +134,8 @@ async def run_level(protocol: str, level: int, seconds: float, images: np.ndarra
 
     return {"protocol": protocol, "concurrency": level, "requests": len(ms), "errors": errors, "error_kinds": kinds,
             "requests_per_sec": len(ms) / elapsed, "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
-            "mean_batch_size": (after["images"] - before["images"]) / batches if batches else 0.0}
+            # requests per batch; each request carries one image, so also images per batch
+            "mean_batch_size": (after[0] - before[0]) / batches if batches else 0.0}
 
 
 def direct_throughput(model_path: str, images: np.ndarray, batch: int = 64, repeats: int = 7) -> float:

@@ -109,13 +109,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-async def start_grpc_server(servicer: InferenceServicer, port: int,
-                            max_message_bytes: int) -> grpc.aio.Server:
-    """Start an asyncio gRPC server on 0.0.0.0:`port` serving `servicer`."""
+async def start_grpc_server(servicer: InferenceServicer, port: int, max_message_bytes: int,
+                            shared_port: bool = False) -> grpc.aio.Server:
+    """Start an asyncio gRPC server on 0.0.0.0:`port` serving `servicer`.
+
+    `shared_port`: several server workers bind the same port (SO_REUSEPORT; the kernel spreads
+    connections over them). Off, a port already taken is an error instead of silently shared with
+    whatever holds it (gRPC's own default would share it)."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
-                                      ("grpc.max_send_message_length", max_message_bytes)])
+                                      ("grpc.max_send_message_length", max_message_bytes),
+                                      ("grpc.so_reuseport", int(shared_port))])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-    if server.add_insecure_port(f"0.0.0.0:{port}") == 0:
+    try:  # gRPC reports a taken port by raising or by returning 0, depending on the version
+        bound = server.add_insecure_port(f"0.0.0.0:{port}")
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
         raise RuntimeError(f"cannot bind the gRPC port {port} (in use?); set CAPSNET_GRPC_PORT")
     await server.start()
     log.info("gRPC (Open Inference Protocol v2) listening on port %d", port)

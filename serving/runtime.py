@@ -37,12 +37,14 @@ class CapsNetRuntime:
     read back from the session: onnxruntime-gpu without a GPU quietly runs on the CPU.
     """
 
-    def __init__(self, model_dir: str | Path) -> None:
+    def __init__(self, model_dir: str | Path, intra_op_threads: int = 0) -> None:
+        """`intra_op_threads`: ONNX Runtime's CPU threads for one run; 0 lets it use every core."""
         model_dir = Path(model_dir)
         self.config: dict[str, Any] = json.loads((model_dir / "config.json").read_text())
         self.parity: dict[str, Any] = json.loads((model_dir / "parity.json").read_text())
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        options.intra_op_num_threads = intra_op_threads
         wanted = [CUDA, CPU] if gpu_count() > 0 and CUDA in ort.get_available_providers() else [CPU]
         self.session = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=wanted)
         self.provider = self.session.get_providers()[0]

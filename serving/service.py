@@ -11,6 +11,7 @@ Settings come from CAPSNET_* environment variables (serving/settings.py). No tor
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import sys
 from pathlib import Path
@@ -31,7 +32,10 @@ from serving.runtime import CUDA, CapsNetRuntime
 from serving.settings import ServingSettings
 from serving.validation import InputError, validate_images
 
-log = logging.getLogger("capsnet.serving")
+log = logging.getLogger(__name__)
+# BentoML sets its own logger to INFO and the root to WARNING: without this, our INFO lines (the
+# provider in use, the gRPC port) would never reach `bentoml serve`'s output.
+logging.getLogger("serving").setLevel(logging.getLogger("bentoml").getEffectiveLevel())
 settings = ServingSettings.from_env()
 
 
@@ -71,7 +75,7 @@ Predictions = Annotated[list[Prediction], ContentType("application/json")]
 # runner_connection: BentoML's client behind self.to_async replaces its HTTP session every 100
 # requests by default and closes the old one under requests still in flight (BentoML issue #5540:
 # "Server disconnected" under load). The in-process connection has nothing to go stale: keep it.
-@bentoml.service(name="capsnet", workers=1, traffic={"timeout": 60},
+@bentoml.service(name="capsnet", workers=settings.workers, traffic={"timeout": 60},
                  runner_connection={"max_requests": 1_000_000_000, "max_age": 1e9})
 class CapsNet:
     """Classify handwritten digits with a Capsule Network (Sabour et al. 2017), served from ONNX."""
@@ -79,7 +83,9 @@ class CapsNet:
     model_ref = bentoml.models.BentoModel(str(MODEL.tag))
 
     def __init__(self) -> None:
-        self.runtime = CapsNetRuntime(self.model_ref.path)
+        # several workers share the cores: each ONNX Runtime gets its share instead of all of them
+        threads = 0 if settings.workers == 1 else max(1, (os.cpu_count() or 1) // settings.workers)
+        self.runtime = CapsNetRuntime(self.model_ref.path, intra_op_threads=threads)
         self.runtime.warm_up(settings.max_batch_size)
         if settings.require_gpu and self.runtime.provider != CUDA:
             log.error("CAPSNET_REQUIRE_GPU is set but ONNX Runtime runs on %s: readiness will fail",
@@ -132,7 +138,8 @@ class CapsNet:
             model_name=MODEL.tag.name, model_version=MODEL.tag.version or "", infer=infer,
             is_ready=self._ready, max_images=settings.max_batch_size,
             output_dims={"probabilities": [k], "poses": [k, self.pose_dim]})
-        self.grpc_server = await start_grpc_server(servicer, settings.grpc_port, settings.max_request_bytes)
+        self.grpc_server = await start_grpc_server(servicer, settings.grpc_port, settings.max_request_bytes,
+                                                   shared_port=settings.workers > 1)
 
     @bentoml.on_shutdown
     async def stop_grpc(self) -> None:
@@ -195,7 +202,9 @@ class CapsNet:
             "provider": self.runtime.provider,
             "providers": self.runtime.session.get_providers(),
             "require_gpu": settings.require_gpu,
+            # the statistics are this worker's; /metrics has BentoML's adaptive_batch_size for all
             "batching": {"max_batch_size": settings.max_batch_size, "max_latency_ms": settings.max_latency_ms,
+                         "workers": settings.workers,
                          "in_process": self._batcher_in_process,  # false: the slower to_async fallback
                          **self.runtime.stats()},
             "grpc_port": settings.grpc_port,

@@ -18,6 +18,7 @@ class ServingSettings:
     grpc_port: int = 8001  # CAPSNET_GRPC_PORT
     require_gpu: bool = False  # CAPSNET_REQUIRE_GPU: readiness fails unless CUDA is in use
     max_request_bytes: int = 8 << 20  # CAPSNET_MAX_REQUEST_BYTES: larger bodies get 413
+    workers: int = 1  # CAPSNET_WORKERS: server processes; each has its own model session and batcher
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServingSettings:
@@ -30,7 +31,10 @@ class ServingSettings:
             grpc_port=int(env.get("CAPSNET_GRPC_PORT", d.grpc_port)),
             require_gpu=_flag(env.get("CAPSNET_REQUIRE_GPU", "false")),
             max_request_bytes=int(env.get("CAPSNET_MAX_REQUEST_BYTES", d.max_request_bytes)),
+            workers=int(env.get("CAPSNET_WORKERS", d.workers)),
         )
         if settings.max_batch_size < 2:
             raise ValueError("CAPSNET_MAX_BATCH_SIZE must be at least 2")
+        if settings.workers < 1:
+            raise ValueError("CAPSNET_WORKERS must be at least 1")
         return settings

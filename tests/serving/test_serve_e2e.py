@@ -48,9 +48,9 @@ class Server:
             [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(self.http_port)],
             cwd=REPO, env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def output(self) -> str:
+    def output(self, tail: int = 5000) -> str:
         self.log.flush()
-        return Path(self.log.name).read_text()[-5000:]
+        return Path(self.log.name).read_text()[-tail:]
 
     def wait(self, path: str = "/readyz", status: int = 200) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -111,6 +111,15 @@ def grpc_infer(client, model: str, images: np.ndarray):
     return client.infer(model, [tensor], client_timeout=GRPC_TIMEOUT)
 
 
+def label_of_one(server: Server, images: np.ndarray, k: int) -> int:
+    """Image k % len(images) classified on its own: over HTTP for odd k, over gRPC for even k."""
+    one = images[k % len(images)][None]
+    if k % 2:
+        return server.post("classify", json={"images": one.tolist()}).json()[0]["label"]
+    with server.grpc() as client:
+        return int(grpc_infer(client, "capsnet-e2e", one).as_numpy("probabilities").argmax())
+
+
 def stats(server: Server) -> dict:
     return server.post("metadata", json={}).json()["batching"]
 
@@ -159,6 +168,8 @@ def test_metadata_and_builtin_endpoints(server, registered):
     assert meta["parity"]["passed"] is True
     assert meta["batching"]["max_batch_size"] == 16 and meta["batching"]["max_latency_ms"] == 100
     assert meta["batching"]["in_process"] is True, "fell back to BentoML's slower self.to_async loopback"
+    log = server.output(tail=10**7)
+    assert f"on {meta['provider']}" in log and f"listening on port {server.grpc_port}" in log
     assert {"onnxruntime", "bentoml"} <= set(meta["versions"])
     assert httpx.get(server.url + "/livez", timeout=5).status_code == 200
     assert "bentoml" in httpx.get(server.url + "/metrics", timeout=5).text
@@ -171,17 +182,8 @@ def test_metadata_and_builtin_endpoints(server, registered):
 
 def test_concurrent_http_and_grpc_requests_share_batches(server, images):
     before = stats(server)
-
-    def one_http(k: int) -> int:
-        return server.post("classify", json={"images": images[k % 24:k % 24 + 1].tolist()}).json()[0]["label"]
-
-    def one_grpc(k: int) -> int:
-        with server.grpc() as client:
-            return int(grpc_infer(client, "capsnet-e2e", images[k % 24:k % 24 + 1]).as_numpy("probabilities").argmax())
-
     with ThreadPoolExecutor(32) as pool:
-        futures = [pool.submit(one_http if k % 2 else one_grpc, k) for k in range(64)]
-        labels = [f.result(timeout=REQUEST_TIMEOUT * 2) for f in futures]
+        labels = list(pool.map(lambda k: label_of_one(server, images, k), range(64), timeout=REQUEST_TIMEOUT * 2))
     after = stats(server)
     assert len(labels) == 64
     assert after["images"] - before["images"] == 64
@@ -240,6 +242,48 @@ def test_a_bad_request_does_not_fail_its_batch_mates(server, images):
         bads = [pool.submit(bad, k) for k in range(16)]
         assert [f.result(timeout=REQUEST_TIMEOUT * 2) for f in goods] == [200] * 16
         assert all(f.result(timeout=REQUEST_TIMEOUT * 2) == 400 for f in bads)
+
+
+def test_two_workers_share_the_grpc_port_and_metrics_count_every_request(registered, images):
+    s = Server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_WORKERS": "2"})
+    try:
+        s.wait()
+        deadline = time.monotonic() + START_TIMEOUT  # each worker starts its own gRPC server
+        while s.output(tail=10**7).count(f"listening on port {s.grpc_port}") < 2:
+            assert time.monotonic() < deadline, s.output()
+            time.sleep(0.5)
+        with ThreadPoolExecutor(16) as pool:
+            labels = list(pool.map(lambda k: label_of_one(s, images, k), range(48), timeout=REQUEST_TIMEOUT * 2))
+        session = ort.InferenceSession(registered.path_of("model.onnx"), providers=["CPUExecutionProvider"])
+        expected = session.run(["probabilities"], {"image": images})[0].argmax(1)
+        assert labels == [int(expected[k % 24]) for k in range(48)]
+        metrics = httpx.get(s.url + "/metrics", timeout=5).text
+        batched = sum(float(line.rpartition(" ")[2]) for line in metrics.splitlines()
+                      if line.startswith("bentoml_service_adaptive_batch_size_sum{") and 'method_name="infer"' in line)
+        assert batched == 48  # BentoML's histogram, summed over both workers, saw every request
+    finally:
+        s.stop()
+
+
+def test_a_taken_grpc_port_is_an_error_not_silently_shared(registered):
+    import socket
+
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # would let gRPC's default share it
+    squatter.bind(("0.0.0.0", 0))
+    squatter.listen()
+    s = Server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_GRPC_PORT": str(squatter.getsockname()[1])})
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while "cannot bind the gRPC port" not in s.output():
+            assert time.monotonic() < deadline, s.output()
+            time.sleep(0.5)
+        assert httpx.get(s.url + "/readyz", timeout=5).status_code != 200
+    except httpx.HTTPError:
+        pass  # the HTTP side may not be up at all: not ready either way
+    finally:
+        s.stop()
+        squatter.close()
 
 
 def test_serve_without_a_registered_model_exits_with_instructions(tmp_path):

@@ -1,0 +1,18 @@
+import pytest
+
+from serving.settings import ServingSettings
+
+
+def test_defaults_and_environment_overrides():
+    assert ServingSettings.from_env({}) == ServingSettings()
+    s = ServingSettings.from_env({"CAPSNET_WORKERS": "2", "CAPSNET_GRPC_PORT": "9001", "CAPSNET_REQUIRE_GPU": "yes",
+                                  "CAPSNET_MAX_BATCH_SIZE": "8", "CAPSNET_MODEL_TAG": "capsnet-mnist:abc"})
+    assert (s.workers, s.grpc_port, s.require_gpu, s.max_batch_size) == (2, 9001, True, 8)
+    assert s.model_tag == "capsnet-mnist:abc"
+
+
+@pytest.mark.parametrize("env, message", [({"CAPSNET_WORKERS": "0"}, "CAPSNET_WORKERS"),
+                                          ({"CAPSNET_MAX_BATCH_SIZE": "1"}, "CAPSNET_MAX_BATCH_SIZE")])
+def test_rejects_unusable_values(env, message):
+    with pytest.raises(ValueError, match=message):
+        ServingSettings.from_env(env)
