@@ -222,7 +222,9 @@ def test_bad_inputs_get_clear_errors_and_the_server_stays_correct(server, images
                (np.full((1, 1, 28, 28), 2.0, np.float32), "FP32", "capsnet-e2e", "INVALID_ARGUMENT"),
                (np.zeros((0, 1, 28, 28), np.float32), "FP32", "capsnet-e2e", "INVALID_ARGUMENT"),
                (np.zeros((17, 1, 28, 28), np.float32), "FP32", "capsnet-e2e", "INVALID_ARGUMENT"),
-               (np.zeros((1, 1, 28, 28), np.float32), "FP32", "no-such-model", "NOT_FOUND")]
+               (np.zeros((1, 1, 28, 28), np.float32), "FP32", "no-such-model", "NOT_FOUND"),
+               # over CAPSNET_MAX_REQUEST_BYTES (8 MiB): gRPC's own status for an oversized message
+               (np.zeros((3000, 1, 28, 28), np.float32), "FP32", "capsnet-e2e", "RESOURCE_EXHAUSTED")]
         for array, dtype, model, code in bad:
             tensor = grpcclient.InferInput("image", list(array.shape), dtype)
             tensor.set_data_from_numpy(array)
