@@ -72,9 +72,10 @@ class Prediction(BaseModel):
 Predictions = Annotated[list[Prediction], ContentType("application/json")]
 
 
-# runner_connection: BentoML's client behind self.to_async replaces its HTTP session every 100
-# requests by default and closes the old one under requests still in flight (BentoML issue #5540:
-# "Server disconnected" under load). The in-process connection has nothing to go stale: keep it.
+# runner_connection: for the fallback path only (serving/batcher.py). BentoML's client behind
+# self.to_async replaces its HTTP session every 100 requests by default and closes the old one under
+# requests still in flight (BentoML issue #5540: "Server disconnected" under load). The in-process
+# connection has nothing to go stale: keep it.
 @bentoml.service(name="capsnet", workers=settings.workers, traffic={"timeout": 60},
                  runner_connection={"max_requests": 1_000_000_000, "max_age": 1e9})
 class CapsNet:
@@ -108,7 +109,7 @@ class CapsNet:
         """`infer` through BentoML's batcher, called in-process (serving/batcher.py says why not
         through self.to_async). Resolved on first use: BentoML wires it up after the startup hooks."""
         if self._batcher is None:
-            found = find_batcher(self, "infer")
+            found = find_batcher(self, "infer") if settings.in_process_batcher else None
             self._batcher_in_process = found is not None
             self._batcher = found or self.to_async.infer
         return self._batcher

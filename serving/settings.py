@@ -19,6 +19,7 @@ class ServingSettings:
     require_gpu: bool = False  # CAPSNET_REQUIRE_GPU: readiness fails unless CUDA is in use
     max_request_bytes: int = 8 << 20  # CAPSNET_MAX_REQUEST_BYTES: larger bodies get 413
     workers: int = 1  # CAPSNET_WORKERS: server processes; each has its own model session and batcher
+    in_process_batcher: bool = True  # CAPSNET_IN_PROCESS_BATCHER: off = BentoML's slower self.to_async
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServingSettings:
@@ -32,6 +33,7 @@ class ServingSettings:
             require_gpu=_flag(env.get("CAPSNET_REQUIRE_GPU", "false")),
             max_request_bytes=int(env.get("CAPSNET_MAX_REQUEST_BYTES", d.max_request_bytes)),
             workers=int(env.get("CAPSNET_WORKERS", d.workers)),
+            in_process_batcher=_flag(env.get("CAPSNET_IN_PROCESS_BATCHER", "true")),
         )
         if settings.max_batch_size < 2:
             raise ValueError("CAPSNET_MAX_BATCH_SIZE must be at least 2")

@@ -271,6 +271,24 @@ def test_two_workers_share_the_grpc_port_and_metrics_count_every_request(registe
         s.stop()
 
 
+def test_the_to_async_fallback_batches_both_protocols_too(registered, images):
+    s = Server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_IN_PROCESS_BATCHER": "0"})
+    try:
+        s.wait()
+        before = stats(s)
+        assert before["in_process"] is False
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda k: probabilities_of_one(s, images, k), range(32),
+                                    timeout=REQUEST_TIMEOUT * 2))
+        session = ort.InferenceSession(registered.path_of("model.onnx"), providers=["CPUExecutionProvider"])
+        expected = session.run(["probabilities"], {"image": images})[0]
+        np.testing.assert_allclose(np.stack(results), expected[np.arange(32) % 24], rtol=0, atol=1e-6)
+        after = stats(s)
+        assert after["images"] - before["images"] == 32 and after["batches"] - before["batches"] < 32
+    finally:
+        s.stop()
+
+
 def test_a_taken_grpc_port_is_an_error_not_silently_shared(registered):
     import socket
 
