@@ -122,6 +122,17 @@ def probabilities_of_one(server: Server, images: np.ndarray, k: int) -> np.ndarr
         return grpc_infer(client, "capsnet-e2e", one).as_numpy("probabilities")[0]
 
 
+def send_single_images_concurrently(server: Server, model: bentoml.Model, images: np.ndarray, count: int) -> None:
+    """`count` single-image requests from 16 threads, both protocols; each answer must match ONNX
+    Runtime on the model file to 1e-6."""
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda k: probabilities_of_one(server, images, k), range(count),
+                                timeout=REQUEST_TIMEOUT * 2))
+    session = ort.InferenceSession(model.path_of("model.onnx"), providers=["CPUExecutionProvider"])
+    expected = session.run(["probabilities"], {"image": images})[0]
+    np.testing.assert_allclose(np.stack(results), expected[np.arange(count) % len(images)], rtol=0, atol=1e-6)
+
+
 def stats(server: Server) -> dict:
     return server.post("metadata", json={}).json()["batching"]
 
@@ -257,12 +268,7 @@ def test_two_workers_share_the_grpc_port_and_metrics_count_every_request(registe
         while s.output(tail=10**7).count(f"listening on port {s.grpc_port}") < 2:
             assert time.monotonic() < deadline, s.output()
             time.sleep(0.5)
-        with ThreadPoolExecutor(16) as pool:
-            results = list(pool.map(lambda k: probabilities_of_one(s, images, k), range(48),
-                                    timeout=REQUEST_TIMEOUT * 2))
-        session = ort.InferenceSession(registered.path_of("model.onnx"), providers=["CPUExecutionProvider"])
-        expected = session.run(["probabilities"], {"image": images})[0]
-        np.testing.assert_allclose(np.stack(results), expected[np.arange(48) % 24], rtol=0, atol=1e-6)
+        send_single_images_concurrently(s, registered, images, 48)
         lines = [line for line in httpx.get(s.url + "/metrics", timeout=5).text.splitlines()
                  if line.startswith("bentoml_service_adaptive_batch_size_sum{") and 'method_name="infer"' in line]
         # BentoML's histogram, summed over both workers, saw every request
@@ -277,12 +283,7 @@ def test_the_to_async_fallback_batches_both_protocols_too(registered, images):
         s.wait()
         before = stats(s)
         assert before["in_process"] is False
-        with ThreadPoolExecutor(16) as pool:
-            results = list(pool.map(lambda k: probabilities_of_one(s, images, k), range(32),
-                                    timeout=REQUEST_TIMEOUT * 2))
-        session = ort.InferenceSession(registered.path_of("model.onnx"), providers=["CPUExecutionProvider"])
-        expected = session.run(["probabilities"], {"image": images})[0]
-        np.testing.assert_allclose(np.stack(results), expected[np.arange(32) % 24], rtol=0, atol=1e-6)
+        send_single_images_concurrently(s, registered, images, 32)
         after = stats(s)
         assert after["images"] - before["images"] == 32 and after["batches"] - before["batches"] < 32
     finally:
