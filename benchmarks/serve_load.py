@@ -2,8 +2,9 @@
 
 For each protocol (HTTP classify, gRPC ModelInfer) and concurrency level, `level` clients send
 one image per request for a fixed time. Per level: requests/s, p50/p95/p99 latency, errors, and the
-mean batch size the model saw (from /metadata before and after). In the same run: direct ONNX
-Runtime throughput at batch 64 on the served model file, and the ratio.
+mean batch size the model saw (BentoML's batch-size histogram in /metrics, before and after, summed
+over server workers). In the same run: direct ONNX Runtime throughput at batch 64 on the served
+model file, and the ratio.
 
     bentoml serve &   # from the repository root
     python benchmarks/serve_load.py [--url http://127.0.0.1:3000] [--grpc 127.0.0.1:8001]
@@ -66,7 +67,8 @@ def encoded_requests(images: np.ndarray, model: str) -> tuple[list[bytes], list[
     return bodies, requests
 
 
-async def run_level(protocol: str, level: int, seconds: float, images: np.ndarray, args) -> dict:
+async def run_level(protocol: str, level: int, seconds: float, bodies: list[bytes],
+                    grpc_requests: list[pb.ModelInferRequest], args) -> dict:
     latencies: list[float] = []
     errors = 0
     kinds: dict[str, int] = {}  # what went wrong, so an error count can be explained
@@ -76,8 +78,6 @@ async def run_level(protocol: str, level: int, seconds: float, images: np.ndarra
         errors += 1
         kinds[what] = kinds.get(what, 0) + 1
 
-    model = (await metadata(args.url))["model_tag"].split(":")[0]
-    bodies, grpc_requests = encoded_requests(images, model)
     deadline = time.perf_counter() + seconds
 
     async def http_worker(session: aiohttp.ClientSession, k: int) -> None:
@@ -156,10 +156,11 @@ async def main() -> None:
 
     images = synthetic_digits(256, seed=5)[0][:, None].astype(np.float32) / 255.0
     meta = await metadata(args.url)
+    bodies, grpc_requests = encoded_requests(images, meta["model_tag"].split(":")[0])
     # Levels in rising order, both protocols at each: BentoML's batcher learns from recent traffic how
     # long to hold requests, and after a 64-client level it holds lone requests for ~40 ms for minutes,
     # which would distort a low-concurrency level that came after it.
-    rows = [await run_level(proto, level, args.seconds, images, args)
+    rows = [await run_level(proto, level, args.seconds, bodies, grpc_requests, args)
             for level in sorted(args.levels) for proto in args.protocols]
     rows.sort(key=lambda r: args.protocols.index(r["protocol"]))
     direct = direct_throughput(bentoml.models.get(meta["model_tag"]).path_of("model.onnx"), images)
