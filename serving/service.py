@@ -1,4 +1,4 @@
-"""The BentoML service behind `bentoml serve` (entry: `serving.service:CapsNet`).
+"""The BentoML service behind `bentoml serve` (entry: `serving.service:CapsNetService`).
 
 `infer` is the one `batchable=True` API: BentoML's adaptive batcher merges concurrent calls into one
 ONNX Runtime run. The public APIs (HTTP classify, classify_image and the gRPC ModelInfer) validate
@@ -78,7 +78,7 @@ Predictions = Annotated[list[Prediction], ContentType("application/json")]
 # connection has nothing to go stale: keep it.
 @bentoml.service(name="capsnet", workers=settings.workers, traffic={"timeout": 60},
                  runner_connection={"max_requests": 1_000_000_000, "max_age": 1e9})
-class CapsNet:
+class CapsNetService:
     """Classify handwritten digits with a Capsule Network (Sabour et al. 2017), served from ONNX."""
 
     model_ref = bentoml.models.BentoModel(str(MODEL.tag))
@@ -215,4 +215,4 @@ class CapsNet:
         }
 
 
-CapsNet.add_asgi_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+CapsNetService.add_asgi_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)

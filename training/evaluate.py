@@ -11,7 +11,7 @@ from typing import Any
 
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.data import DataUnavailableError, to_float
-from training.evaluation import test_split_metrics
+from training.metrics import score_test_split
 from training.figures import pose_perturbation_grid, reconstruction_grid, save_png
 from training.fileio import sha256_file, write_json
 from training.idx import IDXError
@@ -34,7 +34,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = No
     ckpt = load_checkpoint(checkpoint)
     dev = resolve_device(device, DistributedContext())
     model = model_from_checkpoint(ckpt).to(dev)
-    metrics, images = test_split_metrics(ckpt, model, data_dir, batch_size, dev)
+    metrics, images = score_test_split(ckpt, model, data_dir, batch_size, dev)
     result = {
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": sha256_file(checkpoint),

@@ -37,7 +37,7 @@ from training.checkpoint import (
 )
 from training.config import PROFILES, RESUMABLE_OVERRIDES, TrainConfig
 from training.data import dataset_spec, load_split, random_shift, to_float, train_val_split
-from training.evaluation import classification_metrics, predict, test_split_metrics
+from training.metrics import classification_metrics, predict, score_test_split
 from training.fileio import atomic_path
 from training.losses import margin_loss, reconstruction_loss
 from training.model import CapsNet
@@ -316,7 +316,7 @@ def record_test_accuracy(best_path: Path, data_dir: str | Path | None, batch_siz
     """Evaluate the selected (best-validation) checkpoint once on the untouched test set and
     store the number in its metrics."""
     ckpt = load_checkpoint(best_path)
-    metrics, _ = test_split_metrics(ckpt, model_from_checkpoint(ckpt).to(device), data_dir, batch_size, device)
+    metrics, _ = score_test_split(ckpt, model_from_checkpoint(ckpt).to(device), data_dir, batch_size, device)
     ckpt["metrics"]["test_accuracy"] = metrics["accuracy"]
     save_checkpoint(best_path, ckpt)
     log.info("test accuracy of %s: %.4f (%d images)", best_path, metrics["accuracy"], metrics["num_images"])

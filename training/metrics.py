@@ -1,5 +1,5 @@
-"""Batched inference over a dataset and the metrics derived from it. One loop serves validation
-during training and `capsnet-evaluate`."""
+"""Batched inference over a dataset and the metrics derived from it (accuracy, per-class accuracy,
+confusion matrix). One loop serves validation during training and `capsnet-evaluate`."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def classification_metrics(probabilities: Tensor, labels: Tensor,
     }
 
 
-def test_split_metrics(ckpt: dict[str, Any], model: CapsNet, data_dir: Any = None, batch_size: int = 500,
+def score_test_split(ckpt: dict[str, Any], model: CapsNet, data_dir: Any = None, batch_size: int = 500,
                        device: torch.device | str = "cpu") -> tuple[dict[str, Any], Tensor]:
     """Metrics of `model` (built from `ckpt`) on its dataset's untouched test split.
 
