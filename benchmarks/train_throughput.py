@@ -18,9 +18,9 @@ import torch
 from bench_timing import median_rate
 from torch import Tensor
 
-from training.config import variant_config
+from training.config import TrainConfig, variant_config
 from training.model import CapsNet, dynamic_routing, squash
-from training.train import TrainingModule
+from training.train import TrainingModule, training_loss
 
 
 class BroadcastCapsNet(CapsNet):
@@ -40,12 +40,12 @@ class BroadcastCapsNet(CapsNet):
 
 
 def train_step_fn(model: CapsNet, x: Tensor, y: Tensor):
-    module = TrainingModule(model, 0.0005)
+    module = TrainingModule(model, training_loss(TrainConfig()))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     state = {k: v.clone() for k, v in model.state_dict().items()}
 
     def step() -> None:
-        loss, _ = module(x, y)
+        loss, _ = module(x, y, x)  # the decoder redraws the input
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

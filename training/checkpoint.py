@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from training.config import CapsNetConfig
+from training.errors import UserError
 from training.fileio import atomic_path
 from training.model import CapsNet
 
@@ -33,12 +34,31 @@ REQUIRED_KEYS = ("format_version", "model_config", "train_config", "class_names"
                  "epoch", "step", "metrics")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, corrupt, or not one of ours."""
 
 
 def versions() -> dict[str, str]:
     return {"torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def build_checkpoint(model: CapsNet, train_config: dict[str, Any], class_names: tuple[str, ...] | list[str],
+                     optimizer: torch.optim.Optimizer, epoch: int, step: int,
+                     metrics: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint dict this module documents, from the live training objects (plain data only)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_config": model.config.to_dict(),
+        "train_config": train_config,
+        "class_names": list(class_names),
+        "model_state": model.state_dict(),
+        "optimizer_state": optimizer.state_dict(),
+        "rng_state": torch.get_rng_state(),
+        "epoch": epoch,
+        "step": step,
+        "metrics": metrics,
+        "versions": versions(),
+    }
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:

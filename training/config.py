@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from training.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class CapsNetConfig:
@@ -31,9 +33,9 @@ class CapsNetConfig:
 
     def __post_init__(self) -> None:
         if self.routing_iters < 1:
-            raise ValueError(f"routing_iters must be >= 1, got {self.routing_iters}")
+            raise ConfigError(f"routing_iters must be >= 1, got {self.routing_iters}")
         if self.primary_grid < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"image_size {self.image_size} is too small for conv1_kernel {self.conv1_kernel} "
                 f"and primary_kernel {self.primary_kernel}"
             )
@@ -76,7 +78,7 @@ VARIANTS: dict[str, CapsNetConfig] = {
 def variant_config(name: str, **overrides: Any) -> CapsNetConfig:
     """The named variant's config with optional field overrides (e.g. routing_iters=2)."""
     if name not in VARIANTS:
-        raise ValueError(f"unknown model variant {name!r}; choose one of {sorted(VARIANTS)}")
+        raise ConfigError(f"unknown model variant {name!r}; choose one of {sorted(VARIANTS)}")
     return dataclasses.replace(VARIANTS[name], **overrides)
 
 
@@ -128,5 +130,5 @@ def _known_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - names
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+        raise ConfigError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
     return dict(d)

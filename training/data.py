@@ -12,11 +12,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from training.errors import ConfigError, UserError
 from training.fileio import atomic_path
 from training.idx import IMAGE_MAGIC, LABEL_MAGIC, IDXError, read_idx
 
@@ -67,13 +69,13 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-class DataUnavailableError(RuntimeError):
+class DataUnavailableError(UserError, RuntimeError):
     """The dataset files are neither on disk nor downloadable."""
 
 
 def dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     return DATASETS[name]
 
 
@@ -157,7 +159,7 @@ def train_val_split(images: Tensor, labels: Tensor, val_size: int
                     ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """Carve the validation split from the end of the training set: ((train), (val))."""
     if not 0 < val_size < len(images):
-        raise ValueError(f"val_size must be between 1 and {len(images) - 1}, got {val_size}")
+        raise ConfigError(f"val_size must be between 1 and {len(images) - 1}, got {val_size}")
     cut = len(images) - val_size
     return (images[:cut], labels[:cut]), (images[cut:], labels[cut:])
 
@@ -182,6 +184,79 @@ def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> 
     batch = torch.arange(b, device=images.device)[:, None, None]
     # padded[b, :, rows[b, y], cols[b, x]] for every y, x: [B, H, W, C] -> [B, C, H, W]
     return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training batch.
+
+    images   [B, C, H, W] float in [0, 1]: what the network sees
+    labels   [B] int64, the class of each example
+    targets  [B, C, H, W] float: what the decoder, masked by the label, must redraw
+
+    A dataset with several objects per example (overlapping digits) gives labels [B, K] and
+    targets [B, K, C, H, W], one target image per label; the loss decides how to use them.
+    """
+
+    images: Tensor
+    labels: Tensor
+    targets: Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.images.to(device), self.labels.to(device), self.targets.to(device))
+
+
+class TrainingData(Protocol):
+    """What the training loop needs from a data source, and nothing else."""
+
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        """Number of training examples (one epoch)."""
+
+    def train_batch(self, indices: Tensor, generator: torch.Generator) -> Batch:
+        """The training examples at `indices` [B], augmented with randomness drawn from `generator`."""
+
+    def validation_set(self) -> tuple[Tensor, Tensor]:
+        """Fixed validation inputs uint8 [N, C, H, W] and labels, for model selection."""
+
+    def test_set(self) -> tuple[Tensor, Tensor]:
+        """The untouched test inputs uint8 [N, C, H, W] and labels, scored once at the end."""
+
+    def count_correct(self, lengths: Tensor, labels: Tensor) -> int:
+        """How many examples of a batch the capsule lengths [B, N_out] classify right."""
+
+
+class DigitData:
+    """Single-object image classification (MNIST, Fashion-MNIST): the training split minus a
+    validation split carved from its end; training images randomly shifted by up to `max_shift`."""
+
+    def __init__(self, dataset: str, data_dir: str | Path | None, val_size: int, max_shift: int,
+                 train_limit: int | None = None) -> None:
+        self.class_names = dataset_spec(dataset).class_names
+        images, labels = load_split(dataset, "train", data_dir)
+        (self.train_images, self.train_labels), (self.val_images, self.val_labels) = \
+            train_val_split(images, labels, val_size)
+        if train_limit:
+            self.train_images, self.train_labels = self.train_images[:train_limit], self.train_labels[:train_limit]
+        self.max_shift = max_shift
+        self.dataset, self.data_dir = dataset, data_dir
+
+    def __len__(self) -> int:
+        return len(self.train_images)
+
+    def train_batch(self, indices: Tensor, generator: torch.Generator) -> Batch:
+        images = random_shift(to_float(self.train_images[indices]), self.max_shift, generator)
+        return Batch(images, self.train_labels[indices], images)  # the decoder redraws the input
+
+    def validation_set(self) -> tuple[Tensor, Tensor]:
+        return self.val_images, self.val_labels
+
+    def test_set(self) -> tuple[Tensor, Tensor]:
+        return load_split(self.dataset, "test", self.data_dir)
+
+    def count_correct(self, lengths: Tensor, labels: Tensor) -> int:
+        return int((lengths.argmax(dim=1) == labels).sum())
 
 
 def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

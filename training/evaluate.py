@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from training.data import DataUnavailableError, to_float
-from training.metrics import score_test_split
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.data import to_float
+from training.distributed import resolve_device
+from training.errors import run_cli, setup_cli_logging
 from training.figures import pose_perturbation_grid, reconstruction_grid, save_png
 from training.fileio import sha256_file, write_json
-from training.idx import IDXError
-from training.train import DistributedContext, resolve_device
+from training.metrics import score_test_split
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = No
     checkpoint = Path(checkpoint)
     out = Path(out_dir) if out_dir else checkpoint.parent
     ckpt = load_checkpoint(checkpoint)
-    dev = resolve_device(device, DistributedContext())
+    dev = resolve_device(device)
     model = model_from_checkpoint(ckpt).to(dev)
     metrics, images = score_test_split(ckpt, model, data_dir, batch_size, dev)
     result = {
@@ -53,7 +53,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_cli_logging()
     p = argparse.ArgumentParser(prog="capsnet-evaluate", description=__doc__)
     p.add_argument("checkpoint", help="a .pt written by capsnet-train (best.pt for the selected model)")
     p.add_argument("--data-dir", help="folder with the four .gz IDX files (default: $CAPSNET_DATA_DIR)")
@@ -61,14 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         result = evaluate_checkpoint(args.checkpoint, args.data_dir, args.out, args.batch_size, args.device)
-    except (CheckpointError, IDXError, DataUnavailableError, RuntimeError, OSError) as e:
-        log.error("%s", e)
-        return 2
-    summary = {k: result[k] for k in ("checkpoint", "dataset", "num_images", "accuracy", "errors")}
-    print(json.dumps(summary, indent=2))
-    return 0
+        print(json.dumps({k: result[k] for k in ("checkpoint", "dataset", "num_images", "accuracy", "errors")},
+                         indent=2))
+        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from training.errors import UserError
+
 IMAGE_MAGIC = 2051
 LABEL_MAGIC = 2049
 
 
-class IDXError(ValueError):
+class IDXError(UserError, ValueError):
     """An IDX file is missing, truncated or not what its name says."""
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from training.model import CapsNet
+
 M_PLUS = 0.9
 M_MINUS = 0.1
 LAMBDA = 0.5
@@ -26,3 +28,17 @@ def margin_loss(lengths: Tensor, labels: Tensor) -> Tensor:
 def reconstruction_loss(reconstruction: Tensor, images: Tensor, weight: float = 0.0005) -> Tensor:
     """weight x sum of squared pixel errors per image, averaged over the batch. Both [B, C, H, W]."""
     return weight * ((reconstruction - images) ** 2).flatten(1).sum(dim=1).mean()
+
+
+def capsnet_loss(model: CapsNet, images: Tensor, labels: Tensor, targets: Tensor,
+                 recon_weight: float) -> tuple[Tensor, Tensor]:
+    """The paper's training objective for one batch: margin loss + recon_weight x reconstruction SSE,
+    the decoder masked by the true label (inference masks by the longest capsule instead).
+
+    images [B, C, H, W], labels [B], targets [B, C, H, W] -> (loss scalar, capsule lengths [B, N_out]).
+    Losses are computed in float32 even under bf16 autocast.
+    """
+    lengths, poses = model(images)
+    recon = model.decode(poses, labels)
+    loss = margin_loss(lengths.float(), labels) + reconstruction_loss(recon.float(), targets, recon_weight)
+    return loss, lengths

@@ -10,93 +10,82 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
-import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from training.checkpoint import (
-    FORMAT_VERSION,
-    CheckpointError,
-    load_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-    versions,
-)
+from training.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from training.config import PROFILES, RESUMABLE_OVERRIDES, TrainConfig
-from training.data import dataset_spec, load_split, random_shift, to_float, train_val_split
-from training.metrics import classification_metrics, predict, score_test_split
+from training.data import DigitData, TrainingData
+from training.distributed import (
+    DistributedContext,
+    any_rank,
+    barrier,
+    distributed_context_from_env,
+    init_distributed,
+    resolve_device,
+    shutdown_distributed,
+)
+from training.errors import ConfigError, UserError, run_cli, setup_cli_logging
 from training.fileio import atomic_path
-from training.losses import margin_loss, reconstruction_loss
+from training.losses import capsnet_loss
+from training.metrics import score
 from training.model import CapsNet
 
 log = logging.getLogger(__name__)
 
 LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
 
+# (model, images, labels, targets) -> (loss scalar, capsule lengths [B, N_out])
+Loss = Callable[[CapsNet, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+class RunExistsError(UserError, FileExistsError):
+    """The run folder already holds a run and --resume was not given."""
+
 
 class TrainingModule(nn.Module):
-    """CapsNet + losses in one forward, so DistributedDataParallel sees the whole step.
+    """CapsNet + loss in one forward, so DistributedDataParallel sees the whole step."""
 
-    The decoder is masked by the true label here (training); inference masks by the longest capsule.
-    """
-
-    def __init__(self, model: CapsNet, recon_weight: float) -> None:
+    def __init__(self, model: CapsNet, loss: Loss) -> None:
         super().__init__()
         self.model = model
-        self.recon_weight = recon_weight
+        self.loss = loss
 
-    def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """images [B, 1, 28, 28] in [0, 1], labels [B] -> (loss scalar, capsule lengths [B, N_out])."""
-        lengths, poses = self.model(images)
-        recon = self.model.decode(poses, labels)
-        loss = margin_loss(lengths.float(), labels) + reconstruction_loss(
-            recon.float(), images, self.recon_weight)
-        return loss, lengths
+    def forward(self, images: Tensor, labels: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """A batch (see training.data.Batch) -> (loss scalar, capsule lengths [B, N_out])."""
+        return self.loss(self.model, images, labels, targets)
 
 
-@dataclass(frozen=True)
-class DistributedContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
+@dataclass
+class RunState:
+    """What a checkpoint restores: the weights and optimizer, and how far the run has come."""
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
+    model: CapsNet
+    optimizer: torch.optim.Optimizer
+    epoch: int = 0
+    step: int = 0
+    best_val: float = -1.0
 
 
-def distributed_context_from_env() -> DistributedContext:
-    """Read the variables torchrun sets; a plain `python` run is a world of one."""
-    return DistributedContext(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                              int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def resolve_device(name: str, ctx: DistributedContext) -> torch.device:
-    """'auto' -> this rank's CUDA device if CUDA is usable, else CPU. Resolved once per run."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but CUDA is not available here")
-        return torch.device("cuda", ctx.local_rank if name == "cuda" else int(name.split(":")[1]))
-    return torch.device(name)
+@dataclass
+class EpochStats:
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0  # examples on this rank
+    started: float = dataclasses.field(default_factory=time.perf_counter)
 
 
 class StopRequest:
@@ -136,11 +125,21 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
 
 
+def training_data(config: TrainConfig, data_dir: str | Path | None) -> TrainingData:
+    """The data source a TrainConfig names."""
+    return DigitData(config.dataset, data_dir, config.val_size, config.max_shift, config.train_limit)
+
+
+def training_loss(config: TrainConfig) -> Loss:
+    """The objective a TrainConfig names: the paper's margin + reconstruction loss."""
+    return functools.partial(capsnet_loss, recon_weight=config.recon_weight)
+
+
 def _check_resumable(saved: TrainConfig, config: TrainConfig) -> None:
     a, b = saved.to_dict(), config.to_dict()
     differ = sorted(k for k in a if a[k] != b[k] and k not in RESUMABLE_OVERRIDES)
     if differ:
-        raise ValueError(
+        raise ConfigError(
             "cannot resume: the checkpoint was trained with different "
             + ", ".join(f"{k}={a[k]!r} (now {b[k]!r})" for k in differ)
         )
@@ -156,167 +155,154 @@ def _rewrite_metrics(path: Path, completed_epochs: int) -> None:
         tmp.write_text("".join(ln + "\n" for ln in lines))
 
 
-def _all_ranks_any(flag: bool, ctx: DistributedContext, device: torch.device) -> bool:
-    """True if `flag` is true on any rank (so every rank stops at the same step)."""
-    if not ctx.enabled:
-        return flag
-    t = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+def restore(config: TrainConfig, out_dir: Path, resume: bool, device: torch.device,
+            ctx: DistributedContext) -> RunState:
+    """A fresh model and optimizer (seeded), or, with `resume`, exactly those saved in last.pt."""
+    torch.manual_seed(config.seed)
+    model = CapsNet(config.model_config()).to(device)
+    state = RunState(model, torch.optim.Adam(model.parameters(), lr=config.lr))
+    last_path = out_dir / LAST
+    if not resume:
+        if ctx.is_main and last_path.exists():
+            raise RunExistsError(f"{last_path} exists: pass --resume to continue it, or choose another --out")
+        return state
+    ckpt = load_checkpoint(last_path)
+    _check_resumable(TrainConfig.from_dict(ckpt["train_config"]), config)
+    model.load_state_dict(ckpt["model_state"])
+    state.optimizer.load_state_dict(ckpt["optimizer_state"])
+    torch.set_rng_state(ckpt["rng_state"])
+    state.step, state.epoch = ckpt["step"], ckpt["epoch"]
+    state.best_val = ckpt["metrics"].get("best_val_accuracy", -1.0)
+    if ctx.is_main:
+        _rewrite_metrics(out_dir / METRICS, state.epoch)
+    log.info("resumed from %s at epoch %d, step %d", last_path, state.epoch, state.step)
+    return state
+
+
+def run_epoch(module: nn.Module, state: RunState, data: TrainingData, config: TrainConfig,
+              steps_per_epoch: int, ctx: DistributedContext, device: torch.device, stop: StopRequest,
+              progress: bool) -> EpochStats | None:
+    """Train from state.step to the end of the epoch (it may start mid-epoch after a resume).
+
+    Returns the epoch's statistics, or None when a signal or --max-steps stopped it early.
+    """
+    order = epoch_permutation(config.seed, state.epoch, len(data))
+    first = state.step - state.epoch * steps_per_epoch
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
+    module.train()
+    stats = EpochStats()
+    bar = tqdm(range(first, steps_per_epoch), initial=first, total=steps_per_epoch,
+               desc=f"epoch {state.epoch + 1}/{config.epochs}", unit="step", leave=True,
+               disable=not (progress and ctx.is_main), mininterval=1.0, dynamic_ncols=True)
+    with bar:
+        for i in bar:
+            indices = order[i * config.batch_size:(i + 1) * config.batch_size][ctx.rank::ctx.world_size]
+            batch = data.train_batch(indices, step_generator(config.seed, state.step, ctx.rank)).to(device)
+            for group in state.optimizer.param_groups:
+                group["lr"] = learning_rate(config, state.step, steps_per_epoch)
+            with autocast:
+                loss, lengths = module(batch.images, batch.labels, batch.targets)
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            state.optimizer.step()
+            state.step += 1
+            stats.loss_sum += float(loss.detach()) * len(indices)
+            stats.correct += data.count_correct(lengths, batch.labels)
+            stats.seen += len(indices)
+            bar.set_postfix(loss=f"{stats.loss_sum / stats.seen:.4f}", acc=f"{stats.correct / stats.seen:.4f}",
+                            img_s=f"{stats.seen * ctx.world_size / (time.perf_counter() - stats.started):.0f}",
+                            refresh=False)
+            reached_max = config.max_steps is not None and state.step >= config.max_steps
+            if any_rank(stop.requested or reached_max, ctx, device):
+                return None
+    return stats
+
+
+def end_of_epoch(state: RunState, stats: EpochStats, data: TrainingData, config: TrainConfig,
+                 steps_per_epoch: int, out_dir: Path, world_size: int, device: torch.device) -> None:
+    """Validate, log a metrics.jsonl line, keep best.pt if validation improved, save last.pt. Rank 0 only."""
+    val_accuracy = score(state.model, *data.validation_set(), data.class_names, config.eval_batch_size,
+                         device)["accuracy"]
+    elapsed = time.perf_counter() - stats.started
+    record = {"epoch": state.epoch, "step": state.step, "train_loss": stats.loss_sum / max(stats.seen, 1),
+              "train_accuracy": stats.correct / max(stats.seen, 1), "val_accuracy": val_accuracy,
+              "lr": learning_rate(config, state.step, steps_per_epoch), "epoch_seconds": elapsed,
+              "train_images_per_sec": stats.seen * world_size / elapsed}
+    with open(out_dir / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    log.info("epoch %d: train loss %.4f, val accuracy %.4f", state.epoch, record["train_loss"], val_accuracy)
+    improved = val_accuracy > state.best_val
+    state.best_val = max(state.best_val, val_accuracy)
+    ckpt = checkpoint_of(state, config, data, {"val_accuracy": val_accuracy, "train_loss": record["train_loss"]})
+    if improved:
+        save_checkpoint(out_dir / BEST, ckpt)
+    save_checkpoint(out_dir / LAST, ckpt)
+
+
+def checkpoint_of(state: RunState, config: TrainConfig, data: TrainingData, metrics: dict[str, Any]) -> dict[str, Any]:
+    return build_checkpoint(state.model, config.to_dict(), data.class_names, state.optimizer, state.epoch,
+                            state.step, {**metrics, "best_val_accuracy": state.best_val})
 
 
 def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = None,
-          resume: bool = False, progress: bool = True) -> dict[str, Any]:
+          resume: bool = False, progress: bool = True, data: TrainingData | None = None,
+          loss: Loss | None = None) -> dict[str, Any]:
     """Train a CapsNet; write last.pt, best.pt and metrics.jsonl into `out_dir`.
 
-    With `resume`, continue from out_dir/last.pt exactly where it stopped. Under torchrun
-    (WORLD_SIZE > 1) runs DistributedDataParallel (NCCL on CUDA, gloo on CPU); rank 0 writes.
-    Returns a summary: steps, epochs, best validation accuracy, test accuracy of best.pt (when
-    training completed), and whether it was interrupted.
+    `data` and `loss` default to what `config` names (training_data, training_loss). With `resume`,
+    continue from out_dir/last.pt exactly where it stopped. Under torchrun (WORLD_SIZE > 1) runs
+    DistributedDataParallel; rank 0 writes. Returns a summary: steps, epochs, best validation
+    accuracy, test accuracy of best.pt (when training completed), and whether it was interrupted.
     """
     out_dir = Path(out_dir)
     ctx = distributed_context_from_env()
     device = resolve_device(config.device, ctx)
-    if ctx.enabled and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    init_distributed(ctx, device)
     if config.batch_size % ctx.world_size:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by {ctx.world_size} ranks")
-    spec = dataset_spec(config.dataset)
-
-    images, labels = load_split(config.dataset, "train", data_dir)
-    (train_x, train_y), (val_x, val_y) = train_val_split(images, labels, config.val_size)
-    if config.train_limit:
-        train_x, train_y = train_x[:config.train_limit], train_y[:config.train_limit]
-    steps_per_epoch = len(train_x) // config.batch_size
+        raise ConfigError(f"batch_size {config.batch_size} is not divisible by {ctx.world_size} ranks")
+    data = data or training_data(config, data_dir)
+    steps_per_epoch = len(data) // config.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_x)} training images is less than one batch of {config.batch_size}")
-
-    torch.manual_seed(config.seed)
-    model = CapsNet(config.model_config()).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    step, epoch, best_val = 0, 0, -1.0
-    last_path = out_dir / LAST
-    if resume:
-        ckpt = load_checkpoint(last_path)
-        _check_resumable(TrainConfig.from_dict(ckpt["train_config"]), config)
-        model.load_state_dict(ckpt["model_state"])
-        optimizer.load_state_dict(ckpt["optimizer_state"])
-        torch.set_rng_state(ckpt["rng_state"])
-        step, epoch = ckpt["step"], ckpt["epoch"]
-        best_val = ckpt["metrics"].get("best_val_accuracy", -1.0)
-        if ctx.is_main:
-            _rewrite_metrics(out_dir / METRICS, epoch)
-        log.info("resumed from %s at epoch %d, step %d", last_path, epoch, step)
-    elif ctx.is_main and last_path.exists():
-        raise FileExistsError(f"{last_path} exists: pass --resume to continue it, or choose another --out")
-
-    module: nn.Module = TrainingModule(model, config.recon_weight)
+        raise ConfigError(f"{len(data)} training examples is less than one batch of {config.batch_size}")
+    state = restore(config, out_dir, resume, device, ctx)
+    module: nn.Module = TrainingModule(state.model, loss or training_loss(config))
     if ctx.enabled:
         module = nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
-
-    def checkpoint_payload(metrics: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "model_config": model.config.to_dict(),
-            "train_config": config.to_dict(),
-            "class_names": list(spec.class_names),
-            "model_state": model.state_dict(),
-            "optimizer_state": optimizer.state_dict(),
-            "rng_state": torch.get_rng_state(),
-            "epoch": epoch,
-            "step": step,
-            "metrics": {**metrics, "best_val_accuracy": max(best_val, metrics.get("val_accuracy", -1.0))},
-            "versions": versions(),
-        }
-
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        log.info("training %s (%s parameters) on %s, %d steps per epoch, %d rank(s)",
-                 config.variant, f"{sum(p.numel() for p in model.parameters()):,}", device,
-                 steps_per_epoch, ctx.world_size)
+        log.info("training %s (%s parameters) on %s, %d steps per epoch, %d rank(s)", config.variant,
+                 f"{sum(p.numel() for p in state.model.parameters()):,}", device, steps_per_epoch, ctx.world_size)
 
-    interrupted = False
     stop = StopRequest()
+    interrupted = False
     with stop.installed():
-        while epoch < config.epochs and not interrupted:
-            order = epoch_permutation(config.seed, epoch, len(train_x))
-            first = step - epoch * steps_per_epoch
-            module.train()
-            loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
-            bar = tqdm(range(first, steps_per_epoch), initial=first, total=steps_per_epoch,
-                       desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=True,
-                       disable=not (progress and ctx.is_main), mininterval=1.0, dynamic_ncols=True)
-            for i in bar:
-                batch = order[i * config.batch_size:(i + 1) * config.batch_size][ctx.rank::ctx.world_size]
-                x = random_shift(to_float(train_x[batch]), config.max_shift,
-                                 step_generator(config.seed, step, ctx.rank)).to(device)
-                y = train_y[batch].to(device)
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(config, step, steps_per_epoch)
-                with autocast:
-                    loss, lengths = module(x, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                loss_sum += float(loss.detach()) * len(y)
-                correct += int((lengths.argmax(1) == y).sum())
-                seen += len(y)
-                images_per_sec = seen * ctx.world_size / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
-                                img_s=f"{images_per_sec:.0f}", refresh=False)
-                reached_max = config.max_steps is not None and step >= config.max_steps
-                if _all_ranks_any(stop.requested or reached_max, ctx, device):
-                    interrupted = True
-                    break
-            bar.close()
-            if interrupted:
-                break
-            epoch += 1
-            if ctx.is_main:
-                probs, _ = predict(model, val_x, config.eval_batch_size, device)
-                val = classification_metrics(probs, val_y, spec.class_names)
-                elapsed = time.perf_counter() - t0
-                record = {"epoch": epoch, "step": step, "train_loss": loss_sum / max(seen, 1),
-                          "train_accuracy": correct / max(seen, 1), "val_accuracy": val["accuracy"],
-                          "lr": learning_rate(config, step, steps_per_epoch),
-                          "epoch_seconds": elapsed,
-                          "train_images_per_sec": seen * ctx.world_size / elapsed}
-                with open(out_dir / METRICS, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                log.info("epoch %d: train loss %.4f, val accuracy %.4f", epoch, record["train_loss"],
-                         val["accuracy"])
-                metrics = {"val_accuracy": val["accuracy"], "train_loss": record["train_loss"]}
-                if val["accuracy"] > best_val:
-                    best_val = val["accuracy"]
-                    save_checkpoint(out_dir / BEST, checkpoint_payload(metrics))
-                save_checkpoint(last_path, checkpoint_payload(metrics))
-            if ctx.enabled:
-                dist.barrier()
-
+        while state.epoch < config.epochs and not interrupted:
+            stats = run_epoch(module, state, data, config, steps_per_epoch, ctx, device, stop, progress)
+            interrupted = stats is None
+            if stats is not None:
+                state.epoch += 1
+                if ctx.is_main:
+                    end_of_epoch(state, stats, data, config, steps_per_epoch, out_dir, ctx.world_size, device)
+                barrier(ctx)
         if interrupted and ctx.is_main:
-            save_checkpoint(last_path, checkpoint_payload({}))
-            log.info("stopped at step %d; saved %s (continue with --resume)", step, last_path)
+            save_checkpoint(out_dir / LAST, checkpoint_of(state, config, data, {}))
+            log.info("stopped at step %d; saved %s (continue with --resume)", state.step, out_dir / LAST)
 
-    summary: dict[str, Any] = {"out_dir": str(out_dir), "epochs": epoch, "steps": step,
-                               "best_val_accuracy": best_val, "interrupted": interrupted,
+    summary: dict[str, Any] = {"out_dir": str(out_dir), "epochs": state.epoch, "steps": state.step,
+                               "best_val_accuracy": state.best_val, "interrupted": interrupted,
                                "stopped_by_signal": stop.requested}
     if not interrupted and ctx.is_main and (out_dir / BEST).exists():
-        summary["test_accuracy"] = record_test_accuracy(out_dir / BEST, data_dir,
-                                                        config.eval_batch_size, device)
-    if ctx.enabled:
-        dist.barrier()
+        summary["test_accuracy"] = record_test_accuracy(out_dir / BEST, data, config.eval_batch_size, device)
+    barrier(ctx)
     return summary
 
 
-def record_test_accuracy(best_path: Path, data_dir: str | Path | None, batch_size: int,
-                         device: torch.device) -> float:
+def record_test_accuracy(best_path: Path, data: TrainingData, batch_size: int, device: torch.device) -> float:
     """Evaluate the selected (best-validation) checkpoint once on the untouched test set and
     store the number in its metrics."""
     ckpt = load_checkpoint(best_path)
-    metrics, _ = score_test_split(ckpt, model_from_checkpoint(ckpt).to(device), data_dir, batch_size, device)
+    metrics = score(model_from_checkpoint(ckpt).to(device), *data.test_set(), data.class_names, batch_size, device)
     ckpt["metrics"]["test_accuracy"] = metrics["accuracy"]
     save_checkpoint(best_path, ckpt)
     log.info("test accuracy of %s: %.4f (%d images)", best_path, metrics["accuracy"], metrics["num_images"])
@@ -363,20 +349,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_cli_logging()
     args = build_parser().parse_args(argv)
-    try:
-        config = config_from_args(args)
-        summary = train(config, args.out, args.data_dir, resume=args.resume,
+
+    def body() -> int:
+        summary = train(config_from_args(args), args.out, args.data_dir, resume=args.resume,
                         progress=not args.no_progress)
-    except (CheckpointError, ValueError, FileExistsError, RuntimeError, OSError) as e:
-        log.error("%s", e)
-        return 2
-    if distributed_context_from_env().is_main:
-        print(json.dumps(summary, indent=2))
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 130 if summary["stopped_by_signal"] else 0
+        if distributed_context_from_env().is_main:
+            print(json.dumps(summary, indent=2))
+        shutdown_distributed()
+        return 130 if summary["stopped_by_signal"] else 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -160,3 +160,74 @@ def test_full_disk_keeps_the_previous_checkpoint_intact(tiny_train_config, synth
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["last.pt"]
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
+
+
+class InMemoryDigits:
+    """A TrainingData that is not MNIST: fixed tensors, no files, no augmentation."""
+
+    class_names = tuple("abcdefghij")
+
+    def __init__(self, n: int) -> None:
+        from training.data import synthetic_digits
+
+        images, labels = synthetic_digits(n + 40, seed=5)
+        self.images = torch.from_numpy(images).unsqueeze(1)
+        self.labels = torch.from_numpy(labels).long()
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def train_batch(self, indices, generator):
+        from training.data import Batch, to_float
+
+        x = to_float(self.images[indices])
+        return Batch(x, self.labels[indices], torch.zeros_like(x))
+
+    def validation_set(self):
+        return self.images[self.n:], self.labels[self.n:]
+
+    def test_set(self):
+        return self.images[-10:], self.labels[-10:]
+
+    def count_correct(self, lengths, labels) -> int:
+        return int((lengths.argmax(1) == labels).sum())
+
+
+def test_the_loop_takes_any_data_source_and_loss(tiny_train_config, tmp_path):
+    from training.losses import capsnet_loss
+
+    targets_seen = []
+
+    def loss(model, images, labels, targets):
+        targets_seen.append(float(targets.abs().sum()))
+        return capsnet_loss(model, images, labels, targets, recon_weight=0.0005)
+
+    cfg = dataclasses.replace(tiny_train_config, epochs=1)
+    summary = train(cfg, tmp_path / "run", data=InMemoryDigits(64), loss=loss, progress=False)
+    assert summary["steps"] == 2 and targets_seen == [0.0, 0.0]  # our targets, our loss, 64 // 32 steps
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["class_names"] == list("abcdefghij")
+
+
+def test_cli_user_mistakes_exit_2_with_one_line_and_bugs_keep_their_traceback(synthetic_data_dir, tmp_path):
+    mistakes = [
+        ["--out", str(tmp_path / "a"), "--data-dir", str(tmp_path / "nowhere"), "--max-steps", "1"],
+        ["--out", str(tmp_path / "b"), "--data-dir", str(synthetic_data_dir), "--val-size", "999999"],
+        ["--out", str(tmp_path / "c"), "--resume"],
+    ]
+    env = {**os.environ, "CAPSNET_DATA_DIR": str(tmp_path / "nowhere")}
+    for args in mistakes:
+        proc = subprocess.run(cli(*args), cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr and "ERROR" in proc.stderr, proc.stderr[-2000:]
+    # A RuntimeError from inside torch is a bug, not a user mistake: it must not be swallowed.
+    from training import train as train_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug deep inside")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_module, "train", broken)
+        with pytest.raises(RuntimeError, match="a bug deep inside"):
+            train_module.main(["--out", str(tmp_path / "d")])
