@@ -28,7 +28,7 @@ from bench_timing import median_rate
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from export.parity import open_session
+from export.onnx_io import open_session
 from training.data import synthetic_digits
 
 

@@ -24,16 +24,11 @@ import onnx
 import torch
 
 from export.inference_graph import InferenceGraph
-from export.parity import (
-    METADATA_PREFIX,
-    UnusableInputError,
-    failure_summary,
-    library_versions,
-    parity_summary,
-    quiet_third_party_loggers,
-    verify_parity,
-)
-from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from export.onnx_io import write_metadata
+from export.parity import check_parity, library_versions, quiet_third_party_loggers
+from export.parity_report import failure_summary, parity_summary
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.errors import run_cli, setup_cli_logging
 from training.fileio import sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -66,8 +61,7 @@ def export_graph(graph: InferenceGraph, path: Path, metadata: dict[str, Any], op
         raise RuntimeError("exporter wrote external weights; the contract is one self-contained file")
     model.doc_string = ("CapsNet (Sabour et al. 2017). Input 'image' float32 [batch,1,28,28] in [0,1]. "
                         f"Outputs: {', '.join(graph.outputs)}.")
-    for key, value in metadata.items():
-        model.metadata_props.add(key=METADATA_PREFIX + key, value=json.dumps(value))
+    write_metadata(model, metadata)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
 
@@ -81,12 +75,14 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
     `routing_iters` unrolls a different number of iterations than the checkpoint was trained with
     (parity is then proven against the checkpoint's weights at that depth, and capsnet-verify
     against the checkpoint itself will fail, as it should).
-    Raises ParityError (nothing written) when any parity section fails.
+    The checkpoint file is read once and hashed once; parity compares each graph with the model
+    rebuilt from that one load. Raises ParityError (nothing written) when any parity section fails.
     Returns {"dir", "files", "parity": report, "config": config.json content}.
     """
     checkpoint = Path(checkpoint)
     out_dir = Path(out_dir)
     ckpt = load_checkpoint(checkpoint)
+    checkpoint_sha256 = sha256_file(checkpoint)
     if routing_iters is not None:
         ckpt = {**ckpt, "model_config": {**ckpt["model_config"], "routing_iters": routing_iters}}
     outputs = ("probabilities", "poses") + (("reconstruction",) if with_reconstruction else ()) \
@@ -97,7 +93,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
         "routing_iters": ckpt["model_config"]["routing_iters"],
         "train_config": ckpt["train_config"],
         "train_metrics": ckpt["metrics"],
-        "checkpoint_sha256": sha256_file(checkpoint),
+        "checkpoint_sha256": checkpoint_sha256,
         "opset": opset,
         "input": {"name": "image", "dtype": "float32", "shape": ["batch", 1, 28, 28], "range": [0.0, 1.0]},
         "outputs": list(outputs),
@@ -106,11 +102,6 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     try:
-        # The parity check compares against a checkpoint file; with an override, stage one.
-        reference_ckpt = checkpoint
-        if routing_iters is not None:
-            reference_ckpt = staging / "reference.pt"
-            torch.save(ckpt, reference_ckpt)
         files = {"model.onnx": torch.float32}
         if fp16:
             files["model.fp16.onnx"] = torch.float16
@@ -118,14 +109,15 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
         for name, dtype in files.items():
             precision = "fp16" if dtype == torch.float16 else "fp32"
             log.info("exporting %s (%s, opset %d, outputs %s)", name, precision, opset, ", ".join(outputs))
-            export_graph(InferenceGraph(model_from_checkpoint(ckpt), outputs, dtype), staging / name,
-                         {**config, "precision": precision}, opset)
+            meta = {**config, "precision": precision}
+            export_graph(InferenceGraph(model_from_checkpoint(ckpt), outputs, dtype), staging / name, meta, opset)
             log.info("verifying parity of %s", name)
-            report = verify_parity(staging / name, reference_ckpt, data_dir=data_dir, limit=limit)
+            report = check_parity(model_from_checkpoint(ckpt), staging / name, meta,
+                                  ckpt["train_config"]["dataset"], data_dir=data_dir, limit=limit)
             sections.append(report)
             if not report["passed"]:
                 raise ParityError(f"{name} does not match {checkpoint}:\n{failure_summary(report)}")
-        parity = {**sections[0], "checkpoint": str(checkpoint), "checkpoint_sha256": config["checkpoint_sha256"],
+        parity = {**sections[0], "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_sha256,
                   "sections": [s for r in sections for s in r["sections"]],
                   "models": {r["onnx_model"]: r["onnx_sha256"] for r in sections}}
         parity["passed"] = all(r["passed"] for r in sections)
@@ -140,7 +132,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_cli_logging()
     quiet_third_party_loggers()
     p = argparse.ArgumentParser(prog="capsnet-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,24 +154,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="store the export in the BentoML model store (default: on)")
     p.add_argument("--name", default="capsnet-mnist", help="BentoML model name (default: capsnet-mnist)")
     args = p.parse_args(argv)
-    try:
-        result = export_onnx(args.checkpoint, args.out, with_reconstruction=args.with_reconstruction,
-                             with_routing=args.with_routing, fp16=args.fp16,
-                             routing_iters=args.routing_iters, data_dir=args.data_dir, limit=args.limit,
-                             opset=args.opset)
-    except ParityError as e:
-        log.error("parity FAILED, nothing written or registered:\n%s", e)
-        return 1
-    except (CheckpointError, UnusableInputError, ValueError, OSError) as e:
-        log.error("%s", e)
-        return 2
-    print(json.dumps(parity_summary(result["parity"]), indent=2))
-    if args.register:
-        from export.registry import register_export
 
-        tag = register_export(args.out, args.name)
-        print(f"registered BentoML model {tag}")
-    return 0
+    def body() -> int:
+        try:
+            result = export_onnx(args.checkpoint, args.out, with_reconstruction=args.with_reconstruction,
+                                 with_routing=args.with_routing, fp16=args.fp16,
+                                 routing_iters=args.routing_iters, data_dir=args.data_dir, limit=args.limit,
+                                 opset=args.opset)
+        except ParityError as e:
+            log.error("parity FAILED, nothing written or registered:\n%s", e)
+            return 1
+        print(json.dumps(parity_summary(result["parity"]), indent=2))
+        if args.register:
+            from export.registry import register_export
+
+            print(f"registered BentoML model {register_export(args.out, args.name)}")
+        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

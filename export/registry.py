@@ -9,12 +9,17 @@ from pathlib import Path
 
 import bentoml
 
-from export.parity import parity_summary
+from export.parity_report import parity_summary
+from training.errors import UserError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "capsnet-mnist"
 ARTIFACTS = ("model.onnx", "model.fp16.onnx", "parity.json", "config.json")
+
+
+class RegistrationError(UserError):
+    """The export folder is incomplete or its parity did not pass."""
 
 
 def register_export(export_dir: str | Path, name: str = DEFAULT_NAME) -> str:
@@ -27,10 +32,10 @@ def register_export(export_dir: str | Path, name: str = DEFAULT_NAME) -> str:
     export_dir = Path(export_dir)
     for required in ("model.onnx", "parity.json", "config.json"):
         if not (export_dir / required).is_file():
-            raise FileNotFoundError(f"{export_dir / required} missing: run capsnet-export first")
+            raise RegistrationError(f"{export_dir / required} missing: run capsnet-export first")
     parity = json.loads((export_dir / "parity.json").read_text())
     if not parity.get("passed"):
-        raise ValueError(f"{export_dir}/parity.json says parity failed; refusing to register")
+        raise RegistrationError(f"{export_dir}/parity.json says parity failed; refusing to register")
     config = json.loads((export_dir / "config.json").read_text())
     metrics = config.get("train_metrics", {})
     labels = {

@@ -8,12 +8,14 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-import export.parity as parity
+import export.onnx_export
 from export.onnx_export import CONTROL_FLOW, ParityError, export_onnx
 from export.onnx_export import main as export_main
-from export.parity import degenerate_images, read_metadata, verify_parity
-from export.parity import main as verify_main
-from training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from export.onnx_io import cuda_usable, read_metadata
+from export.parity import degenerate_images, verify_parity
+from export.parity_report import failure_summary
+from export.verify import main as verify_main
+from training.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +116,7 @@ def test_verify_fails_when_one_weight_changed(exported, tiny_checkpoint, synthet
     onnx.save(model, str(tmp_path / "tampered.onnx"))
     report = verify_parity(tmp_path / "tampered.onnx", tiny_checkpoint, data_dir=synthetic_data_dir, limit=64)
     assert not report["passed"]
-    assert "outside rtol" in parity.failure_summary(report)
+    assert "outside rtol" in failure_summary(report)
     assert verify_main([str(tmp_path / "tampered.onnx"), "--checkpoint", str(tiny_checkpoint),
                         "--data-dir", str(synthetic_data_dir), "--limit", "64"]) == 1
 
@@ -140,13 +142,14 @@ def test_failed_parity_leaves_nothing_and_registers_nothing(tiny_checkpoint, syn
                                                             monkeypatch):
     import bentoml
 
-    def perturbed(ckpt):
-        model = model_from_checkpoint(ckpt)
+    real_check = export.onnx_export.check_parity
+
+    def against_a_perturbed_reference(model, *args, **kwargs):
         with torch.no_grad():
             model.digit_weights.mul_(1.5)
-        return model
+        return real_check(model, *args, **kwargs)
 
-    monkeypatch.setattr(parity, "model_from_checkpoint", perturbed)
+    monkeypatch.setattr(export.onnx_export, "check_parity", against_a_perturbed_reference)
     before = {str(m.tag) for m in bentoml.models.list()}
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("user file")
@@ -158,6 +161,34 @@ def test_failed_parity_leaves_nothing_and_registers_nothing(tiny_checkpoint, syn
     assert code == 1
     assert {str(m.tag) for m in bentoml.models.list()} == before
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
+def test_export_reads_and_hashes_the_checkpoint_once(tiny_checkpoint, synthetic_data_dir, tmp_path, monkeypatch):
+    import sys
+
+    calls = {"load_checkpoint": 0, "sha256_file": 0}
+
+    def counting(name, real):
+        def wrapper(path, *args, **kwargs):
+            calls[name] += Path(path) == Path(tiny_checkpoint)
+            return real(path, *args, **kwargs)
+        return wrapper
+
+    for module in [m for n, m in sys.modules.items() if n.split(".")[0] in ("export", "training")]:
+        for name in calls:
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, counting(name, getattr(module, name)))
+    export_onnx(tiny_checkpoint, tmp_path, fp16=True, routing_iters=2, data_dir=synthetic_data_dir, limit=8)
+    assert calls == {"load_checkpoint": 1, "sha256_file": 1}
+    assert not list(tmp_path.glob("*.pt")), "no temporary checkpoint written back to disk"
+
+
+def test_registry_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, export.registry; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2]).returncode == 0
 
 
 def test_register_stores_model_with_parity_metadata(tiny_checkpoint, synthetic_data_dir, tmp_path, capsys):
@@ -176,7 +207,7 @@ def test_register_stores_model_with_parity_metadata(tiny_checkpoint, synthetic_d
         assert Path(model.path_of(name)).is_file()
 
 
-@pytest.mark.skipif(not parity.cuda_usable(), reason="needs a CUDA GPU with onnxruntime-gpu")
+@pytest.mark.skipif(not cuda_usable(), reason="needs a CUDA GPU with onnxruntime-gpu")
 @pytest.mark.gpu
 def test_cuda_parity_section(exported):
     report = json.loads((exported / "parity.json").read_text())

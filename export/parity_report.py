@@ -1,0 +1,139 @@
+"""Comparing ONNX Runtime outputs with reference outputs, and the report that becomes parity.json.
+
+Per output: same shape and dtype, no NaN/Inf, every value within |onnx - torch| <= atol +
+rtol * |torch|, and the same predicted class for every image. Numpy only: the registry reads
+these reports without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+BATCH_SIZES = (1, 7, 64, 256)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rtol: float
+    atol: float
+
+
+FP32 = Tolerance(rtol=1e-4, atol=1e-5)
+# float16 keeps ~3 significant digits; capsule lengths pass through three squashes.
+FP16 = Tolerance(rtol=1e-2, atol=1e-3)
+# fp16 may flip a near-tie; at most this share of images may change their predicted class.
+FP16_MAX_ARGMAX_FLIPS = 1e-3
+
+
+def run_onnx(session: ort.InferenceSession, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    """Run the graph over `images` in chunks of `batch_size`; outputs concatenated by name."""
+    names = [o.name for o in session.get_outputs()]
+    chunks = [session.run(names, {"image": images[i:i + batch_size]})
+              for i in range(0, len(images), batch_size)]
+    return {name: np.concatenate([c[k] for c in chunks]) for k, name in enumerate(names)}
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance) -> dict[str, Any]:
+    """Shape, dtype, finiteness and elementwise closeness of one output; locates the worst value."""
+    result: dict[str, Any] = {
+        "shape": list(candidate.shape), "expected_shape": list(reference.shape),
+        "dtype": str(candidate.dtype), "expected_dtype": str(reference.dtype),
+        "shape_ok": candidate.shape == reference.shape,
+        "dtype_ok": candidate.dtype == reference.dtype,
+        "finite": bool(np.isfinite(candidate).all()),
+    }
+    if not result["shape_ok"]:
+        result["passed"] = False
+        return result
+    diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
+    diff = np.where(np.isfinite(diff), diff, np.inf)
+    excess = diff - (tol.atol + tol.rtol * np.abs(reference.astype(np.float64)))
+    worst = np.unravel_index(int(np.argmax(excess)), diff.shape)
+    result.update({
+        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+        "max_rel_diff": float((diff / np.maximum(np.abs(reference), 1e-12)).max()) if diff.size else 0.0,
+        "violations": int((excess > 0).sum()),
+        "worst": {"index": [int(i) for i in worst], "onnx": float(candidate[worst]),
+                  "torch": float(reference[worst]), "abs_diff": float(diff[worst])} if diff.size else None,
+    })
+    result["passed"] = bool(result["shape_ok"] and result["dtype_ok"] and result["finite"]
+                            and result["violations"] == 0)
+    return result
+
+
+def parity_section(session: ort.InferenceSession, reference: dict[str, np.ndarray], images: np.ndarray,
+                   tol: Tolerance, precision: str, batch_sizes: tuple[int, ...] = BATCH_SIZES,
+                   max_argmax_flips: float = 0.0) -> dict[str, Any]:
+    """Compare one session against the reference at every batch size."""
+    per_batch: dict[str, Any] = {}
+    for bs in batch_sizes:
+        outputs = run_onnx(session, images, bs)
+        missing = sorted(set(reference) - set(outputs))
+        checks = {name: compare(reference[name], outputs[name], tol) for name in reference if name in outputs}
+        flips = np.flatnonzero(outputs["probabilities"].argmax(1) != reference["probabilities"].argmax(1)) \
+            if checks.get("probabilities", {}).get("shape_ok") else np.arange(len(images))
+        per_batch[str(bs)] = {
+            "outputs": checks,
+            "missing_outputs": missing,
+            "argmax_agreement": 1.0 - len(flips) / len(images),
+            "argmax_mismatches": [int(i) for i in flips[:20]],
+            "passed": not missing and all(c["passed"] for c in checks.values())
+            and len(flips) <= max_argmax_flips * len(images),
+        }
+    return {
+        "precision": precision,
+        "provider": session.get_providers()[0],
+        "tolerance": asdict(tol),
+        "max_argmax_flip_share": max_argmax_flips,
+        "batch_sizes": per_batch,
+        "passed": all(b["passed"] for b in per_batch.values()),
+    }
+
+
+def failure_summary(report: dict[str, Any]) -> str:
+    """One line per failing (section, batch size, output): what failed, where, by how much."""
+    lines = []
+    for section in report["sections"]:
+        for bs, result in section["batch_sizes"].items():
+            where = f"{section['precision']} on {section['provider']}, batch {bs}"
+            for name in result["missing_outputs"]:
+                lines.append(f"{where}: output '{name}' missing from the graph")
+            for name, c in result["outputs"].items():
+                if c["passed"]:
+                    continue
+                if not c["shape_ok"]:
+                    lines.append(f"{where}: '{name}' shape {c['shape']} != {c['expected_shape']}")
+                    continue
+                w = c["worst"]
+                lines.append(
+                    f"{where}: '{name}' {c['violations']} values outside rtol={section['tolerance']['rtol']} "
+                    f"atol={section['tolerance']['atol']}; worst at {w['index']}: onnx {w['onnx']:.7g} vs "
+                    f"torch {w['torch']:.7g} (|diff| {w['abs_diff']:.3g}, max rel {c['max_rel_diff']:.3g})"
+                    + ("" if c["finite"] else "; NaN/Inf present") + ("" if c["dtype_ok"] else
+                    f"; dtype {c['dtype']} != {c['expected_dtype']}"))
+            if result["argmax_agreement"] < 1.0:
+                lines.append(f"{where}: predicted class differs on {len(result['argmax_mismatches'])}+ images "
+                             f"(agreement {result['argmax_agreement']:.4%}), e.g. {result['argmax_mismatches'][:5]}")
+    return "\n".join(lines)
+
+
+def parity_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers worth showing in model metadata and service responses."""
+    return {
+        "passed": report["passed"],
+        "inputs": report["inputs"]["source"],
+        "images": report["inputs"]["total"],
+        "sections": [{
+            "precision": s["precision"], "provider": s["provider"], "tolerance": s["tolerance"],
+            "passed": s["passed"],
+            "max_abs_diff": {name: max(b["outputs"][name].get("max_abs_diff", float("inf"))
+                                       for b in s["batch_sizes"].values() if name in b["outputs"])
+                             for name in next(iter(s["batch_sizes"].values()))["outputs"]},
+            "argmax_agreement": min(b["argmax_agreement"] for b in s["batch_sizes"].values()),
+            "batch_sizes": [int(b) for b in s["batch_sizes"]],
+        } for s in report["sections"]],
+    }
