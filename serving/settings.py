@@ -10,9 +10,15 @@ def _flag(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+DEFAULT_MODEL_TAG = "capsnet-mnist:latest"
+# bentofile.yaml names the model a Bento is built with under this alias; BentoML resolves it to
+# that exact version when it serves the built Bento (and to DEFAULT_MODEL_TAG from the source tree).
+BENTO_MODEL_ALIAS = "capsnet-bento-model"
+
+
 @dataclass(frozen=True)
 class ServingSettings:
-    model_tag: str = "capsnet-mnist:latest"  # CAPSNET_MODEL_TAG
+    model_tag: str | None = None  # CAPSNET_MODEL_TAG; unset: the Bento's own model, else the newest capsnet-mnist
     max_batch_size: int = 64  # CAPSNET_MAX_BATCH_SIZE: largest batch the model sees, and per request
     max_latency_ms: int = 1000  # CAPSNET_MAX_LATENCY_MS: requests queued longer are shed with 503
     grpc_port: int = 8001  # CAPSNET_GRPC_PORT
@@ -26,7 +32,7 @@ class ServingSettings:
         env = dict(os.environ if env is None else env)
         d = cls()
         settings = cls(
-            model_tag=env.get("CAPSNET_MODEL_TAG", d.model_tag),
+            model_tag=env.get("CAPSNET_MODEL_TAG") or None,
             max_batch_size=int(env.get("CAPSNET_MAX_BATCH_SIZE", d.max_batch_size)),
             max_latency_ms=int(env.get("CAPSNET_MAX_LATENCY_MS", d.max_latency_ms)),
             grpc_port=int(env.get("CAPSNET_GRPC_PORT", d.grpc_port)),

@@ -14,6 +14,19 @@ class InputError(ValueError):
     """The request is wrong; the message says how, in terms a client can act on."""
 
 
+def images_json_schema(max_images: int) -> dict[str, Any]:
+    """The JSON schema of what validate_images accepts from JSON: [N, 28, 28] or [N, 1, 28, 28]
+    numbers in [0, 1], 1 <= N <= max_images (published in the OpenAPI document for clients)."""
+    pixel = {"type": "number", "minimum": 0, "maximum": 1}
+    row = {"type": "array", "items": pixel, "minItems": 28, "maxItems": 28}
+    image = {"type": "array", "items": row, "minItems": 28, "maxItems": 28}
+    channel_first = {"type": "array", "items": image, "minItems": 1, "maxItems": 1}
+    # oneOf, not anyOf: BentoML flattens an anyOf to its first member (its way of handling Optional)
+    return {"oneOf": [{"type": "array", "items": layout, "minItems": 1, "maxItems": max_images}
+                      for layout in (image, channel_first)],
+            "description": f"1 to {max_images} images, [N][28][28] or [N][1][28][28], pixels in [0, 1]"}
+
+
 def validate_images(images: Any, max_images: int) -> np.ndarray:
     """Client images -> float32 [N, 1, 28, 28] in [0, 1].
 

@@ -1,0 +1,317 @@
+"""The HTTP behaviour we add around BentoML's app, as ASGI middleware and a log filter.
+
+- One error shape: every JSON error response is `{"error": "<message>"}` (BentoML answers a list
+  for its own 4xx and a pydantic error list under `detail`; the OpenAPI document declares the
+  object with a string).
+- Limits before BentoML parses a body: 413 over CAPSNET_MAX_REQUEST_BYTES; 400 for a text value in
+  a file field (BentoML would take it for a URL and fetch it, or fail with a 500).
+- A client's mistake is logged as one WARNING line, not as an ERROR with a traceback.
+- Requests BentoML would parse the wrong way get a 400: a JSON API sent a form (BentoML parses it
+  as multipart and fails with a 500), an upload API sent anything but multipart (BentoML reads a
+  JSON or form body as a URL to download).
+- `/docs` redirects to the API docs BentoML serves at `/` (spec at `/docs.json`), and the spec says
+  what BentoML leaves out: which request bodies are required, and the 413/503 answers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+# BentoML logs every exception of an API call here ("Exception on /path [POST]" + traceback).
+BENTOML_REQUEST_LOGGER = "bentoml._internal.server.http_app"
+
+
+def error_message(status: int, raw: bytes) -> str:
+    """The message in any of BentoML's error bodies (object, list, pydantic errors), as one string."""
+    try:
+        body: Any = json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace").strip() or f"HTTP {status}"
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]
+    if not isinstance(body, dict):
+        return str(body)
+    message, detail = str(body.get("error", f"HTTP {status}")), body.get("detail")
+    if isinstance(detail, list):  # pydantic's errors: say where and what, drop the "N validation errors" title
+        message = describe_validation_errors(detail) or message
+    elif detail:
+        message = f"{message}: {detail}"
+    return message
+
+
+def describe_validation_errors(errors: list[Any]) -> str:
+    """pydantic's error list -> 'images: Field required; ...'."""
+    def one(e: dict[str, Any]) -> str:
+        where = ".".join(str(p) for p in e.get("loc", ()))
+        return f"{where}: {str(e.get('msg', '')).removeprefix('Value error, ')}"
+
+    return "; ".join(one(e) for e in errors if isinstance(e, dict))
+
+
+async def send_error(send: Any, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ErrorShape:
+    """Rewrites every JSON error response (status >= 400) into `{"error": "<message>"}`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: dict[str, Any] | None = None
+        chunks: list[bytes] = []
+
+        async def reshaping_send(message: dict[str, Any]) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start":
+                content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+                if message["status"] >= 400 and content_type.startswith(b"application/json"):
+                    held = message
+                    return
+            elif message["type"] == "http.response.body" and held is not None:
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    kept = [(k, v) for k, v in held.get("headers", []) if k.lower() not in
+                            (b"content-length", b"content-type")]
+                    await send_error(send, held["status"], error_message(held["status"], b"".join(chunks)), kept)
+                return
+            await send(message)
+
+        await self.app(scope, receive, reshaping_send)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """413 for request bodies over `max_bytes`, before the body is parsed (declared Content-Length,
+    or counted while streaming)."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        reject = f"request body over {self.max_bytes} bytes (CAPSNET_MAX_REQUEST_BYTES)"
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            log.warning("%s %s: 413 %s", scope["method"], scope["path"], reject)
+            await send_error(send, 413, reject)
+            return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                log.warning("%s %s: 413 %s", scope["method"], scope["path"], reject)
+                await send_error(send, 413, reject)
+
+
+def media_type(scope: Scope) -> str:
+    """The request's Content-Type without parameters, lower case ('' when absent)."""
+    value = dict(scope.get("headers", [])).get(b"content-type", b"").decode("latin-1")
+    return value.split(";")[0].strip().lower()
+
+
+# Content types BentoML parses as something other than JSON (a form, or a pickle).
+NON_JSON_BODIES = ("multipart/form-data", "application/x-www-form-urlencoded", "application/vnd.bentoml+pickle")
+
+
+class RequestGuard:
+    """400 for bodies BentoML would parse the wrong way, before it parses them.
+
+    `uploads`: route -> its multipart field that must hold files. Those routes take multipart only,
+    with a file in every value of that field: BentoML reads a text value, or a whole JSON or form
+    body, as a URL and downloads it server-side (a request the client steers), or fails with a 500.
+    Every other route takes JSON: a form or pickle content type would make BentoML fail with a 500.
+    The body is read once here (its size is already capped by BodySizeLimit outside) and replayed.
+    """
+
+    def __init__(self, app: Any, uploads: dict[str, str]) -> None:
+        self.app = app
+        self.uploads = uploads
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        kind = media_type(scope)
+        field = self.uploads.get(scope["path"])
+        problem = None
+        if field is None and kind in NON_JSON_BODIES:
+            problem = f"Content-Type {kind} is not accepted here: send application/json"
+        elif field is not None and kind != "multipart/form-data":
+            problem = (f"send the files as multipart/form-data in the form field '{field}', "
+                       f"got {kind or 'no Content-Type'}")
+        elif field is not None:
+            receive, problem = await self._check_files(scope, receive, field)
+        if problem:
+            log.warning("%s %s: 400 %s", scope["method"], scope["path"], problem)
+            await send_error(send, 400, problem)
+            return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _check_files(scope: Scope, receive: Any, field: str) -> tuple[Any, str | None]:
+        """Read the body, check every value of `field` is a file; return a replaying receive and the problem."""
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away; the app sees an empty body
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            async with Request(scope, replay).form() as form:
+                values = form.getlist(field)
+        except Exception as e:  # starlette raises MultiPartException, KeyError, ... on malformed bodies
+            return replay, f"malformed multipart body: {e}"
+        if any(not isinstance(v, UploadFile) for v in values):
+            return replay, f"form field '{field}' must hold files (PNG or JPEG), not text"
+        return replay, None
+
+
+class ApiDocs:
+    """GET /docs -> 307 to `/`, where BentoML serves the Swagger UI (it has no /docs page); and the
+    OpenAPI document at /docs.json completed by `complete_openapi`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+        elif scope["path"] in ("/docs", "/docs/"):
+            await send({"type": "http.response.start", "status": 307,
+                        "headers": [(b"location", b"/"), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+        elif scope["path"] == "/docs.json":
+            await self.app(scope, receive, BufferedJsonRewrite(send, complete_openapi))
+        else:
+            await self.app(scope, receive, send)
+
+
+class BufferedJsonRewrite:
+    """An ASGI `send` that collects a 200 JSON response and sends `rewrite(parsed body)` instead."""
+
+    def __init__(self, send: Any, rewrite: Any) -> None:
+        self.send, self.rewrite = send, rewrite
+        self.start: dict[str, Any] | None = None
+        self.chunks: list[bytes] = []
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 200:
+            self.start = message
+            return
+        if message["type"] != "http.response.body" or self.start is None:
+            await self.send(message)
+            return
+        self.chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = json.dumps(self.rewrite(json.loads(b"".join(self.chunks)))).encode()
+        headers = [(k, v) for k, v in self.start.get("headers", []) if k.lower() != b"content-length"]
+        await self.send({**self.start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await self.send({"type": "http.response.body", "body": body})
+
+
+def complete_openapi(spec: dict[str, Any]) -> dict[str, Any]:
+    """Say what BentoML's generated document leaves out: a request body with required fields is
+    itself required, and every API can answer 413 (body too large) and 503 (overloaded)."""
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/InternalServerError"}}}}
+    for path in spec.get("paths", {}).values():
+        operation = path.get("post")
+        if not operation or "x-bentoml-name" not in operation:
+            continue
+        body = operation.get("requestBody", {})
+        if any(media.get("schema", {}).get("required") for media in body.get("content", {}).values()):
+            body["required"] = True
+        responses = operation.setdefault("responses", {})
+        responses.setdefault("413", {"description": "Request body over CAPSNET_MAX_REQUEST_BYTES", **error})
+        responses.setdefault("503", {"description": "Overloaded: the request waited longer than "
+                                                    "CAPSNET_MAX_LATENCY_MS for the model", **error})
+    return spec
+
+
+class ClientErrorsAsOneLine(logging.Filter):
+    """Turns BentoML's "Exception on /path" ERROR + traceback into one WARNING line when the exception
+    is the client's fault (invalid input: a 4xx); server faults keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        status = client_error_status(exc)
+        if status is not None:
+            where = record.getMessage().removeprefix("Exception on ")
+            summary = describe_validation_errors(exc.errors()) if hasattr(exc, "errors") else str(exc)
+            record.msg, record.args = "%s: %d %s", (where, status, summary)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def client_error_status(exc: BaseException | None) -> int | None:
+    """The 4xx status BentoML answers for `exc`, or None if it is not a client error."""
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return 400
+    if isinstance(exc, BentoMLException) and 400 <= exc.error_code.value < 500:
+        return int(exc.error_code.value)
+    return None
+
+
+def install(service: Any, max_request_bytes: int, uploads: dict[str, str]) -> None:
+    """Add the middleware to a BentoML service (outermost first) and the log filter.
+
+    `uploads`: route -> the multipart field that must hold files (see RequestGuard).
+    """
+    service.add_asgi_middleware(ErrorShape)
+    service.add_asgi_middleware(ApiDocs)
+    service.add_asgi_middleware(BodySizeLimit, max_bytes=max_request_bytes)
+    service.add_asgi_middleware(RequestGuard, uploads=uploads)
+    bentoml_logger = logging.getLogger(BENTOML_REQUEST_LOGGER)
+    if not any(isinstance(f, ClientErrorsAsOneLine) for f in bentoml_logger.filters):
+        bentoml_logger.addFilter(ClientErrorsAsOneLine())

@@ -1,0 +1,95 @@
+"""Serving fixtures: a tiny model registered in the test session's BentoML store, and a real
+`bentoml serve` on free ports.
+
+Every server runs in its own process group and is killed at teardown; every wait and request has a
+deadline, so a hung server fails the test instead of hanging CI.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import bentoml
+import httpx
+import pytest
+import tritonclient.grpc as grpcclient
+
+from export.onnx_export import export_onnx
+from export.registry import register_export
+from tests.conftest import REPO, free_port
+
+START_TIMEOUT = 90  # seconds for `bentoml serve` to become ready (15 s is typical here)
+REQUEST_TIMEOUT = 30
+GRPC_TIMEOUT = 30
+
+
+class Server:
+    """`bentoml serve` in the repository root with the given environment."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.http_port, self.grpc_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+        full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "CAPSNET_GRPC_PORT": str(self.grpc_port), **env}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(self.http_port)],
+            cwd=REPO, env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self, tail: int = 5000) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()[-tail:]
+
+    def wait(self, path: str = "/readyz", status: int = 200) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == status:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"{path} did not answer {status} within {START_TIMEOUT} s:\n{self.output()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=15)
+        os.unlink(self.log.name)
+
+    def post(self, api: str, **kwargs) -> httpx.Response:
+        return httpx.post(self.url + "/" + api, timeout=REQUEST_TIMEOUT, **kwargs)
+
+    def grpc(self) -> grpcclient.InferenceServerClient:
+        return grpcclient.InferenceServerClient(f"127.0.0.1:{self.grpc_port}")
+
+
+@pytest.fixture(scope="session")
+def registered(tiny_checkpoint, synthetic_data_dir, tmp_path_factory) -> bentoml.Model:
+    out = tmp_path_factory.mktemp("serve-export")
+    export_onnx(tiny_checkpoint, out, data_dir=synthetic_data_dir, limit=32)
+    return bentoml.models.get(register_export(out, "capsnet-e2e"))
+
+
+@pytest.fixture(scope="module")
+def server(registered):
+    s = Server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_MAX_BATCH_SIZE": "16",
+                "CAPSNET_MAX_LATENCY_MS": "100"})
+    try:
+        s.wait()
+        yield s
+    finally:
+        s.stop()
+
+

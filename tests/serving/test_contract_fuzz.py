@@ -1,0 +1,37 @@
+"""Property-based contract tests (schemathesis) against a real `bentoml serve`, from the service's
+own OpenAPI document: no 5xx, responses and status codes as documented, schema-invalid requests
+rejected, schema-valid ones accepted (see schemathesis.toml for the one documented exception)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.serving.conftest import Server
+
+CONFIG = Path(__file__).with_name("schemathesis.toml")
+MAX_EXAMPLES = 25  # per operation and phase: ~250 requests, a few seconds
+
+
+@pytest.mark.slow
+def test_the_openapi_contract_holds_under_fuzzing(registered):
+    st = shutil.which("st", path=str(Path(sys.executable).parent))
+    assert st, "schemathesis (the dev extra) is not installed"
+    # A batch limit of 2 keeps generated image arrays small; the schema carries the limit.
+    s = Server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_MAX_BATCH_SIZE": "2"})
+    try:
+        s.wait()
+        proc = subprocess.run(
+            [st, "--config-file", str(CONFIG), "run", f"{s.url}/docs.json", "--max-examples", str(MAX_EXAMPLES),
+             "--seed", "1", "--workers", "1", "--request-timeout", "30", "--no-color"],
+            capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+        assert "Operations:       8 selected / 8 total" in proc.stdout, proc.stdout[:2000]
+        log = s.output(tail=10**8)
+        assert "Traceback" not in log, log[-4000:]  # every rejection was a one-line client error
+    finally:
+        s.stop()

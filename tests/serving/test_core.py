@@ -1,0 +1,73 @@
+"""serving/core.py without BentoML or a server: validation, uploads, responses, metadata."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serving.core import ModelOutputError, ServedModel, ServingCore
+from serving.settings import ServingSettings
+from serving.validation import InputError
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def core(registered) -> ServingCore:
+    served = ServedModel.load(str(registered.tag), registered.path, registered.info.metadata)
+    return ServingCore([served], ServingSettings(max_batch_size=4))
+
+
+def test_predictions_match_the_runtime(core):
+    images = core.validate(np.random.default_rng(0).random((3, 28, 28)))
+    probabilities, poses = core.unpack(core.infer_packed(images))
+    direct_p, direct_v = core.model.runtime.infer(images)
+    np.testing.assert_array_equal(probabilities, direct_p)
+    np.testing.assert_array_equal(poses, direct_v)
+    answers = core.predictions(probabilities, poses)
+    assert [a.label for a in answers] == direct_p.argmax(1).tolist()
+    assert answers[0].class_name == core.model.class_names[answers[0].label]
+
+
+def test_uploads_are_decoded_and_bad_ones_named(core):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 30), 255, np.uint8)).save(buf, "PNG")
+    assert core.decode_uploads([buf.getvalue()] * 2).shape == (2, 1, 28, 28)
+    with pytest.raises(InputError, match="image 1: cannot decode"):
+        core.decode_uploads([buf.getvalue(), b"garbage"])
+    with pytest.raises(InputError, match="no image uploaded"):
+        core.decode_uploads([])
+    with pytest.raises(InputError, match="limit is 4"):
+        core.decode_uploads([buf.getvalue()] * 5)
+    with pytest.raises(InputError, match="limit is 4"):
+        core.validate(np.zeros((5, 28, 28)))
+
+
+def test_non_finite_model_outputs_are_refused(core):
+    packed = core.infer_packed(np.zeros((1, 1, 28, 28), np.float32))
+    packed[0, 3] = np.nan
+    with pytest.raises(ModelOutputError):
+        core.unpack(packed)
+
+
+def test_metadata_and_several_models(core, registered):
+    meta = core.metadata(batcher_in_process=True)
+    assert meta["model_tag"] == str(registered.tag) and meta["outputs"] == {"probabilities": [10], "poses": [10, 8]}
+    assert meta["batching"]["in_process"] is True and meta["batching"]["max_batch_size"] == 4
+    assert meta["parity"]["passed"] is True and "test" not in meta["accuracy"]  # 8-step model: no test run
+    second = ServedModel.load("other:v2", registered.path, {})
+    both = ServingCore([core.model, second], core.settings)
+    assert [m.tag for m in both.models] == [str(registered.tag), "other:v2"] and both.model is core.model
+    assert (second.name, second.version) == ("other", "v2")
+    with pytest.raises(ValueError):
+        ServingCore([], core.settings)
+
+
+def test_the_serving_core_imports_neither_torch_nor_training():
+    code = ("import sys, serving.core, serving.http_app, serving.grpc_server; "
+            "sys.exit(any(m == 'torch' or m.startswith('training') for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

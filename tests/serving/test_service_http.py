@@ -1,0 +1,148 @@
+"""The HTTP API in-process: BentoML's ASGI app (`CapsNetService.to_asgi()`) under Starlette's
+TestClient, with its real startup (model load, warm-up, gRPC server) but no `bentoml serve`."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import logging
+import os
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from tests.conftest import free_port
+from training.data import synthetic_digits
+
+ENV = {"CAPSNET_MAX_BATCH_SIZE": "16", "CAPSNET_MAX_REQUEST_BYTES": str(1 << 20)}
+
+
+@pytest.fixture(scope="module")
+def service(registered):
+    """serving.service imported with this model and settings (they are read once, at import)."""
+    saved = {k: os.environ.get(k) for k in [*ENV, "CAPSNET_MODEL_TAG", "CAPSNET_GRPC_PORT"]}
+    os.environ.update({**ENV, "CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_GRPC_PORT": str(free_port())})
+    try:
+        yield importlib.import_module("serving.service")
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    with TestClient(service.CapsNetService.to_asgi()) as c:
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "in-process service never became ready"
+            time.sleep(0.1)
+        yield c
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_classify_answers_per_image(client, registered):
+    images = synthetic_digits(3, seed=4)[0].astype(np.float32) / 255.0
+    response = client.post("/classify", json={"images": images.tolist()})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body) == 3 and {p["class_name"] for p in body} <= {str(d) for d in range(10)}
+    assert all(np.array(p["poses"]).shape == (10, 8) and len(p["probabilities"]) == 10 for p in body)
+    upload = client.post("/classify_image", files=[("images", ("d.png", png((images[0] * 255).astype(np.uint8)),
+                                                                 "image/png"))])
+    assert upload.status_code == 200 and len(upload.json()) == 1
+
+
+BAD_REQUESTS = [
+    # (route, request kwargs, status, words the message must contain)
+    ("/classify", {"json": {"images": np.zeros((2, 27, 28)).tolist()}}, 400, "shape"),
+    ("/classify", {"json": {"images": np.zeros((28, 28)).tolist()}}, 400, "shape"),
+    ("/classify", {"json": {"images": [[["x"] * 28] * 28]}}, 400, "real numbers"),
+    ("/classify", {"content": b'{"images": [[[NaN]]]}', "headers": {"content-type": "application/json"}}, 400, ""),
+    ("/classify", {"json": {"images": np.full((1, 28, 28), 255.0).tolist()}}, 400, "divide 8-bit pixels by 255"),
+    ("/classify", {"json": {"images": []}}, 400, "empty"),
+    ("/classify", {"json": {"images": np.zeros((17, 28, 28)).tolist()}}, 400, "limit is 16"),
+    ("/classify", {"json": {}}, 400, "images: Field required"),
+    ("/classify", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, ""),
+    ("/classify", {"files": [("images", ("x.png", b"abc", "image/png"))]}, 400, "send application/json"),
+    ("/classify", {"content": b"x" * (2 << 20), "headers": {"content-type": "application/json"}}, 413, "bytes"),
+    ("/infer", {"json": {"images": []}}, 400, "empty"),
+    ("/infer", {"json": {"images": np.full((1, 1, 28, 28), -1.0).tolist()}}, 400, "[0, 1]"),
+    ("/classify_image", {"files": [("images", ("x.png", b"not an image", "image/png"))]}, 400, "not a PNG"),
+    ("/classify_image", {"files": [("images", ("x.png", b"", "image/png"))]}, 400, "empty"),
+    ("/classify_image", {"files": {"images": (None, "plain text")}}, 400, "must hold files"),
+    ("/classify_image", {"files": {"images": (None, "http://127.0.0.1:9/secret.png")}}, 400, "must hold files"),
+    ("/classify_image", {"content": b"http://127.0.0.1:9/x.png", "headers": {"content-type": "application/json"}},
+     400, "multipart/form-data"),
+    ("/classify_image", {"files": [("other", ("x.png", b"abc", "image/png"))]}, 400, "images: Field required"),
+    ("/classify_image", {"files": [("images", (f"{k}.png", png(np.zeros((28, 28), np.uint8)), "image/png"))
+                                   for k in range(17)]}, 400, "16"),
+    ("/classify_image", {"content": b"--b\r\nbroken", "headers": {"content-type": "multipart/form-data; boundary=b"}},
+     400, "images"),
+    ("/classify_image", {"content": b"abc", "headers": {"content-type": "multipart/form-data"}}, 400, "multipart"),
+]
+
+
+@pytest.mark.parametrize("route, kwargs, status, words", BAD_REQUESTS,
+                         ids=[f"{r}-{i}" for i, (r, *_) in enumerate(BAD_REQUESTS)])
+def test_bad_input_is_a_4xx_with_one_error_shape_and_one_log_line(client, caplog, route, kwargs, status, words):
+    with caplog.at_level(logging.INFO):
+        response = client.post(route, **kwargs)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert list(body) == ["error"] and isinstance(body["error"], str) and words in body["error"], body
+    problems = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not problems, [r.getMessage() for r in problems]
+    assert any(r.levelno == logging.WARNING and str(status) in r.getMessage() for r in caplog.records)
+
+
+def test_a_server_fault_is_a_500_that_keeps_its_traceback(client, service, caplog, monkeypatch):
+    import serving.core
+
+    def broken(self, packed):
+        raise RuntimeError("simulated model fault")
+
+    monkeypatch.setattr(serving.core.ServingCore, "unpack", broken)
+    with caplog.at_level(logging.INFO):
+        response = client.post("/classify", json={"images": np.zeros((1, 28, 28)).tolist()})
+    assert response.status_code == 500 and list(response.json()) == ["error"]
+    assert "simulated model fault" not in response.text  # internals stay in the log
+    assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)
+
+
+def test_docs_url_answers_and_the_spec_states_what_is_valid(client):
+    response = client.get("/docs", follow_redirects=False)
+    assert response.status_code == 307 and response.headers["location"] == "/"
+    assert client.get("/docs").status_code == 200  # the Swagger UI
+    spec = client.get("/docs.json").json()
+    classify = spec["paths"]["/classify"]["post"]
+    assert classify["requestBody"]["required"] is True and {"400", "413", "503"} <= set(classify["responses"])
+    images = classify["requestBody"]["content"]["application/json"]["schema"]["properties"]["images"]
+    assert [layout["maxItems"] for layout in images["oneOf"]] == [16, 16]
+    assert images["oneOf"][0]["items"]["items"]["items"] == {"maximum": 1, "minimum": 0, "type": "number"}
+    upload = spec["paths"]["/classify_image"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert upload["schema"]["properties"]["images"]["minItems"] == 1
+
+
+def test_metadata_names_the_served_model(client, registered):
+    meta = client.post("/metadata", json={}).json()
+    assert meta["model_tag"] == str(registered.tag) and meta["batching"]["max_batch_size"] == 16
+    assert meta["parity"]["passed"] is True
+
+
+def test_readiness_needs_bentoml_internals_only_for_the_in_process_batcher(service, monkeypatch):
+    import dataclasses
+
+    instance = service.CapsNetService.inner()  # a second instance, outside BentoML's app
+    instance.grpc_server = object()  # pretend gRPC is up
+    assert not hasattr(instance, "__self_proxy__")
+    assert instance._ready() is False  # in-process batcher: waits for BentoML's wiring
+    monkeypatch.setattr(service, "settings", dataclasses.replace(service.settings, in_process_batcher=False))
+    assert instance._ready() is True  # fallback: no private attribute involved
