@@ -29,7 +29,7 @@ from serving import http_app
 from serving.batcher import Batcher, find_batcher
 from serving.core import Prediction, ServedModel, ServingCore
 from serving.grpc_server import InferenceServicer, start_grpc_server
-from serving.settings import BENTO_MODEL_ALIAS, DEFAULT_MODEL_TAG, ServingSettings
+from serving.settings import DEFAULT_MODEL_TAG, ServingSettings, bento_model_tag
 from serving.validation import InputError, images_json_schema, validate_images
 
 log = logging.getLogger(__name__)
@@ -40,15 +40,15 @@ settings = ServingSettings.from_env()
 
 
 def resolve_model(tag: str | None) -> bentoml.Model:
-    """The stored model to serve: `tag` if given; else the model a built Bento was built with (the
-    bentofile's alias); else the newest capsnet-mnist. Exits saying how to create one if none is there."""
-    for candidate in [tag] if tag else [BENTO_MODEL_ALIAS, DEFAULT_MODEL_TAG]:
-        try:
-            return bentoml.models.get(candidate)
-        except NotFound:
-            continue
+    """The stored model to serve: `tag` if given; else, in a built Bento, the model it was built
+    with; else (the source tree) the newest capsnet-mnist. Exits saying how to create one if none."""
+    tag = tag or bento_model_tag(Path(__file__).resolve().parents[1]) or DEFAULT_MODEL_TAG
+    try:
+        return bentoml.models.get(tag)
+    except NotFound:
+        pass
     sys.stderr.write(
-        f"\nNo model '{tag or DEFAULT_MODEL_TAG}' in the BentoML model store. Create one with\n"
+        f"\nNo model '{tag}' in the BentoML model store. Create one with\n"
         "    make pipeline\n"
         "or, from an existing checkpoint,\n"
         "    capsnet-export RUN/best.pt -o RUN/export\n"

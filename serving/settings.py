@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 
 def _flag(value: str) -> bool:
@@ -11,9 +14,26 @@ def _flag(value: str) -> bool:
 
 
 DEFAULT_MODEL_TAG = "capsnet-mnist:latest"
-# bentofile.yaml names the model a Bento is built with under this alias; BentoML resolves it to
-# that exact version when it serves the built Bento (and to DEFAULT_MODEL_TAG from the source tree).
+# bentofile.yaml names the model a Bento is built with under this alias; `bentoml build` records
+# it in the Bento's bento.yaml with its exact version, which `bento_model_tag` reads back.
 BENTO_MODEL_ALIAS = "capsnet-bento-model"
+
+
+def bento_model_tag(source_root: Path) -> str | None:
+    """The exact model tag a built Bento was built with, or None when `source_root` (the folder
+    holding serving/) is not the src/ folder of a built Bento (e.g. the repository itself).
+
+    A Bento is laid out as <bento>/bento.yaml + <bento>/src/<our files>. (BentoML's own alias
+    resolution does not reach the service's import in a served Bento, so we read the file.)
+    """
+    bento_yaml = source_root.parent / "bento.yaml"
+    if source_root.name != "src" or not bento_yaml.is_file():
+        return None
+    info = yaml.safe_load(bento_yaml.read_text()) or {}
+    for model in info.get("models") or []:
+        if isinstance(model, dict) and model.get("alias") == BENTO_MODEL_ALIAS:
+            return str(model["tag"])
+    return None
 
 
 @dataclass(frozen=True)

@@ -30,15 +30,17 @@ GRPC_TIMEOUT = 30
 
 
 class Server:
-    """`bentoml serve` in the repository root with the given environment."""
+    """`bentoml serve [TARGET]` in the repository root with the given environment (no target: the
+    service in the source tree; else a built Bento's tag)."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], target: str | None = None) -> None:
         self.http_port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "CAPSNET_GRPC_PORT": str(self.grpc_port), **env}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(self.http_port)],
+            [sys.executable, "-m", "bentoml", "serve", *([target] if target else []), "--host", "127.0.0.1",
+             "--port", str(self.http_port)],
             cwd=REPO, env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self, tail: int = 5000) -> str:
