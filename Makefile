@@ -2,7 +2,7 @@
 #   make pipeline   set up .venv, then run the main job: train the quick model, evaluate it, export
 #                   it to ONNX with parity proven, register it in the BentoML store, verify it, and
 #                   serve it in the foreground (`make model` does everything but the serving)
-#   make test       set up .venv, then run the test suite (what .ci/run calls)
+#   make test       set up .venv, then check style (ruff) and run the test suite (what .ci/run calls)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +10,11 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch, found locally by pip on our machines; installing it first keeps pip
 # from resolving "torch" to the multi-GB CUDA build. Override on a GPU host: make TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
-RUN_DIR ?= runs/quick-$(shell date +%Y%m%d-%H%M%S)
+# Expanded once (:=), so training, evaluation and export all land in the same folder.
+ifndef RUN_DIR
+RUN_DIR := runs/quick-$(shell date +%Y%m%d-%H%M%S)
+endif
+MODEL_TAG ?= $(or $(CAPSNET_MODEL_TAG),capsnet-mnist:latest)
 PORT ?= 3000
 GRPC_PORT ?= $(or $(CAPSNET_GRPC_PORT),8001)
 
@@ -40,13 +44,19 @@ model: setup
 	$(BIN)/capsnet-export $(RUN_DIR)/best.pt -o $(RUN_DIR)/export
 	$(BIN)/capsnet-verify $(RUN_DIR)/export/model.onnx --checkpoint $(RUN_DIR)/best.pt
 
-pipeline: model serve
+# Serving starts only after the model is registered, also under `make -j`.
+pipeline: model
+	$(MAKE) --no-print-directory serve
 
 # Serve the newest registered capsnet-mnist (CAPSNET_MODEL_TAG picks another) until Ctrl-C.
 serve: setup
+	@$(BIN)/bentoml models get "$(MODEL_TAG)" > /dev/null 2>&1 || { \
+	  echo "No model '$(MODEL_TAG)' in the BentoML model store: run 'make pipeline' (or capsnet-export" \
+	       "RUN/best.pt -o RUN/export), or set CAPSNET_MODEL_TAG to one listed by 'bentoml models list'." >&2; \
+	  exit 2; }
 	@echo
-	@echo "Serving the newest capsnet-mnist model (Ctrl-C stops):"
-	@echo "  HTTP  http://localhost:$(PORT)   (API docs: http://localhost:$(PORT)/docs)"
+	@echo "Serving $(MODEL_TAG) (Ctrl-C stops):"
+	@echo "  HTTP  http://localhost:$(PORT)   (API docs: http://localhost:$(PORT)/docs, spec: /docs.json)"
 	@echo "  gRPC  localhost:$(GRPC_PORT)   (Open Inference Protocol v2, model capsnet-mnist)"
 	@echo "Try, from another shell:"
 	@echo "  curl -s -F images=@serving/examples/seven.png http://localhost:$(PORT)/classify_image"
@@ -55,6 +65,7 @@ serve: setup
 	CAPSNET_GRPC_PORT=$(GRPC_PORT) $(BIN)/bentoml serve --port $(PORT)
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: setup

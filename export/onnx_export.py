@@ -121,6 +121,9 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
                   "sections": [s for r in sections for s in r["sections"]],
                   "models": {r["onnx_model"]: r["onnx_sha256"] for r in sections}}
         parity["passed"] = all(r["passed"] for r in sections)
+        if parity["inputs"]["kind"] == "synthetic":
+            log.warning("parity was proven on synthetic images only (%s); the registered model is labelled "
+                        "parity_inputs=synthetic", parity["inputs"]["source"])
         write_json(staging / "parity.json", parity)
         write_json(staging / "config.json", config)
         for name in [*files, "parity.json", "config.json"]:

@@ -121,10 +121,17 @@ def failure_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def parity_inputs_kind(report: dict[str, Any]) -> str:
+    """'test-split' (real images of the dataset) or 'synthetic' (no data folder was there)."""
+    inputs = report["inputs"]
+    return inputs.get("kind") or ("synthetic" if inputs["source"].startswith("synthetic") else "test-split")
+
+
 def parity_summary(report: dict[str, Any]) -> dict[str, Any]:
     """The few numbers worth showing in model metadata and service responses."""
     return {
         "passed": report["passed"],
+        "inputs_kind": parity_inputs_kind(report),
         "inputs": report["inputs"]["source"],
         "images": report["inputs"]["total"],
         "sections": [{

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import bentoml
 
-from export.parity_report import parity_summary
+from export.parity_report import parity_inputs_kind, parity_summary
 from training.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ def register_export(export_dir: str | Path, name: str = DEFAULT_NAME) -> str:
         "dataset": config["train_config"]["dataset"],
         "variant": config["train_config"]["variant"],
         "parity": "passed",
+        # what parity was proven on: the dataset's real test images, or synthetic stand-ins
+        "parity_inputs": parity_inputs_kind(parity),
         "routing_iters": str(config["routing_iters"]),
     }
     metadata = {

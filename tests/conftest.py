@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from training.config import TrainConfig
-from training.data import SPLIT_FILES, synthetic_digits
+from training.data import DATA_DIR_ENV, SPLIT_FILES, synthetic_digits
 from training.idx import write_idx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,12 +45,20 @@ def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("synthetic-mnist"))
 
 
+def real_mnist_candidates() -> list[Path]:
+    """Where real MNIST may be: $CAPSNET_DATA_DIR first (as for the CLIs), then the shared folder."""
+    configured = os.environ.get(DATA_DIR_ENV)
+    return [*([Path(configured).expanduser()] if configured else []), SHARED_MNIST]
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """The real MNIST files beside the checkout; tests that need real digits skip without them."""
-    if not all((SHARED_MNIST / f).is_file() for pair in SPLIT_FILES.values() for f in pair):
-        pytest.skip(f"real MNIST not found in {SHARED_MNIST}")
-    return SHARED_MNIST
+    """The real MNIST files ($CAPSNET_DATA_DIR or the folder beside the checkout); tests that need
+    real digits skip, naming the folders looked in, without them."""
+    for directory in real_mnist_candidates():
+        if all((directory / f).is_file() for pair in SPLIT_FILES.values() for f in pair):
+            return directory
+    pytest.skip(f"real MNIST not found in {' or '.join(map(str, real_mnist_candidates()))}")
 
 
 @pytest.fixture(scope="session")

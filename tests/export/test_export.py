@@ -191,20 +191,35 @@ def test_registry_imports_no_torch():
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2]).returncode == 0
 
 
-def test_register_stores_model_with_parity_metadata(tiny_checkpoint, synthetic_data_dir, tmp_path, capsys):
+def test_register_stores_model_with_parity_metadata(tiny_checkpoint, tmp_path, capsys):
     import bentoml
 
-    code = export_main([str(tiny_checkpoint), "-o", str(tmp_path), "--data-dir", str(synthetic_data_dir),
+    # a data folder without MNIST files: parity runs on generated stand-ins, and the labels say so
+    code = export_main([str(tiny_checkpoint), "-o", str(tmp_path / "out"), "--data-dir", str(tmp_path / "no-data"),
                         "--limit", "16", "--name", "capsnet-test"])
     assert code == 0
     tag = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
     model = bentoml.models.get(tag)
     assert model.tag.name == "capsnet-test"
     assert model.info.labels["parity"] == "passed" and model.info.labels["routing_iters"] == "3"
+    assert model.info.labels["parity_inputs"] == "synthetic"
+    assert model.info.metadata["parity"]["inputs_kind"] == "synthetic"
     assert model.info.metadata["parity"]["passed"] is True
     assert model.info.metadata["parity"]["sections"][0]["argmax_agreement"] == 1.0
     for name in ("model.onnx", "parity.json", "config.json"):
         assert Path(model.path_of(name)).is_file()
+
+
+def test_an_export_proven_on_real_digits_is_labelled_so(tiny_checkpoint, mnist_dir, tmp_path):
+    import bentoml
+
+    from export.registry import register_export
+
+    result = export_onnx(tiny_checkpoint, tmp_path, data_dir=mnist_dir, limit=16)
+    assert result["parity"]["inputs"]["kind"] == "test-split"
+    model = bentoml.models.get(register_export(tmp_path, "capsnet-real"))
+    assert model.info.labels["parity_inputs"] == "test-split"
+    assert model.info.metadata["parity"]["inputs_kind"] == "test-split"
 
 
 @pytest.mark.skipif(not cuda_usable(), reason="needs a CUDA GPU with onnxruntime-gpu")

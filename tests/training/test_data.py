@@ -156,3 +156,12 @@ def test_missing_files_without_network_say_where_to_put_them(tmp_path):
     assert str(tmp_path / "empty") in message and "t10k-labels-idx1-ubyte.gz" in message
     assert "CAPSNET_DATA_DIR" in message
     assert not any(Path(tmp_path / "empty").iterdir())
+
+
+def test_real_data_tests_look_where_the_user_points_first(monkeypatch, tmp_path):
+    from tests.conftest import SHARED_MNIST, real_mnist_candidates
+
+    monkeypatch.setenv("CAPSNET_DATA_DIR", str(tmp_path))
+    assert real_mnist_candidates() == [tmp_path, SHARED_MNIST]
+    monkeypatch.delenv("CAPSNET_DATA_DIR")
+    assert real_mnist_candidates() == [SHARED_MNIST]
