@@ -283,9 +283,10 @@ class ClientErrorsAsOneLine(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         status = client_error_status(exc)
         if status is not None:
-            where = record.getMessage().removeprefix("Exception on ")
+            # BentoML's message is "Exception on %s [%s]" % (path, method): say it as our own lines do
+            path, method = record.args if isinstance(record.args, tuple) and len(record.args) == 2 else ("?", "?")
             summary = describe_validation_errors(exc.errors()) if hasattr(exc, "errors") else str(exc)
-            record.msg, record.args = "%s: %d %s", (where, status, summary)
+            record.msg, record.args = "%s %s: %d %s", (method, path, status, summary)
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True

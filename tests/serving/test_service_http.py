@@ -146,3 +146,10 @@ def test_readiness_needs_bentoml_internals_only_for_the_in_process_batcher(servi
     assert instance._ready() is False  # in-process batcher: waits for BentoML's wiring
     monkeypatch.setattr(service, "settings", dataclasses.replace(service.settings, in_process_batcher=False))
     assert instance._ready() is True  # fallback: no private attribute involved
+
+
+def test_client_error_log_line_reads_like_the_others(client, caplog):
+    with caplog.at_level(logging.INFO):
+        client.post("/classify", json={"images": []})
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert line == "POST /classify: 400 the batch is empty: send at least one image"
