@@ -11,6 +11,8 @@ hand a validated array straight to the same batcher and share batches with direc
 The lookup reads BentoML internals (the route BentoML registers for the API, whose endpoint is a
 partial of the factory's bound `api_endpoint_wrapper`), so it checks every step and returns None
 when anything is not as expected; the caller then falls back to `to_async` (correct, just slower).
+Before BentoML has wired the app there is nothing to find yet: `NotWiredYet` says so, and the
+caller asks again later instead of settling for the fallback.
 The bentoml pin in pyproject.toml (<1.5) and the end-to-end tests guard it.
 """
 
@@ -26,11 +28,18 @@ log = logging.getLogger(__name__)
 Batcher = Callable[[Any], Awaitable[Any]]
 
 
+class NotWiredYet(Exception):
+    """BentoML has not finished setting up the app (its startup completes after our startup hooks)."""
+
+
 def find_batcher(service_instance: Any, api_name: str) -> Batcher | None:
     """The coroutine function `images -> outputs` that enqueues `images` (a batch along axis 0) in
     BentoML's batcher for `api_name` and returns this request's slice of the batched result; None
-    when this BentoML does not expose it the expected way."""
+    when this BentoML does not expose it the expected way. Raises NotWiredYet before BentoML has
+    wired the app."""
     proxy = getattr(service_instance, "__self_proxy__", None)  # set by BentoML once the app starts
+    if proxy is None:
+        raise NotWiredYet
     app = getattr(getattr(proxy, "to_async", None), "app", None)
     for route in getattr(app, "routes", ()):
         endpoint = getattr(route, "endpoint", None)

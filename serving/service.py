@@ -26,7 +26,7 @@ from bentoml.validators import ContentType
 from pydantic import AfterValidator, Field, WithJsonSchema
 
 from serving import http_app
-from serving.batcher import Batcher, find_batcher
+from serving.batcher import Batcher, NotWiredYet, find_batcher
 from serving.core import Prediction, ServedModel, ServingCore
 from serving.grpc_server import InferenceServicer, start_grpc_server
 from serving.settings import DEFAULT_MODEL_TAG, ServingSettings, bento_model_tag
@@ -103,8 +103,8 @@ class CapsNetService:
             log.error("CAPSNET_REQUIRE_GPU is set but ONNX Runtime runs on %s: readiness will fail",
                       served.runtime.provider)
         self.grpc_server: Any = None
-        self._batcher: Batcher | None = None
-        self._batcher_in_process = False
+        self._batcher: Batcher | None = None  # BentoML's batcher, called in-process, once found
+        self._batcher_looked_up = False  # the lookup has had its answer (found, or not there)
 
     @bentoml.api(batchable=True, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms)
     def infer(self, images: Annotated[Images, AfterValidator(_validated)]) -> PackedOutputs:
@@ -114,13 +114,20 @@ class CapsNetService:
         return self.core.infer_packed(images)
 
     def _batched_infer(self) -> Batcher:
-        """`infer` through BentoML's batcher, called in-process (serving/batcher.py says why not
-        through self.to_async). Resolved on first use: BentoML wires it up after the startup hooks."""
-        if self._batcher is None:
-            found = find_batcher(self, "infer") if settings.in_process_batcher else None
-            self._batcher_in_process = found is not None
-            self._batcher = found or self.to_async.infer
-        return self._batcher
+        """`infer` through BentoML's batcher: called in-process when found (serving/batcher.py says
+        why), else through BentoML's own self.to_async. Neither is cached before BentoML has wired
+        the app (after our startup hooks): until then self.to_async is the plain, unbatched method."""
+        self._look_up_batcher()
+        return self._batcher or self.to_async.infer
+
+    def _look_up_batcher(self) -> None:
+        """Find BentoML's batcher for in-process calls, once BentoML has wired the app."""
+        if settings.in_process_batcher and not self._batcher_looked_up:
+            try:
+                self._batcher = find_batcher(self, "infer")
+                self._batcher_looked_up = True
+            except NotWiredYet:
+                pass
 
     async def _predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Validated [N, 1, 28, 28] -> (probabilities [N, K], poses [N, K, D]) via the batcher."""
@@ -145,11 +152,12 @@ class CapsNetService:
             await self.grpc_server.stop(grace=2)
 
     def _ready(self) -> bool:
-        """Ready = on the GPU if one is required, gRPC up, and, for the in-process batcher only,
-        BentoML done wiring the app (it sets __self_proxy__ after the startup hooks; the batcher is
-        found through it). The to_async fallback needs no BentoML private attribute."""
-        wired = not settings.in_process_batcher or getattr(self, "__self_proxy__", None) is not None
-        return self.core.gpu_ok() and self.grpc_server is not None and wired
+        """Ready = on the GPU if one is required, gRPC up, and, for the in-process batcher only, its
+        lookup answered (BentoML wires the app after the startup hooks). The to_async fallback needs
+        no BentoML internals: it is looked up on every call."""
+        self._look_up_batcher()
+        looked_up = not settings.in_process_batcher or self._batcher_looked_up
+        return self.core.gpu_ok() and self.grpc_server is not None and looked_up
 
     async def __is_ready__(self) -> bool:  # BentoML's /readyz
         return self._ready()
@@ -180,8 +188,8 @@ class CapsNetService:
     async def metadata(self) -> dict[str, Any]:
         """The served model: tag, config, classes, routing iterations, parity summary, the ONNX
         Runtime provider in use, batching settings and statistics, versions."""
-        self._batched_infer()  # resolve it, so in_process below is known before the first request
-        answer = self.core.metadata(self._batcher_in_process)
+        self._look_up_batcher()  # so in_process below is known before the first request
+        answer = self.core.metadata(batcher_in_process=self._batcher is not None)
         answer["versions"]["bentoml"] = bentoml.__version__
         return answer
 

@@ -7,7 +7,9 @@ import asyncio
 import functools
 from types import SimpleNamespace
 
-from serving.batcher import find_batcher
+import pytest
+
+from serving.batcher import NotWiredYet, find_batcher
 
 
 class FakeFactory:
@@ -40,7 +42,8 @@ def test_finds_the_factorys_batcher_for_the_named_route():
 
 def test_returns_none_when_bentoml_is_not_shaped_as_expected():
     factory = FakeFactory()
-    assert find_batcher(SimpleNamespace(), "infer") is None  # app not started: no proxy yet
+    with pytest.raises(NotWiredYet):  # app not started: no proxy yet, ask again later
+        find_batcher(SimpleNamespace(), "infer")
     plain = SimpleNamespace(name="infer", endpoint=lambda request: None)  # endpoint not a partial
     assert find_batcher(service_with_routes(plain), "infer") is None
     factory.dispatchers = {}  # route exists but no batcher for it (API not batchable)

@@ -140,12 +140,19 @@ def test_metadata_names_the_served_model(client, registered):
 def test_readiness_needs_bentoml_internals_only_for_the_in_process_batcher(service, monkeypatch):
     import dataclasses
 
-    instance = service.CapsNetService.inner()  # a second instance, outside BentoML's app
+    instance = service.CapsNetService()  # a second instance, outside BentoML's app (never wired)
     instance.grpc_server = object()  # pretend gRPC is up
     assert not hasattr(instance, "__self_proxy__")
     assert instance._ready() is False  # in-process batcher: waits for BentoML's wiring
     monkeypatch.setattr(service, "settings", dataclasses.replace(service.settings, in_process_batcher=False))
     assert instance._ready() is True  # fallback: no private attribute involved
+    # ... and the fallback is looked up per call, so BentoML's batched to_async (set when it wires
+    # the app) replaces the plain method it had before, instead of that one being kept for good
+    from types import SimpleNamespace
+
+    wired = SimpleNamespace(infer=object())
+    instance.to_async = wired
+    assert instance._batched_infer() is wired.infer
 
 
 def test_client_error_log_line_reads_like_the_others(client, caplog):
