@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -226,6 +226,9 @@ class TrainingData(Protocol):
     def count_correct(self, lengths: Tensor, labels: Tensor) -> int:
         """How many examples of a batch the capsule lengths [B, N_out] classify right."""
 
+    def metrics(self, probabilities: Tensor, labels: Tensor) -> dict[str, Any]:
+        """Metrics of capsule lengths [N, N_out] against labels; "accuracy" selects the model."""
+
 
 class DigitData:
     """Single-object image classification (MNIST, Fashion-MNIST): the training split minus a
@@ -257,6 +260,11 @@ class DigitData:
 
     def count_correct(self, lengths: Tensor, labels: Tensor) -> int:
         return int((lengths.argmax(dim=1) == labels).sum())
+
+    def metrics(self, probabilities: Tensor, labels: Tensor) -> dict[str, Any]:
+        from training.metrics import classification_metrics  # metrics imports data: import here
+
+        return classification_metrics(probabilities, labels, self.class_names)
 
 
 def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -56,13 +56,6 @@ def classification_metrics(probabilities: Tensor, labels: Tensor,
     }
 
 
-def score(model: CapsNet, images: Tensor, labels: Tensor, class_names: list[str] | tuple[str, ...],
-          batch_size: int = 500, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """classification_metrics of `model` on uint8 images [N, C, H, W] with labels [N]."""
-    probabilities, _ = predict(model, images, batch_size, device)
-    return classification_metrics(probabilities, labels, class_names)
-
-
 def score_test_split(ckpt: dict[str, Any], model: CapsNet, data_dir: Any = None, batch_size: int = 500,
                      device: torch.device | str = "cpu") -> tuple[dict[str, Any], Tensor]:
     """Metrics of `model` (built from `ckpt`) on its dataset's untouched test split.
@@ -70,4 +63,5 @@ def score_test_split(ckpt: dict[str, Any], model: CapsNet, data_dir: Any = None,
     Returns (classification_metrics(...), the test images uint8 [N, 1, 28, 28]).
     """
     images, labels = load_split(ckpt["train_config"]["dataset"], "test", data_dir)
-    return score(model, images, labels, ckpt["class_names"], batch_size, device), images
+    probabilities, _ = predict(model, images, batch_size, device)
+    return classification_metrics(probabilities, labels, ckpt["class_names"]), images

@@ -41,7 +41,7 @@ from training.distributed import (
 from training.errors import ConfigError, UserError, run_cli, setup_cli_logging
 from training.fileio import atomic_path
 from training.losses import capsnet_loss
-from training.metrics import score
+from training.metrics import predict
 from training.model import CapsNet
 
 log = logging.getLogger(__name__)
@@ -218,11 +218,18 @@ def run_epoch(module: nn.Module, state: RunState, data: TrainingData, config: Tr
     return stats
 
 
+def evaluate_on(model: CapsNet, data: TrainingData, split: tuple[Tensor, Tensor], batch_size: int,
+                device: torch.device) -> dict[str, Any]:
+    """data.metrics of `model` on a (uint8 images, labels) split of `data`."""
+    images, labels = split
+    probabilities, _ = predict(model, images, batch_size, device)
+    return data.metrics(probabilities, labels)
+
+
 def end_of_epoch(state: RunState, stats: EpochStats, data: TrainingData, config: TrainConfig,
                  steps_per_epoch: int, out_dir: Path, world_size: int, device: torch.device) -> None:
     """Validate, log a metrics.jsonl line, keep best.pt if validation improved, save last.pt. Rank 0 only."""
-    val_accuracy = score(state.model, *data.validation_set(), data.class_names, config.eval_batch_size,
-                         device)["accuracy"]
+    val_accuracy = evaluate_on(state.model, data, data.validation_set(), config.eval_batch_size, device)["accuracy"]
     elapsed = time.perf_counter() - stats.started
     record = {"epoch": state.epoch, "step": state.step, "train_loss": stats.loss_sum / max(stats.seen, 1),
               "train_accuracy": stats.correct / max(stats.seen, 1), "val_accuracy": val_accuracy,
@@ -302,10 +309,11 @@ def record_test_accuracy(best_path: Path, data: TrainingData, batch_size: int, d
     """Evaluate the selected (best-validation) checkpoint once on the untouched test set and
     store the number in its metrics."""
     ckpt = load_checkpoint(best_path)
-    metrics = score(model_from_checkpoint(ckpt).to(device), *data.test_set(), data.class_names, batch_size, device)
+    test_split = data.test_set()
+    metrics = evaluate_on(model_from_checkpoint(ckpt).to(device), data, test_split, batch_size, device)
     ckpt["metrics"]["test_accuracy"] = metrics["accuracy"]
     save_checkpoint(best_path, ckpt)
-    log.info("test accuracy of %s: %.4f (%d images)", best_path, metrics["accuracy"], metrics["num_images"])
+    log.info("test accuracy of %s: %.4f (%d examples)", best_path, metrics["accuracy"], len(test_split[1]))
     return metrics["accuracy"]
 
 
