@@ -20,7 +20,8 @@ from torch import Tensor
 
 from training.config import TrainConfig, variant_config
 from training.model import CapsNet, dynamic_routing, squash
-from training.train import TrainingModule, training_loss
+from training.tasks import training_loss
+from training.train import TrainingModule
 
 
 class BroadcastCapsNet(CapsNet):

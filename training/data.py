@@ -169,6 +169,24 @@ def to_float(images: Tensor) -> Tensor:
     return images.float().div_(255.0)
 
 
+def translate(images: Tensor, shifts: Tensor) -> Tensor:
+    """Move each image by its own integer (dy, dx), zero-filled: out[y, x] = in[y - dy, x - dx].
+
+    images: [B, C, H, W] (any dtype), shifts: int64 [B, 2] -> [B, C, H, W], same dtype and device.
+    """
+    b, _, h, w = images.shape
+    m = int(shifts.abs().max()) if len(shifts) else 0
+    if m == 0:
+        return images
+    padded = torch.nn.functional.pad(images, (m,) * 4)
+    offsets = (m - shifts).to(images.device)  # where row/column 0 of the output reads from in `padded`
+    rows = torch.arange(h, device=images.device)[None] + offsets[:, :1]  # [B, H]
+    cols = torch.arange(w, device=images.device)[None] + offsets[:, 1:]  # [B, W]
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    # padded[b, :, rows[b, y], cols[b, x]] for every y, x: [B, H, W, C] -> [B, C, H, W]
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
 def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
     """Translate each image by an independent random (dy, dx) in [-max_shift, max_shift], zero-filled.
 
@@ -176,14 +194,8 @@ def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> 
     """
     if max_shift == 0:
         return images
-    b, _, h, w = images.shape
-    padded = torch.nn.functional.pad(images, (max_shift,) * 4)
-    offsets = torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator)
-    rows = (torch.arange(h).unsqueeze(0) + offsets[0].unsqueeze(1)).to(images.device)  # [B, H]
-    cols = (torch.arange(w).unsqueeze(0) + offsets[1].unsqueeze(1)).to(images.device)  # [B, W]
-    batch = torch.arange(b, device=images.device)[:, None, None]
-    # padded[b, :, rows[b, y], cols[b, x]] for every y, x: [B, H, W, C] -> [B, C, H, W]
-    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, len(images)), generator=generator)
+    return translate(images, (max_shift - offsets).T)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,10 @@
-"""`capsnet-evaluate CHECKPOINT`: test accuracy, per-class accuracy, confusion matrix and figures."""
+"""`capsnet-evaluate CHECKPOINT`: the test-set score, per-class numbers and figures of a checkpoint.
+
+Single digits: accuracy, per-class accuracy, confusion matrix, reconstructions.png and
+pose_perturbations.png (the paper's Figure 4). Overlapping pairs (MultiMNIST): exact-pair and
+per-digit error, the same model on single digits placed in 36x36, and multimnist_pairs.png (the
+paper's Figure 5, right and wrong pairs). The test set is the checkpoint's dataset's, untouched.
+"""
 
 from __future__ import annotations
 
@@ -9,52 +15,80 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.config import TrainConfig
 from training.data import to_float
 from training.distributed import resolve_device
 from training.errors import run_cli, setup_cli_logging
-from training.figures import pose_perturbation_grid, reconstruction_grid, save_png
+from training.figures import pair_figure, pose_perturbation_grid, reconstruction_grid, save_png
 from training.fileio import sha256_file, write_json
-from training.metrics import score_test_split
+from training.metrics import classification_metrics, predict
+from training.multimnist import PairData
+from training.tasks import training_data
 
 log = logging.getLogger(__name__)
+
+FIGURE_PAIRS = 8  # right pairs and wrong pairs each in the Figure 5 grid
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = None,
                         out_dir: str | Path | None = None, batch_size: int = 500,
                         device: str = "auto") -> dict[str, Any]:
-    """Evaluate a checkpoint on its dataset's test split.
-
-    Writes evaluation.json, reconstructions.png (inputs above reconstructions) and
-    pose_perturbations.png (the paper's Figure 4) into `out_dir` (default: beside the
-    checkpoint) and returns the evaluation dict.
-    """
+    """Evaluate a checkpoint on its dataset's test split; write evaluation.json and the figures into
+    `out_dir` (default: beside the checkpoint) and return the evaluation dict."""
     checkpoint = Path(checkpoint)
     out = Path(out_dir) if out_dir else checkpoint.parent
     ckpt = load_checkpoint(checkpoint)
+    config = TrainConfig.from_dict(ckpt["train_config"])
     dev = resolve_device(device)
     model = model_from_checkpoint(ckpt).to(dev)
-    metrics, images = score_test_split(ckpt, model, data_dir, batch_size, dev)
+    data = training_data(config, data_dir)
+    images, labels = data.test_set()
+    probabilities, _ = predict(model, images, batch_size, dev)
     result = {
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": sha256_file(checkpoint),
-        "dataset": ckpt["train_config"]["dataset"],
+        "dataset": config.dataset,
         "split": "test",
-        **metrics,
+        **data.metrics(probabilities, labels),
         "val_accuracy": ckpt["metrics"].get("best_val_accuracy"),
         "model_config": ckpt["model_config"],
     }
+    if isinstance(data, PairData):
+        result["test_pairs"] = {"partners_per_digit": config.test_partners, "max_shift": config.max_shift}
+        digits, digit_labels = data.single_digit_set()
+        singles, _ = predict(model, digits, batch_size, dev)
+        result["single_digits_36x36"] = {k: v for k, v in classification_metrics(
+            singles, digit_labels, data.class_names).items() if k in ("num_images", "accuracy", "errors")}
+        save_png(out / "multimnist_pairs.png", pair_figure(model, *figure_pairs(images, labels, probabilities, dev)))
+    else:
+        sample = to_float(images[:32]).to(dev)
+        save_png(out / "reconstructions.png", reconstruction_grid(model, sample))
+        save_png(out / "pose_perturbations.png", pose_perturbation_grid(model, sample[:1]))
     write_json(out / "evaluation.json", result)
-    sample = to_float(images[:32]).to(dev)
-    save_png(out / "reconstructions.png", reconstruction_grid(model, sample))
-    save_png(out / "pose_perturbations.png", pose_perturbation_grid(model, sample[:1]))
-    log.info("test accuracy %.4f on %d images; wrote %s", result["accuracy"], result["num_images"], out)
+    log.info("test accuracy %.4f on %d examples; wrote %s", result["accuracy"], len(labels), out)
     return result
+
+
+def figure_pairs(images: torch.Tensor, labels: torch.Tensor, probabilities: torch.Tensor,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first FIGURE_PAIRS right pairs, then the first FIGURE_PAIRS wrong ones, as float images on
+    `device` [M, 1, H, W] and their labels [M, 2]."""
+    top2 = probabilities.topk(2, dim=1).indices
+    right = (top2[:, :, None] == labels[:, None, :]).any(dim=1).all(dim=1)
+    chosen = np.concatenate([np.flatnonzero(right.numpy())[:FIGURE_PAIRS],
+                             np.flatnonzero(~right.numpy())[:FIGURE_PAIRS]])
+    index = torch.from_numpy(chosen)
+    return to_float(images[index]).to(device), labels[index].to(device)
 
 
 def main(argv: list[str] | None = None) -> int:
     setup_cli_logging()
-    p = argparse.ArgumentParser(prog="capsnet-evaluate", description=__doc__)
+    p = argparse.ArgumentParser(prog="capsnet-evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a .pt written by capsnet-train (best.pt for the selected model)")
     p.add_argument("--data-dir", help="folder with the four .gz IDX files (default: $CAPSNET_DATA_DIR)")
     p.add_argument("--out", help="folder for evaluation.json and the PNGs (default: beside the checkpoint)")
@@ -64,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         result = evaluate_checkpoint(args.checkpoint, args.data_dir, args.out, args.batch_size, args.device)
-        print(json.dumps({k: result[k] for k in ("checkpoint", "dataset", "num_images", "accuracy", "errors")},
-                         indent=2))
+        keys = ("checkpoint", "dataset", "num_images", "num_pairs", "accuracy", "errors", "exact_pair_error",
+                "per_digit_error", "single_digits_36x36")
+        print(json.dumps({k: result[k] for k in keys if k in result}, indent=2))
         return 0
 
     return run_cli(body)

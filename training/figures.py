@@ -16,15 +16,16 @@ PERTURBATIONS = tuple(round(-0.25 + 0.05 * k, 2) for k in range(11))
 
 
 def tile(images: Tensor, rows: int, cols: int, pad: int = 2) -> np.ndarray:
-    """[rows*cols, 1, H, W] floats in [0, 1] -> one uint8 image [rows*(H+pad)+pad, cols*(W+pad)+pad]."""
-    _, _, h, w = images.shape
-    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), 128, dtype=np.uint8)
-    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    """[rows*cols, C, H, W] floats in [0, 1], C = 1 (gray) or 3 (RGB) -> one uint8 image
+    [rows*(H+pad)+pad, cols*(W+pad)+pad] (gray) or the same with 3 channels last (RGB)."""
+    _, c, h, w = images.shape
+    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 128, dtype=np.uint8)
+    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     for k in range(min(len(pixels), rows * cols)):
-        r, c = divmod(k, cols)
-        top, left = pad + r * (h + pad), pad + c * (w + pad)
-        canvas[top:top + h, left:left + w] = pixels[k, 0]
-    return canvas
+        r, col = divmod(k, cols)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        canvas[top:top + h, left:left + w] = pixels[k]
+    return canvas[:, :, 0] if c == 1 else canvas
 
 
 @torch.no_grad()
@@ -63,9 +64,30 @@ def pose_perturbation_grid(model: CapsNet, image: Tensor) -> np.ndarray:
     return tile(recon, d_out, len(deltas))
 
 
+@torch.no_grad()
+def pair_figure(model: CapsNet, images: Tensor, labels: Tensor) -> np.ndarray:
+    """The paper's Figure 5 for overlapping digits: per pair, a row of the input (gray), the two
+    reconstructions from the true labels, and the two from the two longest capsules, each pair
+    of reconstructions overlaid in two colours (first red, second green; yellow where both draw).
+
+    images [N, 1, H, W] in [0, 1], labels [N, 2] -> uint8 RGB [N*(H+2)+2, 3*(W+2)+2, 3].
+    """
+    model.eval()
+    lengths, poses = model(images)
+    predicted = lengths.topk(2, dim=1).indices  # [N, 2]
+
+    def overlay(classes: Tensor) -> Tensor:  # [N, 2] -> [N, 3, H, W]: red, green, no blue
+        first, second = model.decode(poses, classes[:, 0]), model.decode(poses, classes[:, 1])
+        return torch.cat([first, second, torch.zeros_like(first)], dim=1)
+
+    gray = images.expand(-1, 3, -1, -1)
+    rows = torch.stack([gray, overlay(labels), overlay(predicted)], dim=1)  # [N, 3 panels, 3, H, W]
+    return tile(rows.flatten(0, 1), len(images), 3)
+
+
 def save_png(path: str | Path, image: np.ndarray) -> None:
-    """Write a uint8 grayscale array [H, W] as PNG, atomically."""
+    """Write a uint8 array, gray [H, W] or RGB [H, W, 3], as PNG, atomically."""
     from PIL import Image  # imported here: only the figure-writing edge needs Pillow
 
     with atomic_path(path) as tmp:
-        Image.fromarray(image, mode="L").save(tmp, format="PNG")
+        Image.fromarray(image, mode="L" if image.ndim == 2 else "RGB").save(tmp, format="PNG")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from training.data import load_split, to_float
+from training.data import to_float
 from training.model import CapsNet
 
 
@@ -54,14 +54,3 @@ def classification_metrics(probabilities: Tensor, labels: Tensor,
         "per_class_accuracy": {name: float(a) for name, a in zip(class_names, per_class, strict=True)},
         "confusion_matrix": cm.tolist(),
     }
-
-
-def score_test_split(ckpt: dict[str, Any], model: CapsNet, data_dir: Any = None, batch_size: int = 500,
-                     device: torch.device | str = "cpu") -> tuple[dict[str, Any], Tensor]:
-    """Metrics of `model` (built from `ckpt`) on its dataset's untouched test split.
-
-    Returns (classification_metrics(...), the test images uint8 [N, 1, 28, 28]).
-    """
-    images, labels = load_split(ckpt["train_config"]["dataset"], "test", data_dir)
-    probabilities, _ = predict(model, images, batch_size, device)
-    return classification_metrics(probabilities, labels, ckpt["class_names"]), images

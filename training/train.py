@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from tqdm import tqdm
 
 from training.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from training.config import PROFILES, RESUMABLE_OVERRIDES, TrainConfig
-from training.data import DigitData, TrainingData
+from training.data import TrainingData
 from training.distributed import (
     DistributedContext,
     any_rank,
@@ -40,17 +39,13 @@ from training.distributed import (
 )
 from training.errors import ConfigError, UserError, run_cli, setup_cli_logging
 from training.fileio import atomic_path
-from training.losses import capsnet_loss
 from training.metrics import predict
 from training.model import CapsNet
+from training.tasks import Loss, training_data, training_loss
 
 log = logging.getLogger(__name__)
 
 LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
-
-# (model, images, labels, targets) -> (loss scalar, capsule lengths [B, N_out])
-Loss = Callable[[CapsNet, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
-
 
 class RunExistsError(UserError, FileExistsError):
     """The run folder already holds a run and --resume was not given."""
@@ -113,8 +108,9 @@ class StopRequest:
 
 
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Exponential decay, smooth per step: lr * lr_decay ** (step / steps_per_epoch)."""
-    return config.lr * config.lr_decay ** (step / steps_per_epoch)
+    """Exponential decay, smooth per step: lr * lr_decay ** (step / period), the period being
+    lr_decay_steps, or an epoch when that is unset."""
+    return config.lr * config.lr_decay ** (step / (config.lr_decay_steps or steps_per_epoch))
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> Tensor:
@@ -123,16 +119,6 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> Tensor:
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
-
-
-def training_data(config: TrainConfig, data_dir: str | Path | None) -> TrainingData:
-    """The data source a TrainConfig names."""
-    return DigitData(config.dataset, data_dir, config.val_size, config.max_shift, config.train_limit)
-
-
-def training_loss(config: TrainConfig) -> Loss:
-    """The objective a TrainConfig names: the paper's margin + reconstruction loss."""
-    return functools.partial(capsnet_loss, recon_weight=config.recon_weight)
 
 
 def _check_resumable(saved: TrainConfig, config: TrainConfig) -> None:
@@ -321,21 +307,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="capsnet-train", description="Train a CapsNet (Sabour et al. 2017).")
     p.add_argument("--out", required=True, help="run directory for last.pt, best.pt, metrics.jsonl")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick",
-                   help="preset: quick = small model, short CPU run (default); paper = full schedule, GPU")
+                   help="preset: quick = small model, short CPU run (default); paper = full schedule, GPU; "
+                        "multimnist-quick / multimnist-paper: the same for overlapping digit pairs")
     p.add_argument("--data-dir", help="folder with the four .gz IDX files (default: $CAPSNET_DATA_DIR, "
                                       "else ~/.cache/capsnet/<dataset>, downloaded if missing)")
     p.add_argument("--resume", action="store_true", help="continue OUT/last.pt exactly where it stopped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     o = p.add_argument_group("overrides of the profile's settings")
     o.add_argument("--variant", choices=["paper", "small", "tiny"])
-    o.add_argument("--dataset", choices=["mnist", "fashion-mnist"])
+    o.add_argument("--dataset", choices=["mnist", "fashion-mnist", "multimnist"])
     o.add_argument("--routing-iters", type=int)
     o.add_argument("--epochs", type=int)
     o.add_argument("--batch-size", type=int, help="global batch, split across DDP ranks")
     o.add_argument("--lr", type=float)
-    o.add_argument("--lr-decay", type=float, help="learning-rate factor per epoch")
+    o.add_argument("--lr-decay", type=float, help="learning-rate factor per epoch (or per --lr-decay-steps)")
+    o.add_argument("--lr-decay-steps", type=int, help="apply --lr-decay every this many steps instead of per epoch")
     o.add_argument("--val-size", type=int, help="validation images carved from the end of train")
-    o.add_argument("--max-shift", type=int, help="random shift in pixels for training")
+    o.add_argument("--max-shift", type=int, help="random shift in pixels for training (multimnist: of each "
+                                                 "digit of a pair, all splits; 4 = paper, 6 = official code)")
+    o.add_argument("--test-partners", type=int, help="multimnist: partners per test digit (default 10)")
     o.add_argument("--seed", type=int)
     o.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     o.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (for GPUs)")

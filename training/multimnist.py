@@ -1,0 +1,156 @@
+"""MultiMNIST (paper section 6): two MNIST digits of different classes on one 36x36 canvas.
+
+Each 28x28 digit is padded to 36x36 and moved by an integer (dy, dx), each uniform in
+[-max_shift, max_shift] (4 in the paper; 6 is the official code's variant); the two are summed and
+clipped at 1. Pixels stay exact in uint8: min(a + b, 255).
+
+Splits (MNIST files only; nothing is stored but what a pair is made of):
+    training    pairs drawn on the fly from training images 10,000-60,000: a new partner and new
+                shifts at every step, seeded by (seed, step) so a resumed run draws the same pairs
+    validation  fixed-seed pairs from training images 0-10,000 (model selection), one per digit
+    test        each of the 10,000 test digits with K fixed-seed partners (K = 10: 100,000 pairs)
+A pair is (first index, partner index, shifts [2, 2]) into its pool: `PairSet` holds them and
+`compose` rebuilds the images from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from training.data import Batch, dataset_spec, load_split, to_float, translate
+from training.errors import ConfigError
+
+CANVAS = 36  # 28 + 2 * 4: room for a +-4 px shift in every direction
+VALIDATION_SEED, TEST_SEED = 1_000_001, 2_000_003
+
+
+@dataclass(frozen=True)
+class PairSet:
+    """Pairs as indices into one pool of digits: first [N], partner [N], shifts int64 [N, 2, 2]
+    ((dy, dx) of the first digit, then of the partner)."""
+
+    first: Tensor
+    partner: Tensor
+    shifts: Tensor
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        return {"first": self.first.numpy(), "partner": self.partner.numpy(), "shifts": self.shifts.numpy()}
+
+
+def draw_pairs(first: Tensor, labels: Tensor, max_shift: int, generator: torch.Generator) -> PairSet:
+    """For each index in `first`, a partner of another class from the same pool (uniform among
+    them) and two shifts uniform in [-max_shift, max_shift]^2. Deterministic in `generator`."""
+    partner = torch.randint(0, len(labels), (len(first),), generator=generator)
+    while True:  # redraw the partners that share the first digit's class (about 1 in 10 each round)
+        same = labels[partner] == labels[first]
+        if not same.any():
+            break
+        partner[same] = torch.randint(0, len(labels), (int(same.sum()),), generator=generator)
+    shifts = torch.randint(-max_shift, max_shift + 1, (len(first), 2, 2), generator=generator)
+    return PairSet(first, partner, shifts)
+
+
+def place(digits: Tensor, shifts: Tensor, canvas: int = CANVAS) -> Tensor:
+    """Digits [N, 1, 28, 28] (any dtype) centred on a canvas x canvas field and moved by shifts [N, 2]."""
+    pad = (canvas - digits.shape[-1]) // 2
+    return translate(torch.nn.functional.pad(digits, (pad,) * 4), shifts)
+
+
+def compose(pool: Tensor, pairs: PairSet) -> tuple[Tensor, Tensor]:
+    """uint8 pool [M, 1, 28, 28] -> (pair images uint8 [N, 1, 36, 36], each digit alone uint8 [N, 2, 1, 36, 36])."""
+    parts = torch.stack([place(pool[pairs.first], pairs.shifts[:, 0]),
+                         place(pool[pairs.partner], pairs.shifts[:, 1])], dim=1)
+    merged = parts.to(torch.int16).sum(dim=1).clamp(max=255).to(torch.uint8)  # sum, then clip at 1
+    return merged, parts
+
+
+def fixed_pairs(labels: Tensor, partners_per_digit: int, max_shift: int, seed: int) -> PairSet:
+    """Every digit of a pool as the first of `partners_per_digit` pairs, with fixed-seed partners."""
+    first = torch.arange(len(labels)).repeat_interleave(partners_per_digit)
+    return draw_pairs(first, labels, max_shift, torch.Generator().manual_seed(seed))
+
+
+def pair_metrics(probabilities: Tensor, labels: Tensor, class_names: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """Scores of capsule lengths [N, 10] against label pairs [N, 2].
+
+    A pair is right only when its two longest capsules are exactly its two labels; `accuracy` is
+    that exact-pair accuracy (what selects the model). Per-digit error counts each label that is
+    not among the two longest capsules.
+    """
+    top2 = probabilities.topk(2, dim=1).indices  # [N, 2]
+    found = (top2[:, :, None] == labels[:, None, :]).any(dim=1)  # [N, 2]: label k among the top 2
+    exact = found.all(dim=1)
+    n = len(labels)
+    per_class = {name: float(found[labels == k].double().mean()) if (labels == k).any() else None
+                 for k, name in enumerate(class_names)}
+    return {
+        "num_pairs": n,
+        "accuracy": float(exact.double().mean()) if n else 0.0,
+        "exact_pair_error": float(1 - exact.double().mean()) if n else 0.0,
+        "per_digit_error": float(1 - found.double().mean()) if n else 0.0,
+        "wrong_pairs": int((~exact).sum()),
+        "per_class_recall": per_class,
+    }
+
+
+class PairData:
+    """The training loop's view of MultiMNIST (training.data.TrainingData)."""
+
+    def __init__(self, data_dir: str | Path | None, max_shift: int, validation_pool: int = 10_000,
+                 test_partners: int = 10, train_limit: int | None = None) -> None:
+        """`validation_pool`: the first that many training images make the validation pairs (the
+        paper's split: 10,000), the others the training pairs."""
+        self.class_names = dataset_spec("mnist").class_names
+        images, labels = load_split("mnist", "train", data_dir)
+        if not 0 < validation_pool < len(images):
+            raise ConfigError(f"the validation pool must be between 1 and {len(images) - 1} images, "
+                              f"got {validation_pool}")
+        self.val_pool, self.val_labels = images[:validation_pool], labels[:validation_pool]
+        self.train_pool, self.train_labels = images[validation_pool:], labels[validation_pool:]
+        if train_limit:
+            self.train_pool, self.train_labels = self.train_pool[:train_limit], self.train_labels[:train_limit]
+        self.max_shift, self.test_partners, self.data_dir = max_shift, test_partners, data_dir
+
+    def __len__(self) -> int:
+        return len(self.train_pool)  # an epoch: every training digit once as the first of a pair
+
+    def train_batch(self, indices: Tensor, generator: torch.Generator) -> Batch:
+        pairs = draw_pairs(indices, self.train_labels, self.max_shift, generator)
+        merged, parts = compose(self.train_pool, pairs)
+        labels = torch.stack([self.train_labels[pairs.first], self.train_labels[pairs.partner]], dim=1)
+        return Batch(to_float(merged), labels, to_float(parts))
+
+    def validation_set(self) -> tuple[Tensor, Tensor]:
+        return self.pairs_of(self.val_pool, self.val_labels, 1, VALIDATION_SEED)
+
+    def test_set(self) -> tuple[Tensor, Tensor]:
+        images, labels = load_split("mnist", "test", self.data_dir)
+        return self.pairs_of(images, labels, self.test_partners, TEST_SEED)
+
+    def pairs_of(self, pool: Tensor, labels: Tensor, partners: int, seed: int) -> tuple[Tensor, Tensor]:
+        """Fixed pairs of a pool: (images uint8 [N, 1, 36, 36], labels [N, 2])."""
+        pairs = fixed_pairs(labels, partners, self.max_shift, seed)
+        return compose(pool, pairs)[0], torch.stack([labels[pairs.first], labels[pairs.partner]], dim=1)
+
+    def single_digit_set(self) -> tuple[Tensor, Tensor]:
+        """The test digits alone, each on the 36x36 canvas with a fixed-seed shift like a pair's:
+        (images uint8 [N, 1, 36, 36], labels [N]). How well a pair model still reads one digit."""
+        images, labels = load_split("mnist", "test", self.data_dir)
+        generator = torch.Generator().manual_seed(TEST_SEED + 1)
+        shifts = torch.randint(-self.max_shift, self.max_shift + 1, (len(images), 2), generator=generator)
+        return place(images, shifts), labels
+
+    def count_correct(self, lengths: Tensor, labels: Tensor) -> int:
+        return len(labels) - pair_metrics(lengths.detach().float(), labels, self.class_names)["wrong_pairs"]
+
+    def metrics(self, probabilities: Tensor, labels: Tensor) -> dict[str, Any]:
+        return pair_metrics(probabilities, labels, self.class_names)
