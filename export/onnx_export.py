@@ -28,6 +28,7 @@ from export.onnx_io import write_metadata
 from export.parity import check_parity, library_versions, quiet_third_party_loggers
 from export.parity_report import failure_summary, parity_summary
 from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.config import TrainConfig
 from training.errors import run_cli, setup_cli_logging
 from training.fileio import sha256_file, write_json
 
@@ -59,7 +60,8 @@ def export_graph(graph: InferenceGraph, path: Path, metadata: dict[str, Any], op
         raise RuntimeError(f"exported graph has control flow {sorted(found)}; routing must be unrolled")
     if path.with_name(path.name + ".data").exists():
         raise RuntimeError("exporter wrote external weights; the contract is one self-contained file")
-    model.doc_string = ("CapsNet (Sabour et al. 2017). Input 'image' float32 [batch,1,28,28] in [0,1]. "
+    size = graph.model.config.image_size
+    model.doc_string = (f"CapsNet (Sabour et al. 2017). Input 'image' float32 [batch,1,{size},{size}] in [0,1]. "
                         f"Outputs: {', '.join(graph.outputs)}.")
     write_metadata(model, metadata)
     onnx.checker.check_model(model)
@@ -67,7 +69,8 @@ def export_graph(graph: InferenceGraph, path: Path, metadata: dict[str, Any], op
 
 
 def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruction: bool = False,
-                with_routing: bool = False, fp16: bool = False, routing_iters: int | None = None,
+                with_routing: bool = False, with_top2: bool = False, fp16: bool = False,
+                routing_iters: int | None = None,
                 data_dir: str | Path | None = None, limit: int | None = None,
                 opset: int = OPSET) -> dict[str, Any]:
     """Export a checkpoint, prove parity and move model.onnx, parity.json, config.json into out_dir.
@@ -85,8 +88,10 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
     checkpoint_sha256 = sha256_file(checkpoint)
     if routing_iters is not None:
         ckpt = {**ckpt, "model_config": {**ckpt["model_config"], "routing_iters": routing_iters}}
+    size = ckpt["model_config"]["image_size"]
+    objects = 2 if ckpt["train_config"]["dataset"] == "multimnist" else 1
     outputs = ("probabilities", "poses") + (("reconstruction",) if with_reconstruction else ()) \
-        + (("routing",) if with_routing else ())
+        + (("routing",) if with_routing else ()) + (("reconstructions_top2",) if with_top2 else ())
     config = {
         "model_config": ckpt["model_config"],
         "class_names": ckpt["class_names"],
@@ -95,7 +100,9 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
         "train_metrics": ckpt["metrics"],
         "checkpoint_sha256": checkpoint_sha256,
         "opset": opset,
-        "input": {"name": "image", "dtype": "float32", "shape": ["batch", 1, 28, 28], "range": [0.0, 1.0]},
+        "input": {"name": "image", "dtype": "float32", "shape": ["batch", 1, size, size], "range": [0.0, 1.0]},
+        # what one input holds: the served answer lists this many objects (the longest capsules)
+        "task": {"objects": objects, "name": "overlapping-digit-pairs" if objects == 2 else "single-object"},
         "outputs": list(outputs),
         "versions": library_versions(),
     }
@@ -113,7 +120,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
             export_graph(InferenceGraph(model_from_checkpoint(ckpt), outputs, dtype), staging / name, meta, opset)
             log.info("verifying parity of %s", name)
             report = check_parity(model_from_checkpoint(ckpt), staging / name, meta,
-                                  ckpt["train_config"]["dataset"], data_dir=data_dir, limit=limit)
+                                  TrainConfig.from_dict(ckpt["train_config"]), data_dir=data_dir, limit=limit)
             sections.append(report)
             if not report["passed"]:
                 raise ParityError(f"{name} does not match {checkpoint}:\n{failure_summary(report)}")
@@ -142,9 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", help="a .pt written by capsnet-train (usually RUN/best.pt)")
     p.add_argument("-o", "--out", required=True, help="folder for model.onnx, parity.json, config.json")
     p.add_argument("--with-reconstruction", action="store_true",
-                   help="add output 'reconstruction' [batch,1,28,28] (decoder masked by the predicted class)")
+                   help="add output 'reconstruction' [batch,1,S,S] (decoder masked by the predicted class)")
     p.add_argument("--with-routing", action="store_true",
                    help="add output 'routing': final coupling coefficients [batch,N_in,10]")
+    p.add_argument("--with-top2-reconstructions", action="store_true",
+                   help="add output 'reconstructions_top2' [batch,2,1,S,S]: the decoder masked by each of "
+                        "the two longest capsules (what a two-digit model redraws)")
     p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (float16 inside, "
                                                        "float32 in/out) with its own parity section")
     p.add_argument("--routing-iters", type=int, help="unroll this many routing iterations instead of "
@@ -155,13 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--opset", type=int, default=OPSET)
     p.add_argument("--register", action=argparse.BooleanOptionalAction, default=True,
                    help="store the export in the BentoML model store (default: on)")
-    p.add_argument("--name", default="capsnet-mnist", help="BentoML model name (default: capsnet-mnist)")
+    p.add_argument("--name", help="BentoML model name (default: capsnet-<dataset>: capsnet-mnist, capsnet-multimnist)")
     args = p.parse_args(argv)
 
     def body() -> int:
         try:
             result = export_onnx(args.checkpoint, args.out, with_reconstruction=args.with_reconstruction,
-                                 with_routing=args.with_routing, fp16=args.fp16,
+                                 with_routing=args.with_routing, with_top2=args.with_top2_reconstructions,
+                                 fp16=args.fp16,
                                  routing_iters=args.routing_iters, data_dir=args.data_dir, limit=args.limit,
                                  opset=args.opset)
         except ParityError as e:
@@ -171,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.register:
             from export.registry import register_export
 
-            print(f"registered BentoML model {register_export(args.out, args.name)}")
+            name = args.name or f"capsnet-{result['config']['train_config']['dataset']}"
+            print(f"registered BentoML model {register_export(args.out, name)}")
         return 0
 
     return run_cli(body)

@@ -33,44 +33,52 @@ from export.parity_report import (
     parity_section,
 )
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from training.config import CapsNetConfig
+from training.config import CapsNetConfig, TrainConfig
 from training.data import SPLIT_FILES, load_split, resolve_data_dir, synthetic_digits
 from training.fileio import sha256_file
 from training.model import CapsNet
+from training.multimnist import fixed_pair_images
 
 SYNTHETIC_COUNT = 512
 
 
-def degenerate_images() -> dict[str, np.ndarray]:
-    """What real clients send besides digits: [1, 1, 28, 28] float32 each."""
-    single = np.zeros((1, 1, 28, 28), np.float32)
-    single[0, 0, 14, 14] = 1.0
+def degenerate_images(size: int = 28) -> dict[str, np.ndarray]:
+    """What real clients send besides digits: [1, 1, size, size] float32 each."""
+    single = np.zeros((1, 1, size, size), np.float32)
+    single[0, 0, size // 2, size // 2] = 1.0
     return {
-        "all_black": np.zeros((1, 1, 28, 28), np.float32),
-        "all_white": np.ones((1, 1, 28, 28), np.float32),
+        "all_black": np.zeros((1, 1, size, size), np.float32),
+        "all_white": np.ones((1, 1, size, size), np.float32),
         "single_pixel": single,
-        "noise": np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32),
+        "noise": np.random.default_rng(0).random((1, 1, size, size), dtype=np.float32),
     }
 
 
-def parity_inputs(dataset: str = "mnist", data_dir: str | Path | None = None,
+def parity_inputs(config: TrainConfig, data_dir: str | Path | None = None,
                   limit: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Images float32 [N, 1, 28, 28] in [0, 1] and a description of where they came from.
+    """Images float32 [N, 1, S, S] in [0, 1] for the task `config` trained, and where they came from.
 
-    The test split when its files are on disk (never downloaded here), else synthetic digits;
-    the degenerate images are appended at the end. `kind` says which: "test-split" or "synthetic".
+    The test split when its files are on disk (never downloaded here), else synthetic digits; for
+    overlapping pairs, one fixed-seed pair per test digit made of those. The degenerate images are
+    appended at the end. `kind` says which: "test-split" or "synthetic".
     """
-    directory = resolve_data_dir(dataset, data_dir)
+    pairs = config.dataset == "multimnist"
+    files_of = "mnist" if pairs else config.dataset
+    directory = resolve_data_dir(files_of, data_dir)
     if all((directory / f).is_file() for f in SPLIT_FILES["test"]):
-        images, _ = load_split(dataset, "test", directory)
-        images = images.numpy()
-        kind, source = "test-split", f"{dataset} test split ({directory})"
+        images, labels = load_split(files_of, "test", directory)
+        kind, source = "test-split", f"{files_of} test split ({directory})"
     else:
-        images = synthetic_digits(SYNTHETIC_COUNT, seed=0)[0][:, None]
-        kind, source = "synthetic", f"synthetic digit-like images (seed 0): no {dataset} test files in {directory}"
+        raw, raw_labels = synthetic_digits(SYNTHETIC_COUNT, seed=0)
+        images, labels = torch.from_numpy(raw).unsqueeze(1), torch.from_numpy(raw_labels).long()
+        kind, source = "synthetic", f"synthetic digit-like images (seed 0): no {files_of} test files in {directory}"
+    if pairs:
+        images, _ = fixed_pair_images(images, labels, 1, config.max_shift)
+        source = f"one fixed-seed overlapping pair (max shift {config.max_shift}) per image of the {source}"
+    images = images.numpy()
     if limit:
         images = images[:limit]
-    extra = degenerate_images()
+    extra = degenerate_images(images.shape[-1])
     batch = np.concatenate([images.astype(np.float32) / 255.0, *extra.values()])
     return batch, {"kind": kind, "source": source, "images": int(len(images)), "degenerate": list(extra),
                    "total": int(len(batch))}
@@ -84,14 +92,15 @@ def run_torch(graph: torch.nn.Module, names: list[str], images: np.ndarray,
     return {name: torch.cat([c[k] for c in chunks]).numpy() for k, name in enumerate(names)}
 
 
-def check_parity(model: CapsNet, onnx_path: str | Path, meta: dict[str, Any], dataset: str, *,
+def check_parity(model: CapsNet, onnx_path: str | Path, meta: dict[str, Any], config: TrainConfig, *,
                  data_dir: str | Path | None = None, limit: int | None = None,
                  batch_sizes: tuple[int, ...] = BATCH_SIZES, tolerance: Tolerance | None = None) -> dict[str, Any]:
     """Compare the graph at `onnx_path` (with capsnet metadata `meta`) against `model`, float32 on the CPU,
-    for the outputs and precision the metadata declares. Returns the report; 'passed' says it all."""
+    for the outputs and precision the metadata declares, on inputs of the task `config` trained.
+    Returns the report; 'passed' says it all."""
     precision = meta.get("precision", "fp32")
     graph = InferenceGraph(model, outputs=tuple(meta.get("outputs", ["probabilities", "poses"])))
-    images, inputs = parity_inputs(dataset, data_dir, limit)
+    images, inputs = parity_inputs(config, data_dir, limit)
     reference = run_torch(graph, list(graph.outputs), images)
     sections = []
     for providers in [[CPU]] + ([[CUDA, CPU]] if cuda_usable() else []):
@@ -129,7 +138,7 @@ def verify_parity(onnx_path: str | Path, checkpoint: str | Path, *, data_dir: st
     if structural:
         raise UnusableInputError(f"{onnx_path} and {checkpoint} come from different architectures: " + ", ".join(
             f"{k}: onnx {exported[k]} vs checkpoint {trained.get(k)}" for k in structural))
-    report = check_parity(model_from_checkpoint(ckpt), onnx_path, meta, ckpt["train_config"]["dataset"],
+    report = check_parity(model_from_checkpoint(ckpt), onnx_path, meta, TrainConfig.from_dict(ckpt["train_config"]),
                           data_dir=data_dir, limit=limit, batch_sizes=batch_sizes, tolerance=tolerance)
     checkpoint_sha256 = sha256_file(checkpoint)
     if meta.get("routing_iters") != trained["routing_iters"]:

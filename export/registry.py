@@ -38,6 +38,7 @@ def register_export(export_dir: str | Path, name: str = DEFAULT_NAME) -> str:
         raise RegistrationError(f"{export_dir}/parity.json says parity failed; refusing to register")
     config = json.loads((export_dir / "config.json").read_text())
     metrics = config.get("train_metrics", {})
+    task = config.get("task", {"objects": 1, "name": "single-object"})  # exports before tasks existed
     labels = {
         "stage": "exported",
         "dataset": config["train_config"]["dataset"],
@@ -46,12 +47,15 @@ def register_export(export_dir: str | Path, name: str = DEFAULT_NAME) -> str:
         # what parity was proven on: the dataset's real test images, or synthetic stand-ins
         "parity_inputs": parity_inputs_kind(parity),
         "routing_iters": str(config["routing_iters"]),
+        "task": task["name"],
     }
     metadata = {
         "model_config": config["model_config"],
         "class_names": config["class_names"],
         "routing_iters": config["routing_iters"],
         "outputs": config["outputs"],
+        "input": config["input"],  # name, dtype, shape [batch, 1, S, S], range
+        "task": task,
         "opset": config["opset"],
         "val_accuracy": metrics.get("best_val_accuracy"),
         "test_accuracy": metrics.get("test_accuracy"),

@@ -72,6 +72,18 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir
     return out / "last.pt"
 
 
+@pytest.fixture(scope="session")
+def tiny_pair_checkpoint(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> Path:
+    """A tiny two-digit (MultiMNIST, 36x36) model trained for 6 steps on synthetic digit pairs."""
+    from training.train import train
+
+    out = tmp_path_factory.mktemp("tiny-pair-run")
+    config = TrainConfig(variant="tiny", dataset="multimnist", epochs=1, batch_size=32, val_size=100,
+                         max_shift=4, device="cpu", max_steps=6)
+    train(config, out, synthetic_data_dir, progress=False)
+    return out / "last.pt"
+
+
 @pytest.fixture
 def tiny_train_config() -> TrainConfig:
     """A tiny model on synthetic data: a step takes milliseconds."""

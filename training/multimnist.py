@@ -79,6 +79,13 @@ def fixed_pairs(labels: Tensor, partners_per_digit: int, max_shift: int, seed: i
     return draw_pairs(first, labels, max_shift, torch.Generator().manual_seed(seed))
 
 
+def fixed_pair_images(pool: Tensor, labels: Tensor, partners: int, max_shift: int,
+                      seed: int = TEST_SEED) -> tuple[Tensor, Tensor]:
+    """Fixed pairs of a pool of digits: (images uint8 [N, 1, 36, 36], labels [N, 2]); N = partners x pool."""
+    pairs = fixed_pairs(labels, partners, max_shift, seed)
+    return compose(pool, pairs)[0], torch.stack([labels[pairs.first], labels[pairs.partner]], dim=1)
+
+
 def pair_metrics(probabilities: Tensor, labels: Tensor, class_names: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """Scores of capsule lengths [N, 10] against label pairs [N, 2].
 
@@ -137,9 +144,7 @@ class PairData:
         return self.pairs_of(images, labels, self.test_partners, TEST_SEED)
 
     def pairs_of(self, pool: Tensor, labels: Tensor, partners: int, seed: int) -> tuple[Tensor, Tensor]:
-        """Fixed pairs of a pool: (images uint8 [N, 1, 36, 36], labels [N, 2])."""
-        pairs = fixed_pairs(labels, partners, self.max_shift, seed)
-        return compose(pool, pairs)[0], torch.stack([labels[pairs.first], labels[pairs.partner]], dim=1)
+        return fixed_pair_images(pool, labels, partners, self.max_shift, seed)
 
     def single_digit_set(self) -> tuple[Tensor, Tensor]:
         """The test digits alone, each on the 36x36 canvas with a fixed-seed shift like a pair's:

@@ -228,3 +228,28 @@ def test_cuda_parity_section(exported):
     report = json.loads((exported / "parity.json").read_text())
     providers = [s["provider"] for s in report["sections"]]
     assert "CUDAExecutionProvider" in providers and all(s["passed"] for s in report["sections"])
+
+
+def test_a_two_digit_model_exports_with_parity_on_pairs_and_registers_as_multimnist(
+        tiny_pair_checkpoint, synthetic_data_dir, tmp_path, capsys):
+    import bentoml
+
+    code = export_main([str(tiny_pair_checkpoint), "-o", str(tmp_path), "--data-dir", str(synthetic_data_dir),
+                        "--limit", "24", "--with-top2-reconstructions"])
+    assert code == 0
+    tag = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    assert tag.startswith("capsnet-multimnist:")
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [1, 36, 36]
+    meta = read_metadata(model)
+    assert meta["task"] == {"objects": 2, "name": "overlapping-digit-pairs"} and meta["input"]["shape"][2:] == [36, 36]
+    parity_report = json.loads((tmp_path / "parity.json").read_text())
+    assert parity_report["passed"] and "overlapping pair" in parity_report["inputs"]["source"]
+    assert parity_report["inputs"]["total"] == 24 + 4
+    outputs = session(tmp_path / "model.onnx").run(None, {"image": np.random.rand(3, 1, 36, 36).astype(np.float32)})
+    assert outputs[2].shape == (3, 2, 1, 36, 36)
+    stored = bentoml.models.get(tag)
+    assert stored.info.labels["task"] == "overlapping-digit-pairs" and stored.info.metadata["task"]["objects"] == 2
+    assert verify_main([str(tmp_path / "model.onnx"), "--checkpoint", str(tiny_pair_checkpoint),
+                        "--data-dir", str(synthetic_data_dir), "--limit", "24"]) == 0
