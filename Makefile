@@ -14,7 +14,6 @@ TORCH_SPEC ?= torch==2.13.0
 ifndef RUN_DIR
 RUN_DIR := runs/quick-$(shell date +%Y%m%d-%H%M%S)
 endif
-MODEL_TAG ?= $(or $(CAPSNET_MODEL_TAG),capsnet-mnist:latest)
 PORT ?= 3000
 GRPC_PORT ?= $(or $(CAPSNET_GRPC_PORT),8001)
 
@@ -48,16 +47,16 @@ model: setup
 pipeline: model
 	$(MAKE) --no-print-directory serve
 
-# Serve the newest registered capsnet-mnist (CAPSNET_MODEL_TAG picks another) until Ctrl-C.
+# Serve the registered models (CAPSNET_MODEL_TAG: comma-separated tags; default: the newest version
+# of every capsnet-* model, capsnet-mnist answering requests that name none) until Ctrl-C.
 serve: setup
-	@$(BIN)/bentoml models get "$(MODEL_TAG)" > /dev/null 2>&1 || { \
-	  echo "No model '$(MODEL_TAG)' in the BentoML model store: run 'make pipeline' (or capsnet-export" \
-	       "RUN/best.pt -o RUN/export), or set CAPSNET_MODEL_TAG to one listed by 'bentoml models list'." >&2; \
-	  exit 2; }
+	@$(BIN)/python -c "import serving.service" > /dev/null 2>/tmp/capsnet-serve-check.$$$$ || { \
+	  grep -v "^\s*$$" /tmp/capsnet-serve-check.$$$$ | tail -6 >&2; rm -f /tmp/capsnet-serve-check.$$$$; exit 2; }; \
+	  rm -f /tmp/capsnet-serve-check.$$$$
 	@echo
-	@echo "Serving $(MODEL_TAG) (Ctrl-C stops):"
+	@echo "Serving $(or $(CAPSNET_MODEL_TAG),every capsnet-* model in the BentoML store, newest version of each) (Ctrl-C stops):"
 	@echo "  HTTP  http://localhost:$(PORT)   (API docs: http://localhost:$(PORT)/docs, spec: /docs.json)"
-	@echo "  gRPC  localhost:$(GRPC_PORT)   (Open Inference Protocol v2, model capsnet-mnist)"
+	@echo "  gRPC  localhost:$(GRPC_PORT)   (Open Inference Protocol v2, by model name, e.g. capsnet-mnist)"
 	@echo "Try, from another shell:"
 	@echo "  curl -s -F images=@serving/examples/seven.png http://localhost:$(PORT)/classify_image"
 	@echo "  curl -s -X POST http://localhost:$(PORT)/metadata -H 'content-type: application/json' -d '{}'"

@@ -24,11 +24,26 @@ class ModelOutputError(RuntimeError):
     """The model produced values we refuse to return (NaN/Inf): a server fault, not the client's."""
 
 
+class UnknownModelError(LookupError):
+    """A request named a model this server does not serve (HTTP 404, gRPC NOT_FOUND)."""
+
+
+class FoundObject(BaseModel):
+    label: int = Field(description="the class of this capsule")
+    class_name: str
+    length: float = Field(description="the capsule's length: how sure the model is the object is there")
+    pose: list[float] = Field(description="the capsule's pose vector")
+    reconstruction: list[list[list[float]]] | None = Field(
+        default=None, description="[1][S][S] the decoder's drawing of this object alone (on request)")
+
+
 class Prediction(BaseModel):
     label: int = Field(description="predicted class: the longest digit capsule")
     class_name: str
     probabilities: list[float] = Field(description="length of each class capsule, in [0, 1)")
     poses: list[list[float]] = Field(description="the class capsules' pose vectors [classes][pose dims]")
+    objects: list[FoundObject] = Field(description="the objects found: the model's task says how many "
+                                                   "(1 for a digit, 2 for an overlapping pair), longest first")
 
 
 @dataclass
@@ -56,32 +71,62 @@ class ServedModel:
         return self.runtime.config["class_names"]
 
     @property
+    def image_size(self) -> int:
+        return self.runtime.image_size
+
+    @property
+    def objects(self) -> int:
+        """How many objects one input holds (the export's task; exports before tasks held one)."""
+        return int(self.runtime.config.get("task", {}).get("objects", 1))
+
+    @property
     def output_dims(self) -> dict[str, list[int]]:
-        """Per output, its shape after the batch axis."""
-        k = len(self.class_names)
-        return {"probabilities": [k], "poses": [k, self.runtime.pose_dim]}
+        return self.runtime.output_dims
+
+    def describe(self) -> dict[str, Any]:
+        """What a client needs to call this model."""
+        return {"model_tag": self.tag, "name": self.name, "input_size": [1, self.image_size, self.image_size],
+                "task": self.runtime.config.get("task", {"objects": 1, "name": "single-object"}),
+                "class_names": self.class_names, "outputs": self.output_dims,
+                "reconstructions": "reconstructions_top2" in self.output_dims}
 
 
 class ServingCore:
-    """The served models (the first answers classify; more come with other tasks) and every step of
-    a request that is not transport: validate, decode uploads, unpack batched outputs, shape responses."""
+    """The served models and every step of a request that is not transport: choose the model,
+    validate, decode uploads, unpack batched outputs, shape responses. The default model (what a
+    request that names none gets) is the first single-object one, else the first."""
 
     def __init__(self, models: list[ServedModel], settings: ServingSettings) -> None:
         if not models:
             raise ValueError("ServingCore needs at least one model")
         self.models = models
         self.settings = settings
+        self.default = next((m for m in models if m.objects == 1), models[0])
 
     @property
     def model(self) -> ServedModel:
-        return self.models[0]
+        """The default model."""
+        return self.default
 
-    def validate(self, images: Any) -> np.ndarray:
-        """Client arrays -> float32 [N, 1, 28, 28]; InputError names what is wrong."""
-        return validate_images(images, self.settings.max_batch_size)
+    def model_named(self, name: str | None) -> ServedModel:
+        """The served model called `name` (a model name, or name:version); None: the default one."""
+        if not name:
+            return self.default
+        for model in self.models:
+            if name in (model.name, model.tag):
+                return model
+        raise UnknownModelError(f"no model {name!r} is served here; served: {', '.join(self.served_names())}")
 
-    def decode_uploads(self, files: list[bytes]) -> np.ndarray:
-        """Encoded PNG/JPEG files -> MNIST-like float32 [N, 1, 28, 28]; InputError names the bad file."""
+    def served_names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def validate(self, images: Any, model: ServedModel | None = None) -> np.ndarray:
+        """Client arrays -> float32 [N, 1, S, S] for `model` (default model: None); InputError names what is wrong."""
+        return validate_images(images, self.settings.max_batch_size, (model or self.default).image_size)
+
+    def decode_uploads(self, files: list[bytes], model: ServedModel | None = None) -> np.ndarray:
+        """Encoded PNG/JPEG files -> float32 [N, 1, S, S] fitted to `model`'s input; InputError names the bad file."""
+        size = (model or self.default).image_size
         if not files:
             raise InputError("no image uploaded: send one or more files in the form field 'images'")
         if len(files) > self.settings.max_batch_size:
@@ -89,33 +134,47 @@ class ServingCore:
         decoded = []
         for index, data in enumerate(files):
             try:
-                decoded.append(preprocess_encoded(data))
+                decoded.append(preprocess_encoded(data, size))
             except InputError as e:
                 raise InputError(f"image {index}: {e}") from None
         return np.stack(decoded)
 
-    def infer_packed(self, images: np.ndarray) -> np.ndarray:
-        """What the batchable API runs: validated [N, 1, 28, 28] -> [N, K + K*D]."""
-        return self.model.runtime.infer_packed(images)
+    def infer_packed(self, images: np.ndarray, model: ServedModel | None = None) -> np.ndarray:
+        """What a batchable API runs: validated [N, 1, S, S] -> one row of outputs per image."""
+        return (model or self.default).runtime.infer_packed(images)
 
-    def unpack(self, packed: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Batched output rows [N, K + K*D] -> (probabilities [N, K], poses [N, K, D]), all finite."""
-        probabilities, poses = self.model.runtime.unpack(np.asarray(packed, np.float32))
-        if not (np.isfinite(probabilities).all() and np.isfinite(poses).all()):
+    def unpack(self, packed: Any, model: ServedModel | None = None) -> dict[str, np.ndarray]:
+        """Batched output rows -> {output name: [N, ...]}, all finite."""
+        outputs = (model or self.default).runtime.unpack(np.asarray(packed, np.float32))
+        if not all(np.isfinite(v).all() for v in outputs.values()):
             raise ModelOutputError("the model produced non-finite values; refusing to return them")
-        return probabilities, poses
+        return outputs
 
-    def predictions(self, probabilities: np.ndarray, poses: np.ndarray) -> list[Prediction]:
-        names = self.model.class_names
-        return [Prediction(label=int(k), class_name=names[k], probabilities=p.tolist(), poses=v.tolist())
-                for k, p, v in zip(probabilities.argmax(axis=1), probabilities, poses, strict=True)]
+    def predictions(self, outputs: dict[str, np.ndarray], model: ServedModel | None = None,
+                    reconstructions: bool = False) -> list[Prediction]:
+        """Responses for unpacked outputs: per image, the longest capsule, all lengths and poses, and
+        the `objects` longest capsules (with their reconstructions if asked and exported)."""
+        model = model or self.default
+        if reconstructions and "reconstructions_top2" not in outputs:
+            raise InputError(f"model {model.name} was exported without reconstructions "
+                             "(capsnet-export --with-top2-reconstructions)")
+        names, probabilities, poses = model.class_names, outputs["probabilities"], outputs["poses"]
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :model.objects]  # [N, objects], longest first
+        answers = []
+        for i, (p, v) in enumerate(zip(probabilities, poses, strict=True)):
+            found = [FoundObject(label=int(k), class_name=names[k], length=float(p[k]), pose=v[k].tolist(),
+                                 reconstruction=outputs["reconstructions_top2"][i, j].tolist()
+                                 if reconstructions else None) for j, k in enumerate(order[i])]
+            answers.append(Prediction(label=int(order[i, 0]), class_name=names[order[i, 0]],
+                                      probabilities=p.tolist(), poses=v.tolist(), objects=found))
+        return answers
 
     def gpu_ok(self) -> bool:
         return not self.settings.require_gpu or all(m.runtime.provider == CUDA for m in self.models)
 
     def metadata(self, batcher_in_process: bool) -> dict[str, Any]:
-        """The `metadata` API's answer for the primary model."""
-        model, s = self.model, self.settings
+        """The `metadata` API's answer: the default model's details at the top, every model under `models`."""
+        model, s = self.default, self.settings
         config = model.runtime.config
         return {
             "model_tag": model.tag,
@@ -127,6 +186,8 @@ class ServingCore:
             "accuracy": {name: model.metadata[key] for name, key in (("validation", "val_accuracy"),
                          ("test", "test_accuracy")) if model.metadata.get(key) is not None},
             "parity": model.metadata.get("parity"),
+            "models": [m.describe() for m in self.models],
+            "default_model": model.name,
             "provider": model.runtime.provider,
             "providers": model.runtime.session.get_providers(),
             "require_gpu": s.require_gpu,

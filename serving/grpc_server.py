@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -23,24 +24,33 @@ log = logging.getLogger(__name__)
 Infer = Callable[[np.ndarray], Awaitable[dict[str, np.ndarray]]]
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """Implements ServerLive/Ready, ModelReady, Server/ModelMetadata and ModelInfer; the other
-    methods of the service answer UNIMPLEMENTED (the generated base class does that)."""
+@dataclass(frozen=True)
+class GrpcModel:
+    """What the servicer needs of one served model."""
 
-    def __init__(self, model_name: str, model_version: str, infer: Infer, is_ready: Callable[[], bool],
-                 max_images: int, output_dims: dict[str, list[int]]) -> None:
-        self.model_name = model_name
-        self.model_version = model_version
-        self.infer = infer
+    version: str
+    infer: Infer  # validated images [N, 1, S, S] -> {output name: [N, ...]}
+    image_size: int
+    output_dims: dict[str, list[int]]  # per output, the shape after the batch axis
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """Implements ServerLive/Ready, ModelReady, Server/ModelMetadata and ModelInfer for every served
+    model (by the protocol's model name); the other methods of the service answer UNIMPLEMENTED
+    (the generated base class does that)."""
+
+    def __init__(self, models: dict[str, GrpcModel], is_ready: Callable[[], bool], max_images: int) -> None:
+        self.models = models
         self.is_ready = is_ready
         self.max_images = max_images
-        self.output_dims = output_dims  # per output, the shape after the batch axis
 
-    async def _check_model(self, name: str, version: str, context: grpc.aio.ServicerContext) -> None:
-        if name != self.model_name or version not in ("", self.model_version):
+    async def _model(self, name: str, version: str, context: grpc.aio.ServicerContext) -> GrpcModel:
+        model = self.models.get(name)
+        if model is None or version not in ("", model.version):
+            served = ", ".join(f"{n!r} version {m.version!r}" for n, m in self.models.items())
             await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"unknown model {name!r} version {version!r}; this server has "
-                                f"{self.model_name!r} version {self.model_version!r}")
+                                f"unknown model {name!r} version {version!r}; this server has {served}")
+        return model
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -49,22 +59,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self.is_ready())
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        await self._check_model(request.name, request.version, context)
+        await self._model(request.name, request.version, context)
         return pb.ModelReadyResponse(ready=self.is_ready())
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         return pb.ServerMetadataResponse(name="capsnet-pipeline", version="0.1.0", extensions=[])
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        await self._check_model(request.name, request.version, context)
+        model = await self._model(request.name, request.version, context)
         T = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
-            name=self.model_name, versions=[self.model_version], platform="onnxruntime_onnx",
-            inputs=[T(name="image", datatype="FP32", shape=[-1, 1, 28, 28])],
-            outputs=[T(name=n, datatype="FP32", shape=[-1, *d]) for n, d in self.output_dims.items()])
+            name=request.name, versions=[model.version], platform="onnxruntime_onnx",
+            inputs=[T(name="image", datatype="FP32", shape=[-1, 1, model.image_size, model.image_size])],
+            outputs=[T(name=n, datatype="FP32", shape=[-1, *d]) for n, d in model.output_dims.items()])
 
-    def _images(self, request: Any) -> np.ndarray:
-        """The request's one FP32 input as validated [N, 1, 28, 28]; InputError otherwise."""
+    def _images(self, request: Any, image_size: int) -> np.ndarray:
+        """The request's one FP32 input as validated [N, 1, S, S]; InputError otherwise."""
         if len(request.inputs) != 1 or request.inputs[0].name != "image":
             raise InputError(f"expected exactly one input named 'image', got {[i.name for i in request.inputs]}")
         tensor = request.inputs[0]
@@ -83,24 +93,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 raise InputError(f"fp32_contents holds {flat.size} values; shape {shape} needs {count}")
         if any(d < 0 for d in shape):
             raise InputError(f"shape {shape} has a negative dimension")
-        return validate_images(flat.reshape(shape), self.max_images)
+        return validate_images(flat.reshape(shape), self.max_images, image_size)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        await self._check_model(request.model_name, request.model_version, context)
+        model = await self._model(request.model_name, request.model_version, context)
         try:
-            images = self._images(request)
+            images = self._images(request, model.image_size)
         except InputError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        wanted = [o.name for o in request.outputs] or list(self.output_dims)
-        unknown = set(wanted) - set(self.output_dims)
+        wanted = [o.name for o in request.outputs] or list(model.output_dims)
+        unknown = set(wanted) - set(model.output_dims)
         if unknown:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown outputs {sorted(unknown)}")
         try:
-            outputs = await self.infer(images)
+            outputs = await model.infer(images)
         except Exception:
             log.exception("inference failed")
             await context.abort(grpc.StatusCode.INTERNAL, "inference failed; see the server log")
-        response = pb.ModelInferResponse(model_name=self.model_name, model_version=self.model_version,
+        response = pb.ModelInferResponse(model_name=request.model_name, model_version=model.version,
                                          id=request.id)
         for name in wanted:
             array = np.ascontiguousarray(outputs[name], dtype="<f4")

@@ -11,8 +11,8 @@ from PIL import Image, UnidentifiedImageError
 
 from serving.validation import InputError
 
-BOX = 20  # MNIST digits were normalised to fit a 20x20 box ...
-SIZE = 28  # ... and centred by centre of mass in 28x28
+MARGIN = 4  # MNIST digits were normalised to fit a 20x20 box and centred by centre of mass in
+# 28x28: a 4 px margin; a model with a larger input (36x36 pairs) gets its ink fitted the same way
 INK = 0.1  # pixels above this (after inversion) count as ink when cropping
 MAX_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding
 
@@ -38,18 +38,20 @@ def decode_grayscale(data: bytes) -> np.ndarray:
     return np.asarray(gray, dtype=np.float32) / 255.0
 
 
-def to_mnist(gray: np.ndarray) -> np.ndarray:
-    """[H, W] in [0, 1] -> [28, 28] float32 in [0, 1], light ink on black, MNIST geometry."""
+def to_mnist(gray: np.ndarray, size: int = 28) -> np.ndarray:
+    """[H, W] in [0, 1] -> [size, size] float32 in [0, 1], light ink on black, MNIST geometry: the
+    ink fitted into a (size - 8)-pixel box and its centre of mass put at the centre."""
+    box = size - 2 * MARGIN
     # Dark-on-light (paper, a drawing app) is inverted; decide by the border, which is background.
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if np.median(border) > 0.5:
         gray = 1.0 - gray
     rows, cols = np.nonzero(gray > INK)
     if len(rows) == 0:
-        return np.zeros((SIZE, SIZE), np.float32)  # no ink: a blank image, which the model may classify
+        return np.zeros((size, size), np.float32)  # no ink: a blank image, which the model may classify
     crop = gray[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
     h, w = crop.shape
-    scale = BOX / max(h, w)
+    scale = box / max(h, w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
     resized = Image.fromarray((crop * 255).astype(np.uint8)).resize((new_w, new_h), Image.Resampling.LANCZOS)
     digit = np.asarray(resized, dtype=np.float32) / 255.0
@@ -57,17 +59,17 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     total = digit.sum()
     ys, xs = np.mgrid[0:new_h, 0:new_w]
     cy, cx = (ys * digit).sum() / total, (xs * digit).sum() / total
-    top = int(round(SIZE / 2 - cy))
-    left = int(round(SIZE / 2 - cx))
-    top = min(max(top, 0), SIZE - new_h)  # keep the whole digit on the canvas
-    left = min(max(left, 0), SIZE - new_w)
-    canvas = np.zeros((SIZE, SIZE), np.float32)
+    top = int(round(size / 2 - cy))
+    left = int(round(size / 2 - cx))
+    top = min(max(top, 0), size - new_h)  # keep the whole digit on the canvas
+    left = min(max(left, 0), size - new_w)
+    canvas = np.zeros((size, size), np.float32)
     canvas[top:top + new_h, left:left + new_w] = digit
     return canvas
 
 
-def preprocess_encoded(data: bytes) -> np.ndarray:
-    """PNG/JPEG bytes -> [1, 28, 28] float32, ready for the model."""
+def preprocess_encoded(data: bytes, size: int = 28) -> np.ndarray:
+    """PNG/JPEG bytes -> [1, size, size] float32, ready for a model with that input size."""
     if not data:
         raise InputError("the uploaded file is empty")
-    return to_mnist(decode_grayscale(data))[None]
+    return to_mnist(decode_grayscale(data), size)[None]

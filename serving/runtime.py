@@ -53,34 +53,51 @@ class CapsNetRuntime:
         log.info("ONNX Runtime %s on %s (asked for %s)", ort.__version__, self.provider, wanted)
         self.num_classes = len(self.config["class_names"])
         self.pose_dim = self.config["model_config"]["digit_dim"]
+        self.image_size: int = self.config["model_config"]["image_size"]
+        # reconstructions_top2 is an optional export output (two-object models); served when present
+        self.outputs = [o for o in ("probabilities", "poses", "reconstructions_top2")
+                        if o in [out.name for out in self.session.get_outputs()]]
         self._stats_lock = threading.Lock()
         self.batches = 0
         self.images = 0
         self.max_batch_seen = 0
 
-    def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """images float32 [N, 1, 28, 28] -> (probabilities [N, K], poses [N, K, D])."""
-        probabilities, poses = self.session.run(["probabilities", "poses"], {"image": images})
+    @property
+    def output_dims(self) -> dict[str, list[int]]:
+        """Per output, its shape after the batch axis."""
+        k, s = self.num_classes, self.image_size
+        dims = {"probabilities": [k], "poses": [k, self.pose_dim], "reconstructions_top2": [2, 1, s, s]}
+        return {name: dims[name] for name in self.outputs}
+
+    def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """images float32 [N, 1, S, S] -> {output name: [N, ...]} (probabilities [N, K], poses
+        [N, K, D], and reconstructions_top2 [N, 2, 1, S, S] when the export has it)."""
+        results = self.session.run(self.outputs, {"image": images})
         with self._stats_lock:
             self.batches += 1
             self.images += len(images)
             self.max_batch_seen = max(self.max_batch_seen, len(images))
-        return probabilities, poses
+        return dict(zip(self.outputs, results, strict=True))
 
     def infer_packed(self, images: np.ndarray) -> np.ndarray:
-        """[N, 1, 28, 28] -> [N, K + K*D]: one array per image, what a batchable API must return."""
-        probabilities, poses = self.infer(images)
-        return np.concatenate([probabilities, poses.reshape(len(images), -1)], axis=1)
+        """[N, 1, S, S] -> [N, W]: every output flattened into one row per image, what a batchable
+        API must return (W = K + K*D, plus 2*S*S with reconstructions)."""
+        outputs = self.infer(images)
+        return np.concatenate([outputs[name].reshape(len(images), -1) for name in self.outputs], axis=1)
 
-    def unpack(self, packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Inverse of `infer_packed`: [N, K + K*D] -> ([N, K], [N, K, D])."""
-        k = self.num_classes
-        return packed[:, :k], packed[:, k:].reshape(len(packed), k, self.pose_dim)
+    def unpack(self, packed: np.ndarray) -> dict[str, np.ndarray]:
+        """Inverse of `infer_packed`: [N, W] -> {output name: [N, ...]}."""
+        result, start = {}, 0
+        for name, dims in self.output_dims.items():
+            width = int(np.prod(dims))
+            result[name] = packed[:, start:start + width].reshape(len(packed), *dims)
+            start += width
+        return result
 
     def warm_up(self, max_batch_size: int) -> None:
         """Run the sizes the batcher will use, so the first requests do not pay for allocation."""
         for n in (1, max_batch_size):
-            self.session.run(None, {"image": np.zeros((n, 1, 28, 28), np.float32)})
+            self.session.run(None, {"image": np.zeros((n, 1, self.image_size, self.image_size), np.float32)})
 
     def stats(self) -> dict[str, Any]:
         with self._stats_lock:

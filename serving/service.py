@@ -1,13 +1,15 @@
 """The BentoML shell behind `bentoml serve` (entry: `serving.service:CapsNetService`).
 
 Everything a request needs besides transport lives in serving/core.py (tested without BentoML).
-This file wires it to BentoML: the model in the store, the APIs, the batcher, gRPC, readiness.
+This file wires it to BentoML: the models in the store, the APIs, the batchers, gRPC, readiness.
 
-`infer` is the one `batchable=True` API: BentoML's adaptive batcher merges concurrent calls into one
-ONNX Runtime run. The public APIs (HTTP classify, classify_image and the gRPC ModelInfer) validate
-and preprocess per request, then hand the array to that batcher in-process (serving/batcher.py):
-requests from both protocols share batches with each other and with direct callers of /infer.
-(A plain `self.infer(...)` would run unbatched.)
+One `bentoml serve` serves several registered models (CAPSNET_MODEL_TAG, or every capsnet-* model;
+see `resolve_models`). Each model gets one `batchable=True` API (`infer` for the default model,
+`infer_<name>` for the others): BentoML's adaptive batcher merges concurrent calls for that model
+into one ONNX Runtime run. The public APIs (HTTP classify, classify_image and the gRPC ModelInfer)
+pick the model, validate and preprocess per request, then hand the array to that model's batcher
+in-process (serving/batcher.py): requests from both protocols share batches with each other and
+with direct callers of the infer API. (A plain `self.infer(...)` would run unbatched.)
 Settings come from CAPSNET_* environment variables (serving/settings.py). No torch, no training code.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,9 +30,9 @@ from pydantic import AfterValidator, Field, WithJsonSchema
 
 from serving import http_app
 from serving.batcher import Batcher, NotWiredYet, find_batcher
-from serving.core import Prediction, ServedModel, ServingCore
-from serving.grpc_server import InferenceServicer, start_grpc_server
-from serving.settings import DEFAULT_MODEL_TAG, ServingSettings, bento_model_tag
+from serving.core import Prediction, ServedModel, ServingCore, UnknownModelError
+from serving.grpc_server import GrpcModel, InferenceServicer, start_grpc_server
+from serving.settings import MODEL_PREFIX, ServingSettings, bento_model_tags
 from serving.validation import InputError, images_json_schema, validate_images
 
 log = logging.getLogger(__name__)
@@ -39,110 +42,151 @@ logging.getLogger("serving").setLevel(logging.getLogger("bentoml").getEffectiveL
 settings = ServingSettings.from_env()
 
 
-def resolve_model(tag: str | None) -> bentoml.Model:
-    """The stored model to serve: `tag` if given; else, in a built Bento, the model it was built
-    with; else (the source tree) the newest capsnet-mnist. Exits saying how to create one if none."""
-    tag = tag or bento_model_tag(Path(__file__).resolve().parents[1]) or DEFAULT_MODEL_TAG
-    try:
-        return bentoml.models.get(tag)
-    except NotFound:
-        pass
-    sys.stderr.write(
-        f"\nNo model '{tag}' in the BentoML model store. Create one with\n"
-        "    make pipeline\n"
-        "or, from an existing checkpoint,\n"
-        "    capsnet-export RUN/best.pt -o RUN/export\n"
-        "(or point CAPSNET_MODEL_TAG at a registered model: `bentoml models list`).\n\n")
-    raise SystemExit(2)
+def objects_of(model: bentoml.Model) -> int:
+    """How many objects one input of this registered export holds (exports before tasks: one)."""
+    return int(model.info.metadata.get("task", {}).get("objects", 1))
+
+
+def resolve_models(tags: tuple[str, ...]) -> list[bentoml.Model]:
+    """The stored models to serve, the default one (a single-object model, capsnet-mnist first)
+    first: `tags` if given; else, in a built Bento, the models it was built with; else (the source
+    tree) the newest version of every capsnet-* model. Exits saying how to create one if none."""
+    wanted = list(tags) or bento_model_tags(Path(__file__).resolve().parents[1])
+    if wanted:
+        found, missing = [], []
+        for tag in wanted:
+            try:
+                found.append(bentoml.models.get(tag))
+            except NotFound:
+                missing.append(tag)
+    else:
+        newest: dict[str, bentoml.Model] = {}
+        for model in bentoml.models.list():
+            name = model.tag.name
+            if name.startswith(MODEL_PREFIX) and (name not in newest or
+                                                  model.info.creation_time > newest[name].info.creation_time):
+                newest[name] = model
+        found, missing = list(newest.values()), ([] if newest else [f"{MODEL_PREFIX}mnist"])
+    if missing or not found:
+        sys.stderr.write(
+            f"\nNo model {', '.join(repr(m) for m in missing)} in the BentoML model store. Create one with\n"
+            "    make pipeline\n"
+            "or, from an existing checkpoint,\n"
+            "    capsnet-export RUN/best.pt -o RUN/export\n"
+            "(or point CAPSNET_MODEL_TAG at registered models, comma-separated: `bentoml models list`).\n\n")
+        raise SystemExit(2)
+    return sorted(found, key=lambda m: (objects_of(m) != 1, m.tag.name != f"{MODEL_PREFIX}mnist", m.tag.name))
 
 
 # Resolved at import: BentoML packs the models named here into a Bento when it is built.
-MODEL = resolve_model(settings.model_tag)
+MODELS = resolve_models(settings.model_tags)
+SIZES = tuple(sorted({m.info.metadata["model_config"]["image_size"] for m in MODELS}))
+NAMES = [m.tag.name for m in MODELS]
 
 
-def _validated(images: np.ndarray) -> np.ndarray:
-    return validate_images(images, settings.max_batch_size)  # InputError is a ValueError: a 400
+def infer_api_name(index: int) -> str:
+    """`infer` for the default model (MODELS[0]), `infer_<model name>` for the others."""
+    return "infer" if index == 0 else "infer_" + re.sub(r"[^a-z0-9]+", "_", MODELS[index].tag.name.lower())
 
 
 # What clients may send, stated in the OpenAPI document (validation itself is validate_images).
-Images = Annotated[np.ndarray, WithJsonSchema(images_json_schema(settings.max_batch_size))]
+Images = Annotated[np.ndarray, WithJsonSchema(images_json_schema(settings.max_batch_size, SIZES))]
 ImageFiles = Annotated[list[Path], Field(min_length=1, max_length=settings.max_batch_size)]
-_K, _D = len(MODEL.info.metadata["class_names"]), MODEL.info.metadata["model_config"]["digit_dim"]
-PackedOutputs = Annotated[np.ndarray, WithJsonSchema({
-    "type": "array", "description": f"per image, {_K} capsule lengths then the {_K}x{_D} poses flattened",
-    "items": {"type": "array", "items": {"type": "number"}, "minItems": _K * (1 + _D), "maxItems": _K * (1 + _D)}})]
+ModelName = Annotated[str, Field(description=f"which served model answers (default: {NAMES[0]})",
+                                 json_schema_extra={"enum": NAMES})]
+RECONSTRUCTING = [m.tag.name for m in MODELS if "reconstructions_top2" in m.info.metadata["outputs"]]
+# strict: 0 or "yes" is a client mistake, not False/True; only `false` is valid when no model can redraw
+WithReconstructions = Annotated[bool, Field(
+    strict=True, description="also return each found object's reconstruction; models that can: "
+                             + (", ".join(RECONSTRUCTING) or "none (export with --with-top2-reconstructions)"),
+    json_schema_extra=None if RECONSTRUCTING else {"enum": [False]})]
 
 # Declaring the media type spares BentoML rebuilding the response's JSON schema for every response
 # just to find out it is JSON (IOMixin.mime_type; ~10 % of server CPU under load). Same schema in /docs.
 Predictions = Annotated[list[Prediction], ContentType("application/json")]
 
 
-def client_error(e: InputError) -> InvalidArgument:
-    return InvalidArgument(str(e))
+def batched_infer_api(index: int) -> Any:
+    """The batchable API of MODELS[index]: validated images -> one row of packed outputs per image."""
+    stored = MODELS[index]
+    config, size = stored.info.metadata["model_config"], stored.info.metadata["model_config"]["image_size"]
+    k, d = len(stored.info.metadata["class_names"]), config["digit_dim"]
+    width = k * (1 + d) + (2 * size * size if "reconstructions_top2" in stored.info.metadata["outputs"] else 0)
+
+    def validated(images: np.ndarray) -> np.ndarray:
+        return validate_images(images, settings.max_batch_size, size)  # InputError is a ValueError: a 400
+
+    def infer(self: Any, images: np.ndarray) -> np.ndarray:
+        return self.core.models[index].runtime.infer_packed(images)
+
+    infer.__name__ = infer.__qualname__ = infer_api_name(index)
+    infer.__doc__ = (f"Low-level batched endpoint of {stored.tag.name}: images [N, 1, {size}, {size}] float32 in "
+                     f"[0, 1] -> [N, {width}] (capsule lengths, the flattened poses, then any reconstructions). "
+                     "Each request is validated on its own before BentoML merges it into a batch, so a bad "
+                     "request never fails its batch-mates.")
+    infer.__annotations__ = {
+        "images": Annotated[np.ndarray, WithJsonSchema(images_json_schema(settings.max_batch_size, (size,))),
+                            AfterValidator(validated)],
+        "return": Annotated[np.ndarray, WithJsonSchema({
+            "type": "array", "description": f"per image, {k} capsule lengths, the {k}x{d} poses flattened, "
+                                            "then any reconstructions",
+            "items": {"type": "array", "items": {"type": "number"}, "minItems": width, "maxItems": width}})],
+    }
+    return bentoml.api(batchable=True, max_batch_size=settings.max_batch_size,
+                       max_latency_ms=settings.max_latency_ms)(infer)
 
 
-# runner_connection: for the fallback path only (serving/batcher.py). BentoML's client behind
-# self.to_async replaces its HTTP session every 100 requests by default and closes the old one under
-# requests still in flight (BentoML issue #5540: "Server disconnected" under load). The in-process
-# connection has nothing to go stale: keep it.
-@bentoml.service(name="capsnet", workers=settings.workers, traffic={"timeout": 60},
-                 runner_connection={"max_requests": 1_000_000_000, "max_age": 1e9})
-class CapsNetService:
-    """Classify handwritten digits with a Capsule Network (Sabour et al. 2017), served from ONNX."""
-
-    model_ref = bentoml.models.BentoModel(str(MODEL.tag))
+class _CapsNetService:
+    """Classify handwritten digits, and pairs of overlapping digits, with Capsule Networks (Sabour et
+    al. 2017), served from ONNX."""
 
     def __init__(self) -> None:
         # several workers share the cores: each ONNX Runtime gets its share instead of all of them
         threads = 0 if settings.workers == 1 else max(1, (os.cpu_count() or 1) // settings.workers)
-        served = ServedModel.load(str(MODEL.tag), self.model_ref.path, MODEL.info.metadata, threads)
-        self.core = ServingCore([served], settings)
-        served.runtime.warm_up(settings.max_batch_size)
-        log.info("serving model %s", served.tag)
+        served = [ServedModel.load(str(m.tag), getattr(self, f"model_ref_{i}").path, m.info.metadata, threads)
+                  for i, m in enumerate(MODELS)]
+        self.core = ServingCore(served, settings)
+        for model in served:
+            model.runtime.warm_up(settings.max_batch_size)
+            log.info("serving model %s (%dx%d input, %d object(s) per input)", model.tag, model.image_size,
+                     model.image_size, model.objects)
         if not self.core.gpu_ok():
             log.error("CAPSNET_REQUIRE_GPU is set but ONNX Runtime runs on %s: readiness will fail",
-                      served.runtime.provider)
+                      [m.runtime.provider for m in served])
         self.grpc_server: Any = None
-        self._batcher: Batcher | None = None  # BentoML's batcher, called in-process, once found
-        self._batcher_looked_up = False  # the lookup has had its answer (found, or not there)
+        self._batchers: dict[str, Batcher | None] = {}  # API name -> BentoML's batcher in-process (None: absent)
 
-    @bentoml.api(batchable=True, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms)
-    def infer(self, images: Annotated[Images, AfterValidator(_validated)]) -> PackedOutputs:
-        """Low-level batched endpoint: images [N, 1, 28, 28] float32 in [0, 1] -> [N, 10 + 10*16]
-        (capsule lengths, then the flattened poses). Each request is validated on its own before
-        BentoML merges it into a batch, so a bad request never fails its batch-mates."""
-        return self.core.infer_packed(images)
+    def _batched_infer(self, index: int) -> Batcher:
+        """MODELS[index]'s infer API through BentoML's batcher: called in-process when found
+        (serving/batcher.py says why), else through BentoML's own self.to_async. Neither is cached
+        before BentoML has wired the app (after our startup hooks): until then self.to_async is the
+        plain, unbatched method."""
+        name = infer_api_name(index)
+        self._look_up_batcher(name)
+        return self._batchers.get(name) or getattr(self.to_async, name)
 
-    def _batched_infer(self) -> Batcher:
-        """`infer` through BentoML's batcher: called in-process when found (serving/batcher.py says
-        why), else through BentoML's own self.to_async. Neither is cached before BentoML has wired
-        the app (after our startup hooks): until then self.to_async is the plain, unbatched method."""
-        self._look_up_batcher()
-        return self._batcher or self.to_async.infer
-
-    def _look_up_batcher(self) -> None:
-        """Find BentoML's batcher for in-process calls, once BentoML has wired the app."""
-        if settings.in_process_batcher and not self._batcher_looked_up:
+    def _look_up_batcher(self, name: str) -> None:
+        """Find BentoML's batcher for API `name` for in-process calls, once BentoML has wired the app."""
+        if settings.in_process_batcher and name not in self._batchers:
             try:
-                self._batcher = find_batcher(self, "infer")
-                self._batcher_looked_up = True
+                self._batchers[name] = find_batcher(self, name)
             except NotWiredYet:
                 pass
 
-    async def _predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Validated [N, 1, 28, 28] -> (probabilities [N, K], poses [N, K, D]) via the batcher."""
-        return self.core.unpack(await self._batched_infer()(images))
+    async def _predict(self, images: np.ndarray, model: ServedModel) -> dict[str, np.ndarray]:
+        """Validated [N, 1, S, S] for `model` -> its unpacked outputs, via its batcher."""
+        index = self.core.models.index(model)
+        return self.core.unpack(await self._batched_infer(index)(images), model)
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
-        async def infer(images: np.ndarray) -> dict[str, np.ndarray]:
-            probabilities, poses = await self._predict(images)
-            return {"probabilities": probabilities, "poses": poses}
+        def infer_with(model: ServedModel) -> Any:
+            async def infer(images: np.ndarray) -> dict[str, np.ndarray]:
+                return await self._predict(images, model)
+            return infer
 
-        model = self.core.model
-        servicer = InferenceServicer(model_name=model.name, model_version=model.version, infer=infer,
-                                     is_ready=self._ready, max_images=settings.max_batch_size,
-                                     output_dims=model.output_dims)
+        models = {m.name: GrpcModel(m.version, infer_with(m), m.image_size, m.output_dims) for m in self.core.models}
+        servicer = InferenceServicer(models, is_ready=self._ready, max_images=settings.max_batch_size)
         self.grpc_server = await start_grpc_server(servicer, settings.grpc_port, settings.max_request_bytes,
                                                    shared_port=settings.workers > 1)
 
@@ -153,45 +197,76 @@ class CapsNetService:
 
     def _ready(self) -> bool:
         """Ready = on the GPU if one is required, gRPC up, and, for the in-process batcher only, its
-        lookup answered (BentoML wires the app after the startup hooks). The to_async fallback needs
-        no BentoML internals: it is looked up on every call."""
-        self._look_up_batcher()
-        looked_up = not settings.in_process_batcher or self._batcher_looked_up
+        lookup answered for every model (BentoML wires the app after the startup hooks). The to_async
+        fallback needs no BentoML internals: it is looked up on every call."""
+        names = [infer_api_name(i) for i in range(len(MODELS))]
+        for name in names:
+            self._look_up_batcher(name)
+        looked_up = not settings.in_process_batcher or all(name in self._batchers for name in names)
         return self.core.gpu_ok() and self.grpc_server is not None and looked_up
 
     async def __is_ready__(self) -> bool:  # BentoML's /readyz
         return self._ready()
 
-    @bentoml.api
-    async def classify(self, images: Images) -> Predictions:
-        """Classify a batch of images given as arrays: [N, 28, 28] or [N, 1, 28, 28], floats in [0, 1]
-        (MNIST pixels divided by 255). Returns, per image, the label, the 10 capsule lengths and
-        the 10x16 pose vectors."""
+    def _model(self, name: str) -> ServedModel:
         try:
-            batch = self.core.validate(images)
+            return self.core.model_named(name)
+        except UnknownModelError as e:
+            raise NotFound(str(e)) from None
+
+    async def _answer(self, batch: np.ndarray, model: ServedModel, reconstructions: bool) -> list[Prediction]:
+        outputs = await self._predict(batch, model)
+        try:
+            return self.core.predictions(outputs, model, reconstructions)
         except InputError as e:
-            raise client_error(e) from None
-        return self.core.predictions(*await self._predict(batch))
+            raise InvalidArgument(str(e)) from None
 
     @bentoml.api
-    async def classify_image(self, images: ImageFiles) -> Predictions:
-        """Classify uploaded PNG or JPEG files of any size (multipart form field `images`, one or
-        more files). Each is made MNIST-like first: grayscale, inverted if dark-on-light, cropped to
-        the ink, scaled to fit 20x20, centred by centre of mass in 28x28."""
+    async def classify(self, images: Images, model: ModelName = NAMES[0],
+                       reconstructions: WithReconstructions = False) -> Predictions:
+        """Classify a batch of images given as arrays: [N, S, S] or [N, 1, S, S], floats in [0, 1]
+        (MNIST pixels divided by 255), S the model's input size (28 for digits, 36 for overlapping
+        pairs). Returns, per image, the label, the 10 capsule lengths, the 10 pose vectors, and the
+        objects found (1 for a digit model, 2 for a pair model: the longest capsules)."""
+        served = self._model(model)
         try:
-            batch = self.core.decode_uploads([Path(p).read_bytes() for p in images])
+            batch = self.core.validate(images, served)
         except InputError as e:
-            raise client_error(e) from None
-        return self.core.predictions(*await self._predict(batch))
+            raise InvalidArgument(str(e)) from None
+        return await self._answer(batch, served, reconstructions)
+
+    @bentoml.api
+    async def classify_image(self, images: ImageFiles, model: ModelName = NAMES[0],
+                             reconstructions: WithReconstructions = False) -> Predictions:
+        """Classify uploaded PNG or JPEG files of any size (multipart form field `images`, one or
+        more files; optional form fields `model`, `reconstructions`). Each is made MNIST-like first:
+        grayscale, inverted if dark-on-light, cropped to the ink, scaled to fit the model's input
+        less a 4-pixel margin (20x20 in 28x28), centred by centre of mass."""
+        served = self._model(model)
+        try:
+            batch = self.core.decode_uploads([Path(p).read_bytes() for p in images], served)
+        except InputError as e:
+            raise InvalidArgument(str(e)) from None
+        return await self._answer(batch, served, reconstructions)
 
     @bentoml.api(route="/metadata")
     async def metadata(self) -> dict[str, Any]:
-        """The served model: tag, config, classes, routing iterations, parity summary, the ONNX
-        Runtime provider in use, batching settings and statistics, versions."""
-        self._look_up_batcher()  # so in_process below is known before the first request
-        answer = self.core.metadata(batcher_in_process=self._batcher is not None)
+        """The served models (each with its input size and task; the default one's details at the top
+        level), the ONNX Runtime provider in use, batching settings and statistics, versions."""
+        self._look_up_batcher("infer")  # so in_process below is known before the first request
+        answer = self.core.metadata(batcher_in_process=self._batchers.get("infer") is not None)
         answer["versions"]["bentoml"] = bentoml.__version__
         return answer
 
 
+for _index, _stored in enumerate(MODELS):
+    setattr(_CapsNetService, f"model_ref_{_index}", bentoml.models.BentoModel(str(_stored.tag)))
+    setattr(_CapsNetService, infer_api_name(_index), batched_infer_api(_index))
+
+# runner_connection: for the fallback path only (serving/batcher.py). BentoML's client behind
+# self.to_async replaces its HTTP session every 100 requests by default and closes the old one under
+# requests still in flight (BentoML issue #5540: "Server disconnected" under load). The in-process
+# connection has nothing to go stale: keep it.
+CapsNetService = bentoml.service(name="capsnet", workers=settings.workers, traffic={"timeout": 60},
+                                 runner_connection={"max_requests": 1_000_000_000, "max_age": 1e9})(_CapsNetService)
 http_app.install(CapsNetService, settings.max_request_bytes, uploads={"/classify_image": "images"})

@@ -13,32 +13,29 @@ def _flag(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
-DEFAULT_MODEL_TAG = "capsnet-mnist:latest"
-# bentofile.yaml names the model a Bento is built with under this alias; `bentoml build` records
-# it in the Bento's bento.yaml with its exact version, which `bento_model_tag` reads back.
-BENTO_MODEL_ALIAS = "capsnet-bento-model"
+MODEL_PREFIX = "capsnet-"  # with no CAPSNET_MODEL_TAG, the newest version of every capsnet-* model is served
 
 
-def bento_model_tag(source_root: Path) -> str | None:
-    """The exact model tag a built Bento was built with, or None when `source_root` (the folder
+def bento_model_tags(source_root: Path) -> list[str]:
+    """The exact model tags a built Bento was built with, or [] when `source_root` (the folder
     holding serving/) is not the src/ folder of a built Bento (e.g. the repository itself).
 
-    A Bento is laid out as <bento>/bento.yaml + <bento>/src/<our files>. (BentoML's own alias
-    resolution does not reach the service's import in a served Bento, so we read the file.)
+    A Bento is laid out as <bento>/bento.yaml + <bento>/src/<our files>; bento.yaml lists the models
+    `bentoml build` packed, with exact versions. (BentoML's own alias resolution does not reach the
+    service's import in a served Bento, so we read the file.)
     """
     bento_yaml = source_root.parent / "bento.yaml"
     if source_root.name != "src" or not bento_yaml.is_file():
-        return None
+        return []
     info = yaml.safe_load(bento_yaml.read_text()) or {}
-    for model in info.get("models") or []:
-        if isinstance(model, dict) and model.get("alias") == BENTO_MODEL_ALIAS:
-            return str(model["tag"])
-    return None
+    return [str(m["tag"]) for m in info.get("models") or [] if isinstance(m, dict) and "tag" in m]
 
 
 @dataclass(frozen=True)
 class ServingSettings:
-    model_tag: str | None = None  # CAPSNET_MODEL_TAG; unset: the Bento's own model, else the newest capsnet-mnist
+    # CAPSNET_MODEL_TAG: one or more comma-separated tags; unset: the models a Bento was built with,
+    # else (the source tree) the newest version of every capsnet-* model in the store
+    model_tags: tuple[str, ...] = ()
     max_batch_size: int = 64  # CAPSNET_MAX_BATCH_SIZE: largest batch the model sees, and per request
     max_latency_ms: int = 1000  # CAPSNET_MAX_LATENCY_MS: requests queued longer are shed with 503
     grpc_port: int = 8001  # CAPSNET_GRPC_PORT
@@ -52,7 +49,7 @@ class ServingSettings:
         env = dict(os.environ if env is None else env)
         d = cls()
         settings = cls(
-            model_tag=env.get("CAPSNET_MODEL_TAG") or None,
+            model_tags=tuple(t.strip() for t in env.get("CAPSNET_MODEL_TAG", "").split(",") if t.strip()),
             max_batch_size=int(env.get("CAPSNET_MAX_BATCH_SIZE", d.max_batch_size)),
             max_latency_ms=int(env.get("CAPSNET_MAX_LATENCY_MS", d.max_latency_ms)),
             grpc_port=int(env.get("CAPSNET_GRPC_PORT", d.grpc_port)),

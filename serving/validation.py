@@ -7,30 +7,34 @@ from typing import Any
 
 import numpy as np
 
-IMAGE_SHAPE = (1, 28, 28)
+MNIST_SIZE = 28
 
 
 class InputError(ValueError):
     """The request is wrong; the message says how, in terms a client can act on."""
 
 
-def images_json_schema(max_images: int) -> dict[str, Any]:
-    """The JSON schema of what validate_images accepts from JSON: [N, 28, 28] or [N, 1, 28, 28]
-    numbers in [0, 1], 1 <= N <= max_images (published in the OpenAPI document for clients)."""
+def images_json_schema(max_images: int, sizes: tuple[int, ...] = (MNIST_SIZE,)) -> dict[str, Any]:
+    """The JSON schema of what validate_images accepts from JSON: [N, S, S] or [N, 1, S, S] numbers
+    in [0, 1], 1 <= N <= max_images, S one of `sizes` (the served models' input sides; published in
+    the OpenAPI document for clients)."""
     pixel = {"type": "number", "minimum": 0, "maximum": 1}
-    row = {"type": "array", "items": pixel, "minItems": 28, "maxItems": 28}
-    image = {"type": "array", "items": row, "minItems": 28, "maxItems": 28}
-    channel_first = {"type": "array", "items": image, "minItems": 1, "maxItems": 1}
+    layouts = []
+    for size in sizes:
+        row = {"type": "array", "items": pixel, "minItems": size, "maxItems": size}
+        image = {"type": "array", "items": row, "minItems": size, "maxItems": size}
+        layouts += [image, {"type": "array", "items": image, "minItems": 1, "maxItems": 1}]
+    shapes = " or ".join(f"[N][{s}][{s}] or [N][1][{s}][{s}]" for s in sizes)
     # oneOf, not anyOf: BentoML flattens an anyOf to its first member (its way of handling Optional)
     return {"oneOf": [{"type": "array", "items": layout, "minItems": 1, "maxItems": max_images}
-                      for layout in (image, channel_first)],
-            "description": f"1 to {max_images} images, [N][28][28] or [N][1][28][28], pixels in [0, 1]"}
+                      for layout in layouts],
+            "description": f"1 to {max_images} images, {shapes} (the model's input size), pixels in [0, 1]"}
 
 
-def validate_images(images: Any, max_images: int) -> np.ndarray:
-    """Client images -> float32 [N, 1, 28, 28] in [0, 1].
+def validate_images(images: Any, max_images: int, size: int = MNIST_SIZE) -> np.ndarray:
+    """Client images -> float32 [N, 1, size, size] in [0, 1].
 
-    Accepts [N, 28, 28] or [N, 1, 28, 28] of real numbers in [0, 1] (lists or an array).
+    Accepts [N, size, size] or [N, 1, size, size] of real numbers in [0, 1] (lists or an array).
     Raises InputError for an empty batch, more than `max_images`, another rank or shape,
     non-numeric values, NaN/Inf and values outside [0, 1].
     """
@@ -47,8 +51,9 @@ def validate_images(images: Any, max_images: int) -> np.ndarray:
         raise InputError(f"images must be real numbers in [0, 1], got {kind} values")
     if array.ndim == 3:
         array = array[:, None]
-    if array.ndim != 4 or array.shape[1:] != IMAGE_SHAPE:
-        raise InputError(f"images must have shape [N, 28, 28] or [N, 1, 28, 28], got {list(np.shape(images))}")
+    if array.ndim != 4 or array.shape[1:] != (1, size, size):
+        raise InputError(f"images must have shape [N, {size}, {size}] or [N, 1, {size}, {size}] for this model, "
+                         f"got {list(np.shape(images))}")
     n = array.shape[0]
     if n > max_images:
         raise InputError(f"{n} images in one request; the limit is {max_images} (CAPSNET_MAX_BATCH_SIZE)")

@@ -84,6 +84,14 @@ def registered(tiny_checkpoint, synthetic_data_dir, tmp_path_factory) -> bentoml
     return bentoml.models.get(register_export(out, "capsnet-e2e"))
 
 
+@pytest.fixture(scope="session")
+def registered_pair(tiny_pair_checkpoint, synthetic_data_dir, tmp_path_factory) -> bentoml.Model:
+    """A tiny two-digit (36x36) model with top-2 reconstructions, registered as capsnet-multimnist."""
+    out = tmp_path_factory.mktemp("serve-pair-export")
+    export_onnx(tiny_pair_checkpoint, out, data_dir=synthetic_data_dir, limit=16, with_top2=True)
+    return bentoml.models.get(register_export(out, "capsnet-multimnist"))
+
+
 @pytest.fixture(scope="module")
 def server(registered):
     s = Server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_MAX_BATCH_SIZE": "16",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.core import ModelOutputError, ServedModel, ServingCore
+from serving.core import ModelOutputError, ServedModel, ServingCore, UnknownModelError
 from serving.settings import ServingSettings
 from serving.validation import InputError
 from tests.conftest import REPO
@@ -24,13 +24,17 @@ def core(registered) -> ServingCore:
 
 def test_predictions_match_the_runtime(core):
     images = core.validate(np.random.default_rng(0).random((3, 28, 28)))
-    probabilities, poses = core.unpack(core.infer_packed(images))
-    direct_p, direct_v = core.model.runtime.infer(images)
-    np.testing.assert_array_equal(probabilities, direct_p)
-    np.testing.assert_array_equal(poses, direct_v)
-    answers = core.predictions(probabilities, poses)
-    assert [a.label for a in answers] == direct_p.argmax(1).tolist()
+    outputs = core.unpack(core.infer_packed(images))
+    direct = core.model.runtime.infer(images)
+    np.testing.assert_array_equal(outputs["probabilities"], direct["probabilities"])
+    np.testing.assert_array_equal(outputs["poses"], direct["poses"])
+    answers = core.predictions(outputs)
+    assert [a.label for a in answers] == direct["probabilities"].argmax(1).tolist()
     assert answers[0].class_name == core.model.class_names[answers[0].label]
+    assert [o.label for o in answers[0].objects] == [answers[0].label]  # a digit model finds one object
+    assert answers[0].objects[0].length == pytest.approx(max(answers[0].probabilities))
+    with pytest.raises(InputError, match="exported without reconstructions"):
+        core.predictions(outputs, reconstructions=True)
 
 
 def test_uploads_are_decoded_and_bad_ones_named(core):
@@ -65,6 +69,9 @@ def test_metadata_and_several_models(core, registered):
     assert (second.name, second.version) == ("other", "v2")
     with pytest.raises(ValueError):
         ServingCore([], core.settings)
+    assert both.model_named("other") is second and both.model_named(None) is core.model
+    with pytest.raises(UnknownModelError, match="served: .*other"):
+        both.model_named("nope")
 
 
 def test_the_serving_core_imports_neither_torch_nor_training():

@@ -152,7 +152,7 @@ def test_readiness_needs_bentoml_internals_only_for_the_in_process_batcher(servi
 
     wired = SimpleNamespace(infer=object())
     instance.to_async = wired
-    assert instance._batched_infer() is wired.infer
+    assert instance._batched_infer(0) is wired.infer
 
 
 def test_client_error_log_line_reads_like_the_others(client, caplog):

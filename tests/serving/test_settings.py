@@ -8,7 +8,8 @@ def test_defaults_and_environment_overrides():
     s = ServingSettings.from_env({"CAPSNET_WORKERS": "2", "CAPSNET_GRPC_PORT": "9001", "CAPSNET_REQUIRE_GPU": "yes",
                                   "CAPSNET_MAX_BATCH_SIZE": "8", "CAPSNET_MODEL_TAG": "capsnet-mnist:abc"})
     assert (s.workers, s.grpc_port, s.require_gpu, s.max_batch_size) == (2, 9001, True, 8)
-    assert s.model_tag == "capsnet-mnist:abc" and s.in_process_batcher
+    assert s.model_tags == ("capsnet-mnist:abc",) and s.in_process_batcher
+    assert ServingSettings.from_env({"CAPSNET_MODEL_TAG": "a:1, b"}).model_tags == ("a:1", "b")
     assert not ServingSettings.from_env({"CAPSNET_IN_PROCESS_BATCHER": "0"}).in_process_batcher
 
 
