@@ -54,7 +54,7 @@ serve: setup
 	  grep -v "^\s*$$" /tmp/capsnet-serve-check.$$$$ | tail -6 >&2; rm -f /tmp/capsnet-serve-check.$$$$; exit 2; }; \
 	  rm -f /tmp/capsnet-serve-check.$$$$
 	@echo
-	@echo "Serving $(or $(CAPSNET_MODEL_TAG),every capsnet-* model in the BentoML store, newest version of each) (Ctrl-C stops):"
+	@echo "Serving $(or $(CAPSNET_MODEL_TAG),every capsnet-* model in the BentoML store (newest version of each)) (Ctrl-C stops):"
 	@echo "  HTTP  http://localhost:$(PORT)   (API docs: http://localhost:$(PORT)/docs, spec: /docs.json)"
 	@echo "  gRPC  localhost:$(GRPC_PORT)   (Open Inference Protocol v2, by model name, e.g. capsnet-mnist)"
 	@echo "Try, from another shell:"
