@@ -190,6 +190,7 @@ class ServingCore:
             "default_model": model.name,
             "provider": model.runtime.provider,
             "providers": model.runtime.session.get_providers(),
+            "cuda_unavailable": model.runtime.cuda_unavailable,  # why not CUDA, in words; None on CUDA
             "require_gpu": s.require_gpu,
             # the statistics are this worker's; /metrics has BentoML's adaptive_batch_size for all
             "batching": {"max_batch_size": s.max_batch_size, "max_latency_ms": s.max_latency_ms,

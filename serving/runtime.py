@@ -30,11 +30,30 @@ def gpu_count() -> int:
         return 0
 
 
+def cuda_unavailable_reason() -> str | None:
+    """None when ONNX Runtime can try CUDA here; else why not, in words a user can act on.
+
+    onnxruntime-gpu 1.31 is built for CUDA 13 and cuDNN 9; `preload_dlls` loads them from the
+    nvidia-* wheels (onnxruntime-gpu's `cuda` and `cudnn` extras, or those torch's CUDA build brings)
+    when they are installed, before a session needs them.
+    """
+    if CUDA not in ort.get_available_providers():
+        return f"this ONNX Runtime build ({ort.get_device()}) has no CUDA provider: install onnxruntime-gpu"
+    if gpu_count() == 0:
+        return "no NVIDIA GPU is visible (NVML reports none, or no driver is loaded)"
+    try:
+        ort.preload_dlls()
+    except Exception as e:  # missing or mismatched libraries: say which
+        return f"the CUDA 13 / cuDNN 9 libraries failed to load ({e}); install onnxruntime-gpu[cuda,cudnn]"
+    return None
+
+
 class CapsNetRuntime:
     """One ONNX Runtime session over an export folder (model.onnx, config.json, parity.json).
 
-    The CUDA provider is asked for only when a GPU is visible, and the provider actually in use is
-    read back from the session: onnxruntime-gpu without a GPU quietly runs on the CPU.
+    The CUDA provider is asked for only when it can work (`cuda_unavailable_reason`), and the provider
+    actually in use is read back from the session: onnxruntime-gpu without a GPU, or without its CUDA
+    libraries, quietly runs on the CPU. `cuda_unavailable` says why CUDA is not in use (None if it is).
     """
 
     def __init__(self, model_dir: str | Path, intra_op_threads: int = 0) -> None:
@@ -45,12 +64,16 @@ class CapsNetRuntime:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = intra_op_threads
-        wanted = [CUDA, CPU] if gpu_count() > 0 and CUDA in ort.get_available_providers() else [CPU]
+        self.cuda_unavailable = cuda_unavailable_reason()
+        wanted = [CPU] if self.cuda_unavailable else [CUDA, CPU]
         self.session = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=wanted)
         self.provider = self.session.get_providers()[0]
         if wanted[0] == CUDA and self.provider != CUDA:
-            log.warning("a GPU is visible but ONNX Runtime could not use CUDA; running on %s", self.provider)
-        log.info("ONNX Runtime %s on %s (asked for %s)", ort.__version__, self.provider, wanted)
+            self.cuda_unavailable = ("a GPU is visible and the CUDA libraries loaded, but ONNX Runtime did not "
+                                     "create its CUDA provider")
+            log.warning("running on %s: %s", self.provider, self.cuda_unavailable)
+        log.info("ONNX Runtime %s on %s (asked for %s)%s", ort.__version__, self.provider, wanted,
+                 f"; CUDA not used: {self.cuda_unavailable}" if self.cuda_unavailable else "")
         self.num_classes = len(self.config["class_names"])
         self.pose_dim = self.config["model_config"]["digit_dim"]
         self.image_size: int = self.config["model_config"]["image_size"]

@@ -151,8 +151,8 @@ class _CapsNetService:
             log.info("serving model %s (%dx%d input, %d object(s) per input)", model.tag, model.image_size,
                      model.image_size, model.objects)
         if not self.core.gpu_ok():
-            log.error("CAPSNET_REQUIRE_GPU is set but ONNX Runtime runs on %s: readiness will fail",
-                      [m.runtime.provider for m in served])
+            log.error("CAPSNET_REQUIRE_GPU is set but ONNX Runtime runs on %s: readiness will fail (%s)",
+                      [m.runtime.provider for m in served], served[0].runtime.cuda_unavailable)
         self.grpc_server: Any = None
         self._batchers: dict[str, Batcher | None] = {}  # API name -> BentoML's batcher in-process (None: absent)
 

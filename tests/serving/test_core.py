@@ -78,3 +78,45 @@ def test_the_serving_core_imports_neither_torch_nor_training():
     code = ("import sys, serving.core, serving.http_app, serving.grpc_server; "
             "sys.exit(any(m == 'torch' or m.startswith('training') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+@pytest.mark.parametrize("providers, gpus, preload_error, words", [
+    (["CPUExecutionProvider"], 1, None, "no CUDA provider"),
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], 0, None, "no NVIDIA GPU is visible"),
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], 1, OSError("libcudnn.so.9: cannot open shared object file"),
+     "libcudnn.so.9"),
+])
+def test_why_cuda_is_not_used_is_said_in_words(monkeypatch, registered, caplog, providers, gpus, preload_error, words):
+    import logging
+
+    import serving.runtime as runtime
+
+    def preload() -> None:
+        if preload_error:
+            raise preload_error
+
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: providers)
+    monkeypatch.setattr(runtime, "gpu_count", lambda: gpus)
+    monkeypatch.setattr(runtime.ort, "preload_dlls", preload)
+    assert words in runtime.cuda_unavailable_reason()
+    with caplog.at_level(logging.INFO, logger="serving.runtime"):
+        served = runtime.CapsNetRuntime(registered.path)
+    assert served.provider == "CPUExecutionProvider" and words in served.cuda_unavailable
+    assert any("CUDA not used" in r.getMessage() and words in r.getMessage() for r in caplog.records)
+
+
+def test_cuda_is_asked_for_when_it_can_work(monkeypatch, registered):
+    import serving.runtime as runtime
+
+    asked = []
+    real_session = runtime.ort.InferenceSession
+
+    def recording_session(path, options, providers):
+        asked.append(providers)
+        return real_session(path, options, providers=["CPUExecutionProvider"])  # no GPU here to really use
+
+    monkeypatch.setattr(runtime, "cuda_unavailable_reason", lambda: None)
+    monkeypatch.setattr(runtime.ort, "InferenceSession", recording_session)
+    served = runtime.CapsNetRuntime(registered.path)
+    assert asked == [["CUDAExecutionProvider", "CPUExecutionProvider"]]
+    assert "did not create its CUDA provider" in served.cuda_unavailable  # what we got is read back
