@@ -201,8 +201,12 @@ def test_the_to_async_fallback_batches_both_protocols_too(registered, images):
     s = Server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_IN_PROCESS_BATCHER": "0"})
     try:
         s.wait()
+        assert stats(s)["in_process"] is False
+        # BentoML's batcher runs its first ~11 calls alone while it learns the model's latency; on a
+        # fresh server under a loaded machine 32 requests could all fall into that phase (seen twice
+        # in full-suite runs). Measure the steady state that clients get after it.
+        send_single_images_concurrently(s, registered, images, 32)
         before = stats(s)
-        assert before["in_process"] is False
         send_single_images_concurrently(s, registered, images, 32)
         after = stats(s)
         assert after["images"] - before["images"] == 32 and after["batches"] - before["batches"] < 32
