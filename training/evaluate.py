@@ -26,7 +26,7 @@ from training.errors import run_cli, setup_cli_logging
 from training.figures import pair_figure, pose_perturbation_grid, reconstruction_grid, save_png
 from training.fileio import sha256_file, write_json
 from training.metrics import classification_metrics, predict
-from training.multimnist import PairData
+from training.multimnist import PairData, labels_found
 from training.tasks import training_data
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,7 @@ def figure_pairs(images: torch.Tensor, labels: torch.Tensor, probabilities: torc
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The first FIGURE_PAIRS right pairs, then the first FIGURE_PAIRS wrong ones, as float images on
     `device` [M, 1, H, W] and their labels [M, 2]."""
-    top2 = probabilities.topk(2, dim=1).indices
-    right = (top2[:, :, None] == labels[:, None, :]).any(dim=1).all(dim=1)
+    right = labels_found(probabilities, labels).all(dim=1)
     chosen = np.concatenate([np.flatnonzero(right.numpy())[:FIGURE_PAIRS],
                              np.flatnonzero(~right.numpy())[:FIGURE_PAIRS]])
     index = torch.from_numpy(chosen)

@@ -86,6 +86,13 @@ def fixed_pair_images(pool: Tensor, labels: Tensor, partners: int, max_shift: in
     return compose(pool, pairs)[0], torch.stack([labels[pairs.first], labels[pairs.partner]], dim=1)
 
 
+def labels_found(probabilities: Tensor, labels: Tensor) -> Tensor:
+    """bool [N, 2]: whether each label of a pair is among the two longest of the capsule lengths
+    [N, 10]; a pair is right when both are (`.all(dim=1)`)."""
+    top2 = probabilities.topk(2, dim=1).indices  # [N, 2]
+    return (top2[:, :, None] == labels[:, None, :]).any(dim=1)
+
+
 def pair_metrics(probabilities: Tensor, labels: Tensor, class_names: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """Scores of capsule lengths [N, 10] against label pairs [N, 2].
 
@@ -93,8 +100,7 @@ def pair_metrics(probabilities: Tensor, labels: Tensor, class_names: tuple[str, 
     that exact-pair accuracy (what selects the model). Per-digit error counts each label that is
     not among the two longest capsules.
     """
-    top2 = probabilities.topk(2, dim=1).indices  # [N, 2]
-    found = (top2[:, :, None] == labels[:, None, :]).any(dim=1)  # [N, 2]: label k among the top 2
+    found = labels_found(probabilities, labels)
     exact = found.all(dim=1)
     n = len(labels)
     per_class = {name: float(found[labels == k].double().mean()) if (labels == k).any() else None
@@ -155,7 +161,7 @@ class PairData:
         return place(images, shifts), labels
 
     def count_correct(self, lengths: Tensor, labels: Tensor) -> int:
-        return len(labels) - pair_metrics(lengths.detach().float(), labels, self.class_names)["wrong_pairs"]
+        return int(labels_found(lengths.detach(), labels).all(dim=1).sum())
 
     def metrics(self, probabilities: Tensor, labels: Tensor) -> dict[str, Any]:
         return pair_metrics(probabilities, labels, self.class_names)
