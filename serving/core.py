@@ -20,6 +20,12 @@ from serving.settings import ServingSettings
 from serving.validation import InputError, validate_images
 
 
+def task_of(description: dict[str, Any]) -> dict[str, Any]:
+    """The task an export's config.json or store metadata records; exports from before tasks were
+    recorded held one object per input."""
+    return description.get("task", {"objects": 1, "name": "single-object"})
+
+
 class ModelOutputError(RuntimeError):
     """The model produced values we refuse to return (NaN/Inf): a server fault, not the client's."""
 
@@ -77,7 +83,7 @@ class ServedModel:
     @property
     def objects(self) -> int:
         """How many objects one input holds (the export's task; exports before tasks held one)."""
-        return int(self.runtime.config.get("task", {}).get("objects", 1))
+        return int(task_of(self.runtime.config)["objects"])
 
     @property
     def output_dims(self) -> dict[str, list[int]]:
@@ -86,7 +92,7 @@ class ServedModel:
     def describe(self) -> dict[str, Any]:
         """What a client needs to call this model."""
         return {"model_tag": self.tag, "name": self.name, "input_size": [1, self.image_size, self.image_size],
-                "task": self.runtime.config.get("task", {"objects": 1, "name": "single-object"}),
+                "task": task_of(self.runtime.config),
                 "class_names": self.class_names, "outputs": self.output_dims,
                 "reconstructions": "reconstructions_top2" in self.output_dims}
 

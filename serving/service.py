@@ -30,7 +30,7 @@ from pydantic import AfterValidator, Field, WithJsonSchema
 
 from serving import http_app
 from serving.batcher import Batcher, NotWiredYet, find_batcher
-from serving.core import Prediction, ServedModel, ServingCore, UnknownModelError
+from serving.core import Prediction, ServedModel, ServingCore, UnknownModelError, task_of
 from serving.grpc_server import GrpcModel, InferenceServicer, start_grpc_server
 from serving.settings import MODEL_PREFIX, ServingSettings, bento_model_tags
 from serving.validation import InputError, images_json_schema, validate_images
@@ -44,7 +44,7 @@ settings = ServingSettings.from_env()
 
 def objects_of(model: bentoml.Model) -> int:
     """How many objects one input of this registered export holds (exports before tasks: one)."""
-    return int(model.info.metadata.get("task", {}).get("objects", 1))
+    return int(task_of(model.info.metadata)["objects"])
 
 
 def resolve_models(tags: tuple[str, ...]) -> list[bentoml.Model]:
