@@ -16,7 +16,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from serving.preprocess import preprocess_encoded
-from tests.serving.conftest import GRPC_TIMEOUT, REQUEST_TIMEOUT, START_TIMEOUT, Server
+from tests.serving.conftest import GRPC_TIMEOUT, REQUEST_TIMEOUT, START_TIMEOUT, TEST_LATENCY_CAP_MS, Server
 from training.data import synthetic_digits
 
 
@@ -37,7 +37,9 @@ def probabilities_of_one(server: Server, images: np.ndarray, k: int) -> np.ndarr
     can flip by 1e-7.)"""
     one = images[k % len(images)][None]
     if k % 2:
-        return np.array(server.post("classify", json={"images": one.tolist()}).json()[0]["probabilities"])
+        response = server.post("classify", json={"images": one.tolist()})
+        assert response.status_code == 200, response.text
+        return np.array(response.json()[0]["probabilities"])
     with server.grpc() as client:
         return grpc_infer(client, "capsnet-e2e", one).as_numpy("probabilities")[0]
 
@@ -100,7 +102,7 @@ def test_metadata_and_builtin_endpoints(server, registered):
     assert meta["provider"] == ("CUDAExecutionProvider" if meta["require_gpu"] else meta["providers"][0])
     assert meta["routing_iters"] == 3 and meta["class_names"] == [str(d) for d in range(10)]
     assert meta["parity"]["passed"] is True
-    assert meta["batching"]["max_batch_size"] == 16 and meta["batching"]["max_latency_ms"] == 100
+    assert meta["batching"]["max_batch_size"] == 16 and meta["batching"]["max_latency_ms"] == int(TEST_LATENCY_CAP_MS)
     assert meta["batching"]["in_process"] is True, "fell back to BentoML's slower self.to_async loopback"
     log = server.output(tail=10**7)
     assert f"on {meta['provider']}" in log and f"listening on port {server.grpc_port}" in log
