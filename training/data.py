@@ -235,8 +235,9 @@ class TrainingData(Protocol):
     def test_set(self) -> tuple[Tensor, Tensor]:
         """The untouched test inputs uint8 [N, C, H, W] and labels, scored once at the end."""
 
-    def count_correct(self, lengths: Tensor, labels: Tensor) -> int:
-        """How many examples of a batch the capsule lengths [B, N_out] classify right."""
+    def count_correct(self, lengths: Tensor, labels: Tensor) -> Tensor:
+        """How many examples of a batch the capsule lengths [B, N_out] classify right: a 0-dim
+        integer tensor on their device (the training loop does not wait for it each step)."""
 
     def metrics(self, probabilities: Tensor, labels: Tensor) -> dict[str, Any]:
         """Metrics of capsule lengths [N, N_out] against labels; "accuracy" selects the model."""
@@ -270,8 +271,8 @@ class DigitData:
     def test_set(self) -> tuple[Tensor, Tensor]:
         return load_split(self.dataset, "test", self.data_dir)
 
-    def count_correct(self, lengths: Tensor, labels: Tensor) -> int:
-        return int((lengths.argmax(dim=1) == labels).sum())
+    def count_correct(self, lengths: Tensor, labels: Tensor) -> Tensor:
+        return (lengths.argmax(dim=1) == labels).sum()
 
     def metrics(self, probabilities: Tensor, labels: Tensor) -> dict[str, Any]:
         from training.metrics import classification_metrics  # metrics imports data: import here

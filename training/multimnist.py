@@ -160,8 +160,8 @@ class PairData:
         shifts = torch.randint(-self.max_shift, self.max_shift + 1, (len(images), 2), generator=generator)
         return place(images, shifts), labels
 
-    def count_correct(self, lengths: Tensor, labels: Tensor) -> int:
-        return int(labels_found(lengths.detach(), labels).all(dim=1).sum())
+    def count_correct(self, lengths: Tensor, labels: Tensor) -> Tensor:
+        return labels_found(lengths.detach(), labels).all(dim=1).sum()
 
     def metrics(self, probabilities: Tensor, labels: Tensor) -> dict[str, Any]:
         return pair_metrics(probabilities, labels, self.class_names)

@@ -77,10 +77,21 @@ class RunState:
 
 @dataclass
 class EpochStats:
-    loss_sum: float = 0.0
-    correct: int = 0
+    """Running sums of one epoch. loss_sum and correct stay on the device (0-dim tensors once the
+    first step adds to them): reading them back every step would make the host wait for the GPU
+    twice per step; they are read at most once a second (progress bar) and at the epoch's end."""
+
+    loss_sum: Tensor | float = 0.0
+    correct: Tensor | int = 0
     seen: int = 0  # examples on this rank
     started: float = dataclasses.field(default_factory=time.perf_counter)
+    shown: float = 0.0  # when the progress bar's numbers were last refreshed
+
+    def loss(self) -> float:
+        return float(self.loss_sum) / max(self.seen, 1)
+
+    def accuracy(self) -> float:
+        return int(self.correct) / max(self.seen, 1)
 
 
 class StopRequest:
@@ -192,12 +203,14 @@ def run_epoch(module: nn.Module, state: RunState, data: TrainingData, config: Tr
             loss.backward()
             state.optimizer.step()
             state.step += 1
-            stats.loss_sum += float(loss.detach()) * len(indices)
-            stats.correct += data.count_correct(lengths, batch.labels)
+            stats.loss_sum = stats.loss_sum + loss.detach().double() * len(indices)
+            stats.correct = stats.correct + data.count_correct(lengths, batch.labels)
             stats.seen += len(indices)
-            bar.set_postfix(loss=f"{stats.loss_sum / stats.seen:.4f}", acc=f"{stats.correct / stats.seen:.4f}",
-                            img_s=f"{stats.seen * ctx.world_size / (time.perf_counter() - stats.started):.0f}",
-                            refresh=False)
+            now = time.perf_counter()
+            if bar.disable is False and now - stats.shown >= 1.0:
+                stats.shown = now
+                bar.set_postfix(loss=f"{stats.loss():.4f}", acc=f"{stats.accuracy():.4f}",
+                                img_s=f"{stats.seen * ctx.world_size / (now - stats.started):.0f}", refresh=False)
             reached_max = config.max_steps is not None and state.step >= config.max_steps
             if any_rank(stop.requested or reached_max, ctx, device):
                 return None
@@ -215,11 +228,14 @@ def evaluate_on(model: CapsNet, data: TrainingData, split: tuple[Tensor, Tensor]
 def end_of_epoch(state: RunState, stats: EpochStats, data: TrainingData, config: TrainConfig,
                  steps_per_epoch: int, out_dir: Path, world_size: int, device: torch.device) -> None:
     """Validate, log a metrics.jsonl line, keep best.pt if validation improved, save last.pt. Rank 0 only."""
+    train_loss, train_accuracy = stats.loss(), stats.accuracy()  # waits for the epoch's last step
+    elapsed = time.perf_counter() - stats.started  # training only: validation is timed on its own
+    started_validation = time.perf_counter()
     val_accuracy = evaluate_on(state.model, data, data.validation_set(), config.eval_batch_size, device)["accuracy"]
-    elapsed = time.perf_counter() - stats.started
-    record = {"epoch": state.epoch, "step": state.step, "train_loss": stats.loss_sum / max(stats.seen, 1),
-              "train_accuracy": stats.correct / max(stats.seen, 1), "val_accuracy": val_accuracy,
+    record = {"epoch": state.epoch, "step": state.step, "train_loss": train_loss,
+              "train_accuracy": train_accuracy, "val_accuracy": val_accuracy,
               "lr": learning_rate(config, state.step, steps_per_epoch), "epoch_seconds": elapsed,
+              "validation_seconds": time.perf_counter() - started_validation,
               "train_images_per_sec": stats.seen * world_size / elapsed}
     with open(out_dir / METRICS, "a") as f:
         f.write(json.dumps(record) + "\n")
