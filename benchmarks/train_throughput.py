@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+from collections.abc import Callable
 
 import torch
 from bench_timing import median_rate
@@ -40,13 +41,21 @@ class BroadcastCapsNet(CapsNet):
         return v.squeeze(1), c.squeeze(-1)
 
 
-def train_step_fn(model: CapsNet, x: Tensor, y: Tensor):
+def train_step_fn(model: CapsNet, x: Tensor, y: Tensor, *, bf16: bool = False,
+                  compile_backend: str | None = None) -> Callable[[], None]:
+    """One Adam step of the training loss on images x [B, 1, H, W] and labels y [B] (on the model's
+    device), as a function that restores the weights afterwards so every call times the same step.
+    `bf16`: autocast as `capsnet-train --bf16`; `compile_backend`: torch.compile the step's forward."""
     module = TrainingModule(model, training_loss(TrainConfig()))
+    if compile_backend:
+        module = torch.compile(module, backend=compile_backend)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     state = {k: v.clone() for k, v in model.state_dict().items()}
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def step() -> None:
-        loss, _ = module(x, y, x)  # the decoder redraws the input
+        with autocast:
+            loss, _ = module(x, y, x)  # the decoder redraws the input
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

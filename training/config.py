@@ -101,6 +101,7 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = False  # bf16 autocast, CUDA only
     max_steps: int | None = None  # stop early after this many optimizer steps (resume continues)
+    time_limit_s: float | None = None  # stop early after this many seconds of one invocation (resumable)
     eval_batch_size: int = 500
     # Train data limit (None = all). For tests and smoke runs only.
     train_limit: int | None = None
@@ -119,7 +120,7 @@ class TrainConfig:
 
 
 # Fields that may differ between a run and its resumption (they only say how far to go).
-RESUMABLE_OVERRIDES = ("epochs", "max_steps", "device", "eval_batch_size")
+RESUMABLE_OVERRIDES = ("epochs", "max_steps", "time_limit_s", "device", "eval_batch_size")
 
 # Input side per dataset: MultiMNIST pairs sit on a 36x36 canvas (3,200 primary capsules at paper size).
 DATASET_IMAGE_SIZE = {"mnist": 28, "fashion-mnist": 28, "multimnist": 36}

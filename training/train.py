@@ -95,11 +95,20 @@ class EpochStats:
 
 
 class StopRequest:
-    """Turns the first SIGINT/SIGTERM into a flag the loop polls; a second SIGINT aborts at once."""
+    """Turns the first SIGINT/SIGTERM into a flag the loop polls; a second SIGINT aborts at once.
+    With `time_limit_s`, the loop is also told to stop (resumably) that many seconds after creation."""
 
-    def __init__(self) -> None:
+    def __init__(self, time_limit_s: float | None = None) -> None:
         self.requested = False
+        self.deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
         self._previous: dict[int, Any] = {}
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def due(self) -> bool:
+        """True once a signal arrived or the time limit passed."""
+        return self.requested or self.out_of_time()
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
@@ -212,7 +221,7 @@ def run_epoch(module: nn.Module, state: RunState, data: TrainingData, config: Tr
                 bar.set_postfix(loss=f"{stats.loss():.4f}", acc=f"{stats.accuracy():.4f}",
                                 img_s=f"{stats.seen * ctx.world_size / (now - stats.started):.0f}", refresh=False)
             reached_max = config.max_steps is not None and state.step >= config.max_steps
-            if any_rank(stop.requested or reached_max, ctx, device):
+            if any_rank(stop.due() or reached_max, ctx, device):
                 return None
     return stats
 
@@ -283,7 +292,7 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
         log.info("training %s (%s parameters) on %s, %d steps per epoch, %d rank(s)", config.variant,
                  f"{sum(p.numel() for p in state.model.parameters()):,}", device, steps_per_epoch, ctx.world_size)
 
-    stop = StopRequest()
+    stop = StopRequest(config.time_limit_s)
     interrupted = False
     with stop.installed():
         while state.epoch < config.epochs and not interrupted:
@@ -300,7 +309,7 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
 
     summary: dict[str, Any] = {"out_dir": str(out_dir), "epochs": state.epoch, "steps": state.step,
                                "best_val_accuracy": state.best_val, "interrupted": interrupted,
-                               "stopped_by_signal": stop.requested}
+                               "stopped_by_signal": stop.requested, "stopped_by_time_limit": stop.out_of_time()}
     if not interrupted and ctx.is_main and (out_dir / BEST).exists():
         summary["test_accuracy"] = record_test_accuracy(out_dir / BEST, data, config.eval_batch_size, device)
     barrier(ctx)
@@ -346,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     o.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (for GPUs)")
     o.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (resumable)")
+    o.add_argument("--time-limit", dest="time_limit_s", type=float, metavar="SECONDS",
+                   help="stop after this many seconds of this invocation, saving last.pt (resumable)")
     o.add_argument("--train-limit", type=int, help="use only the first N training images (smoke runs)")
     o.add_argument("--eval-batch-size", type=int)
     return p

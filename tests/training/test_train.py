@@ -63,6 +63,17 @@ def test_resume_in_the_middle_matches_straight_run(tiny_train_config, synthetic_
     assert [json.loads(x)["epoch"] for x in metrics] == [1]
 
 
+def test_a_time_limit_stops_resumably_and_resume_finishes(tiny_train_config, synthetic_data_dir, tmp_path):
+    limited = dataclasses.replace(tiny_train_config, epochs=1, time_limit_s=0.0)  # due after the first step
+    first = run_train(limited, tmp_path / "run", synthetic_data_dir)
+    assert first["interrupted"] and first["stopped_by_time_limit"] and not first["stopped_by_signal"]
+    assert first["steps"] == 1 and "test_accuracy" not in first
+    # the limit is per invocation and may change on resume, like --epochs
+    second = run_train(dataclasses.replace(limited, time_limit_s=None), tmp_path / "run", synthetic_data_dir,
+                       resume=True)
+    assert not second["interrupted"] and second["steps"] == 520 // 32 and 0.0 <= second["test_accuracy"] <= 1.0
+
+
 def test_resume_refuses_a_different_run_config(tiny_train_config, synthetic_data_dir, tmp_path):
     run_train(dataclasses.replace(tiny_train_config, max_steps=2), tmp_path / "run", synthetic_data_dir)
     with pytest.raises(ValueError, match="cannot resume.*lr="):
