@@ -7,9 +7,20 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU wheel of torch, found locally by pip on our machines; installing it first keeps pip
-# from resolving "torch" to the multi-GB CUDA build. Override on a GPU host: make TORCH_SPEC=torch
+# GPU=1 on a host where nvidia-smi lists a GPU (override either way: make pipeline GPU=0 / GPU=1).
+# GPU=0: the CPU wheel of torch, found locally by pip on our machines; installing it first keeps pip
+#        from resolving "torch" to the multi-GB CUDA build.
+# GPU=1: the same pin from the package index, where PyPI's Linux wheel is the CUDA 13 build, plus the
+#        `gpu` extra (onnxruntime-gpu[cuda,cudnn]: the CUDA 13 / cuDNN 9 libraries ONNX Runtime loads);
+#        set-up ends with capsnet-check-gpu, which fails unless training and ONNX Runtime use the GPU.
+GPU ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 TORCH_SPEC ?= torch==2.13.0
+ifeq ($(GPU),1)
+EXTRAS := dev,gpu
+else
+EXTRAS := dev
+endif
+INSTALLED := $(VENV)/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
 # Expanded once (:=), so training, evaluation and export all land in the same folder.
 ifndef RUN_DIR
 RUN_DIR := runs/quick-$(shell date +%Y%m%d-%H%M%S)
@@ -28,13 +39,16 @@ endif
 export BENTOML_DO_NOT_TRACK ?= True
 
 .PHONY: setup model pipeline serve test lint
-setup: $(VENV)/.installed
+setup: $(INSTALLED)
 
-$(VENV)/.installed: pyproject.toml
+$(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+ifeq ($(GPU),1)
+	$(BIN)/capsnet-check-gpu
+endif
 	touch $@
 
 model: setup
