@@ -147,7 +147,7 @@ class Check:
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -91,7 +91,7 @@ async def run_level(protocol: str, level: int, seconds: float, bodies: list[byte
                     latencies.append(time.perf_counter() - t)
                 else:
                     failed(f"HTTP {r.status}")
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            except (TimeoutError, aiohttp.ClientError) as e:
                 failed(type(e).__name__)
             k += level
 

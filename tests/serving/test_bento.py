@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import bentoml
 import pytest
 
+from export.bento import GPU_BENTO_NAME, bentofile, build_bento, gpu_requirements
 from export.registry import register_export
 from serving.settings import bento_model_tags
 from tests.conftest import REPO
@@ -41,3 +43,26 @@ def test_a_built_bento_serves_its_own_model(registered):
         assert f"serving model {built_with}" in s.output(tail=10**7)
     finally:
         s.stop()
+
+
+def test_the_gpu_variant_differs_only_in_name_label_and_onnxruntime_requirement():
+    plain, gpu = bentofile(gpu=False), bentofile(gpu=True)
+    assert gpu["name"] == GPU_BENTO_NAME and gpu["labels"]["accelerator"] == "nvidia-cuda-13"
+    assert gpu["python"]["packages"] == [p for p in plain["python"]["packages"] if not p.startswith("onnxruntime")] \
+        + gpu_requirements()
+    assert "onnxruntime-gpu[cuda,cudnn]>=1.31" in gpu_requirements()
+    rest = {k: v for k, v in gpu.items() if k not in ("name", "labels", "python")}
+    assert rest == {k: v for k, v in plain.items() if k not in ("name", "labels", "python")}
+
+
+@pytest.mark.slow
+def test_the_built_gpu_bento_records_the_cuda_13_requirements(registered):
+    register_export(registered.path, "capsnet-mnist")
+    bento = bentoml.get(build_bento(gpu=True))
+    assert bento.info.name == GPU_BENTO_NAME and bento.info.labels["accelerator"] == "nvidia-cuda-13"
+    python_env = bento.path_of("env/python")
+    assert "onnxruntime-gpu[cuda,cudnn]>=1.31" in open(f"{python_env}/requirements.in").read().splitlines()
+    locked = dict(line.split("==") for line in open(f"{python_env}/requirements.txt").read().splitlines()
+                  if "==" in line and not line.startswith(("#", "-")))
+    assert "nvidia-cudnn-cu13" in locked and locked["nvidia-cuda-runtime"].startswith("13.")
+    assert Path(bento.path_of("src/serving/service.py")).is_file()  # the same service

@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from export.bento import gpu_requirements as gpu_extra
 from tests.conftest import REPO
 from training.gpu_setup import CUDA, GpuFacts, problems
 
@@ -46,10 +47,8 @@ def test_the_check_refuses_this_cpu_machine_in_one_message():
 
 def gpu_requirements() -> list[str]:
     """What `make setup GPU=1` asks pip for: the Makefile's torch pin and the project's gpu extra."""
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     torch_spec = re.search(r"^TORCH_SPEC \?= (\S+)$", (REPO / "Makefile").read_text(), re.M).group(1)
-    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
-    return [torch_spec, *extra]
+    return [torch_spec, *gpu_extra()]
 
 
 @pytest.mark.slow
