@@ -50,6 +50,7 @@ from train_throughput import BroadcastCapsNet, train_step_fn
 from export.inference_graph import InferenceGraph
 from export.onnx_export import export_onnx
 from export.onnx_io import CPU, CUDA, cuda_usable, open_session
+from export.parity_report import parity_summary
 from serving.runtime import cuda_unavailable_reason
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import PROFILES, TrainConfig, variant_config
@@ -266,10 +267,7 @@ def export_section(run_dir: Path, data_dir: str | None, limit: int | None) -> di
     reason = cuda_unavailable_reason() if torch.cuda.is_available() else "no CUDA device visible to torch"
     exported = export_onnx(checkpoint, run_dir / "export", data_dir=data_dir, limit=limit)
     report = exported["parity"]
-    sections = [{"precision": s["precision"], "provider": s["provider"], "passed": s["passed"],
-                 "max_abs_diff": {o: max(b["outputs"][o]["max_abs_diff"] for b in s["batch_sizes"].values())
-                                  for o in next(iter(s["batch_sizes"].values()))["outputs"]}}
-                for s in report["sections"]]
+    sections = parity_summary(report)["sections"]
     on_cuda = [s for s in sections if s["provider"] == CUDA]
     return {"onnx": str(run_dir / "export" / "model.onnx"), "parity_passed": report["passed"],
             "parity_inputs": report["inputs"]["kind"], "sections": sections,

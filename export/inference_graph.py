@@ -23,6 +23,8 @@ class InferenceGraph(nn.Module):
     With `dtype=torch.float16` the network runs in half precision; inputs and outputs stay float32.
     """
 
+    input_names = ("image",)
+
     def __init__(self, model: CapsNet, outputs: tuple[str, ...] = ("probabilities", "poses"),
                  dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -32,6 +34,10 @@ class InferenceGraph(nn.Module):
         self.model = model.eval().to(dtype)
         self.outputs = outputs
         self.dtype = dtype
+
+    def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:
+        s = self.model.config.image_size
+        return (torch.rand(batch, 1, s, s),)
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         poses, coupling = self.model.encode(image.to(self.dtype))
@@ -45,3 +51,27 @@ class InferenceGraph(nn.Module):
             produced["reconstructions_top2"] = torch.stack(
                 [self.model.decode(poses, top2[:, k]) for k in range(2)], dim=1)
         return tuple(produced[name].float() for name in self.outputs)
+
+
+class DecoderGraph(nn.Module):
+    """The decoder alone, so that edited poses are redrawn without running the encoder again.
+
+    poses [B, N_out, D_out] float32 (any values: the explorer moves them), label int64 [B] in
+    [0, N_out) -> image [B, 1, S, S] float32 in [0, 1]: the decoder masked to `label`'s capsule, as in
+    CapsNet.decode. With `dtype=torch.float16` it runs in half precision; inputs and outputs stay float32.
+    """
+
+    input_names = ("poses", "label")
+    outputs = ("image",)
+
+    def __init__(self, model: CapsNet, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.model = model.eval().to(dtype)
+        self.dtype = dtype
+
+    def forward(self, poses: Tensor, label: Tensor) -> tuple[Tensor]:
+        return (self.model.decode(poses.to(self.dtype), label).float(),)
+
+    def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:
+        c = self.model.config
+        return torch.randn(batch, c.num_classes, c.digit_dim) * 0.3, torch.arange(batch) % c.num_classes

@@ -23,7 +23,7 @@ from typing import Any
 import onnx
 import torch
 
-from export.inference_graph import InferenceGraph
+from export.inference_graph import DecoderGraph, InferenceGraph
 from export.onnx_io import write_metadata
 from export.parity import check_parity, library_versions, quiet_third_party_loggers
 from export.parity_report import failure_summary, parity_summary
@@ -42,17 +42,19 @@ class ParityError(RuntimeError):
     """The exported graph does not compute what the checkpoint computes."""
 
 
-def export_graph(graph: InferenceGraph, path: Path, metadata: dict[str, Any], opset: int = OPSET) -> None:
-    """Export `graph` to one self-contained ONNX file with a dynamic batch axis and metadata."""
-    example = torch.rand(2, 1, graph.model.config.image_size, graph.model.config.image_size)
+def export_graph(graph: InferenceGraph | DecoderGraph, path: Path, metadata: dict[str, Any],
+                 opset: int = OPSET) -> None:
+    """Export `graph` to one self-contained ONNX file with a dynamic batch axis (every input's first)
+    and metadata."""
     batch = torch.export.Dim("batch", min=1, max=65536)
     # optimize=False: the onnxscript optimizer in onnxscript 0.7 deletes `x + 1e-8` as if it were
     # `x + 0`, which turns squash into 0 * inf = NaN at a zero vector (ONNX Runtime optimizes the
     # graph itself, numerically exactly, when it loads it).
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(graph, (example,), str(path), input_names=["image"],
-                          output_names=list(graph.outputs), dynamic_shapes={"image": {0: batch}},
+        torch.onnx.export(graph, graph.example_inputs(), str(path), input_names=list(graph.input_names),
+                          output_names=list(graph.outputs),
+                          dynamic_shapes={name: {0: batch} for name in graph.input_names},
                           opset_version=opset, dynamo=True, external_data=False, optimize=False)
     model = onnx.load(str(path))
     found = CONTROL_FLOW & {n.op_type for n in model.graph.node}
@@ -60,20 +62,35 @@ def export_graph(graph: InferenceGraph, path: Path, metadata: dict[str, Any], op
         raise RuntimeError(f"exported graph has control flow {sorted(found)}; routing must be unrolled")
     if path.with_name(path.name + ".data").exists():
         raise RuntimeError("exporter wrote external weights; the contract is one self-contained file")
-    size = graph.model.config.image_size
-    model.doc_string = (f"CapsNet (Sabour et al. 2017). Input 'image' float32 [batch,1,{size},{size}] in [0,1]. "
-                        f"Outputs: {', '.join(graph.outputs)}.")
+    model.doc_string = graph_description(graph)
     write_metadata(model, metadata)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
 
 
+def decoder_input(model_config: dict[str, Any]) -> dict[str, Any]:
+    """decoder.onnx's inputs, as config.json states them."""
+    k, d = model_config["num_classes"], model_config["digit_dim"]
+    return {"poses": {"dtype": "float32", "shape": ["batch", k, d]},
+            "label": {"dtype": "int64", "shape": ["batch"], "range": [0, k - 1]}}
+
+
+def graph_description(graph: InferenceGraph | DecoderGraph) -> str:
+    c = graph.model.config
+    if isinstance(graph, DecoderGraph):
+        return (f"CapsNet decoder (Sabour et al. 2017). Inputs 'poses' float32 [batch,{c.num_classes},{c.digit_dim}], "
+                f"'label' int64 [batch]. Output 'image' float32 [batch,1,{c.image_size},{c.image_size}].")
+    return (f"CapsNet (Sabour et al. 2017). Input 'image' float32 [batch,1,{c.image_size},{c.image_size}] in [0,1]. "
+            f"Outputs: {', '.join(graph.outputs)}.")
+
+
 def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruction: bool = False,
-                with_routing: bool = False, with_top2: bool = False, fp16: bool = False,
-                routing_iters: int | None = None,
+                with_routing: bool = False, with_top2: bool = False, with_decoder: bool = False,
+                fp16: bool = False, routing_iters: int | None = None,
                 data_dir: str | Path | None = None, limit: int | None = None,
                 opset: int = OPSET) -> dict[str, Any]:
-    """Export a checkpoint, prove parity and move model.onnx, parity.json, config.json into out_dir.
+    """Export a checkpoint, prove parity and move model.onnx, parity.json, config.json into out_dir
+    (and decoder.onnx with `with_decoder`: poses + class -> image, for redrawing edited poses).
 
     `routing_iters` unrolls a different number of iterations than the checkpoint was trained with
     (parity is then proven against the checkpoint's weights at that depth, and capsnet-verify
@@ -104,20 +121,30 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
         # what one input holds: the served answer lists this many objects (the longest capsules)
         "task": {"objects": objects, "name": "overlapping-digit-pairs" if objects == 2 else "single-object"},
         "outputs": list(outputs),
+        # the decoder graph, when exported: redraws edited poses without the encoder
+        "decoder": {"file": "decoder.onnx", "input": decoder_input(ckpt["model_config"]),
+                    "outputs": ["image"]} if with_decoder else None,
         "versions": library_versions(),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     try:
-        files = {"model.onnx": torch.float32}
+        # file name -> (graph kind, dtype): the decoder is exported in float32 only
+        files = {"model.onnx": ("model", torch.float32)}
         if fp16:
-            files["model.fp16.onnx"] = torch.float16
+            files["model.fp16.onnx"] = ("model", torch.float16)
+        if with_decoder:
+            files["decoder.onnx"] = ("decoder", torch.float32)
         sections = []
-        for name, dtype in files.items():
+        for name, (kind, dtype) in files.items():
             precision = "fp16" if dtype == torch.float16 else "fp32"
-            log.info("exporting %s (%s, opset %d, outputs %s)", name, precision, opset, ", ".join(outputs))
-            meta = {**config, "precision": precision}
-            export_graph(InferenceGraph(model_from_checkpoint(ckpt), outputs, dtype), staging / name, meta, opset)
+            graph = InferenceGraph(model_from_checkpoint(ckpt), outputs, dtype) if kind == "model" \
+                else DecoderGraph(model_from_checkpoint(ckpt), dtype)
+            log.info("exporting %s (%s, opset %d, outputs %s)", name, precision, opset, ", ".join(graph.outputs))
+            meta = {**config, "precision": precision, "graph": kind}
+            if kind == "decoder":
+                meta.update(input=decoder_input(ckpt["model_config"]), outputs=list(graph.outputs))
+            export_graph(graph, staging / name, meta, opset)
             log.info("verifying parity of %s", name)
             report = check_parity(model_from_checkpoint(ckpt), staging / name, meta,
                                   TrainConfig.from_dict(ckpt["train_config"]), data_dir=data_dir, limit=limit)
@@ -155,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with-top2-reconstructions", action="store_true",
                    help="add output 'reconstructions_top2' [batch,2,1,S,S]: the decoder masked by each of "
                         "the two longest capsules (what a two-digit model redraws)")
+    p.add_argument("--with-decoder", action="store_true",
+                   help="also write decoder.onnx: poses [batch,10,16] + label [batch] -> image, with parity")
+    p.add_argument("--with-explorer", action="store_true",
+                   help="everything the explorer page needs: --with-reconstruction --with-routing --with-decoder")
     p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (float16 inside, "
                                                        "float32 in/out) with its own parity section")
     p.add_argument("--routing-iters", type=int, help="unroll this many routing iterations instead of "
@@ -170,9 +201,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         try:
-            result = export_onnx(args.checkpoint, args.out, with_reconstruction=args.with_reconstruction,
-                                 with_routing=args.with_routing, with_top2=args.with_top2_reconstructions,
-                                 fp16=args.fp16,
+            explorer = args.with_explorer
+            result = export_onnx(args.checkpoint, args.out,
+                                 with_reconstruction=args.with_reconstruction or explorer,
+                                 with_routing=args.with_routing or explorer, with_top2=args.with_top2_reconstructions,
+                                 with_decoder=args.with_decoder or explorer, fp16=args.fp16,
                                  routing_iters=args.routing_iters, data_dir=args.data_dir, limit=args.limit,
                                  opset=args.opset)
         except ParityError as e:

@@ -22,7 +22,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.inference_graph import InferenceGraph
+from export.inference_graph import DecoderGraph, InferenceGraph
 from export.onnx_io import CPU, CUDA, UnusableInputError, cuda_usable, load_checked, open_session
 from export.parity_report import (
     BATCH_SIZES,
@@ -85,28 +85,56 @@ def parity_inputs(config: TrainConfig, data_dir: str | Path | None = None,
 
 
 @torch.no_grad()
-def run_torch(graph: torch.nn.Module, names: list[str], images: np.ndarray,
+def run_torch(graph: torch.nn.Module, names: list[str], feeds: dict[str, np.ndarray],
               batch_size: int = 256) -> dict[str, np.ndarray]:
-    """The PyTorch reference: the same wrapper that was exported, float32 on the CPU."""
-    chunks = [graph(torch.from_numpy(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
+    """The PyTorch reference: the same wrapper that was exported, float32 on the CPU, over `feeds`
+    (input name -> [N, ...], in the graph's input order)."""
+    n = len(next(iter(feeds.values())))
+    with torch.no_grad():
+        chunks = [graph(*(torch.from_numpy(v[i:i + batch_size]) for v in feeds.values()))
+                  for i in range(0, n, batch_size)]
     return {name: torch.cat([c[k] for c in chunks]).numpy() for k, name in enumerate(names)}
+
+
+def decoder_feeds(model: CapsNet, images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """What the explorer sends the decoder graph, from the parity images' own poses [N, K, D]: each
+    image's poses with its predicted class, the same poses with the next class, and the poses with
+    one dimension of the predicted capsule moved by -0.25 or +0.25 (the paper's Fig. 4 range).
+    -> {"poses": float32 [3N, K, D], "label": int64 [3N]}."""
+    with torch.no_grad():
+        poses = torch.cat([model.encode(torch.from_numpy(images[i:i + 256]))[0]
+                           for i in range(0, len(images), 256)]).numpy()
+    n, k, d = poses.shape
+    predicted = np.sqrt((poses ** 2).sum(-1)).argmax(1)
+    rng = np.random.default_rng(seed)
+    edited = poses.copy()
+    edited[np.arange(n), predicted, rng.integers(0, d, n)] += rng.choice([-0.25, 0.25], n).astype(np.float32)
+    return {"poses": np.concatenate([poses, poses, edited]),
+            "label": np.concatenate([predicted, (predicted + 1) % k, predicted]).astype(np.int64)}
 
 
 def check_parity(model: CapsNet, onnx_path: str | Path, meta: dict[str, Any], config: TrainConfig, *,
                  data_dir: str | Path | None = None, limit: int | None = None,
                  batch_sizes: tuple[int, ...] = BATCH_SIZES, tolerance: Tolerance | None = None) -> dict[str, Any]:
     """Compare the graph at `onnx_path` (with capsnet metadata `meta`) against `model`, float32 on the CPU,
-    for the outputs and precision the metadata declares, on inputs of the task `config` trained.
-    Returns the report; 'passed' says it all."""
+    for the outputs and precision the metadata declares, on inputs of the task `config` trained (the
+    decoder graph: on the poses of those inputs, see decoder_feeds). Returns the report; 'passed'
+    says it all."""
     precision = meta.get("precision", "fp32")
-    graph = InferenceGraph(model, outputs=tuple(meta.get("outputs", ["probabilities", "poses"])))
     images, inputs = parity_inputs(config, data_dir, limit)
-    reference = run_torch(graph, list(graph.outputs), images)
+    graph: torch.nn.Module
+    if meta.get("graph") == "decoder":
+        graph, feeds = DecoderGraph(model), decoder_feeds(model, images)
+    else:
+        graph = InferenceGraph(model, outputs=tuple(meta.get("outputs", ["probabilities", "poses"])))
+        feeds = {"image": images}
+    reference = run_torch(graph, list(graph.outputs), feeds)
     sections = []
     for providers in [[CPU]] + ([[CUDA, CPU]] if cuda_usable() else []):
-        sections.append(parity_section(open_session(onnx_path, providers), reference, images,
+        sections.append(parity_section(open_session(onnx_path, providers), reference, feeds,
                                        tolerance or (FP16 if precision == "fp16" else FP32), precision,
-                                       batch_sizes, FP16_MAX_ARGMAX_FLIPS if precision == "fp16" else 0.0))
+                                       batch_sizes, FP16_MAX_ARGMAX_FLIPS if precision == "fp16" else 0.0,
+                                       graph=Path(onnx_path).name))
     return {
         "passed": all(s["passed"] for s in sections),
         "onnx_model": Path(onnx_path).name,

@@ -15,7 +15,7 @@ from training.errors import UserError
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "capsnet-mnist"
-ARTIFACTS = ("model.onnx", "model.fp16.onnx", "parity.json", "config.json")
+ARTIFACTS = ("model.onnx", "model.fp16.onnx", "decoder.onnx", "parity.json", "config.json")
 
 
 class RegistrationError(UserError):

@@ -16,6 +16,7 @@ from export.parity import degenerate_images, verify_parity
 from export.parity_report import failure_summary
 from export.verify import main as verify_main
 from training.checkpoint import load_checkpoint, save_checkpoint
+from training.data import synthetic_digits
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,16 @@ def exported(tiny_checkpoint, synthetic_data_dir, tmp_path_factory) -> Path:
 
 def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def tamper_largest_weight(source: Path, target: Path) -> None:
+    """Copy an ONNX file with one value of its largest weight tensor moved by 0.5."""
+    model = onnx.load(str(source))
+    weights = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    array = numpy_helper.to_array(weights).copy()
+    array.flat[0] += 0.5
+    weights.CopyFrom(numpy_helper.from_array(array, weights.name))
+    onnx.save(model, str(target))
 
 
 def test_export_writes_one_self_contained_graph_without_control_flow(exported):
@@ -108,12 +119,7 @@ def test_verify_fails_for_other_routing_depth(tiny_checkpoint, synthetic_data_di
 
 
 def test_verify_fails_when_one_weight_changed(exported, tiny_checkpoint, synthetic_data_dir, tmp_path):
-    model = onnx.load(str(exported / "model.onnx"))
-    weights = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
-    array = numpy_helper.to_array(weights).copy()
-    array.flat[0] += 0.5
-    weights.CopyFrom(numpy_helper.from_array(array, weights.name))
-    onnx.save(model, str(tmp_path / "tampered.onnx"))
+    tamper_largest_weight(exported / "model.onnx", tmp_path / "tampered.onnx")
     report = verify_parity(tmp_path / "tampered.onnx", tiny_checkpoint, data_dir=synthetic_data_dir, limit=64)
     assert not report["passed"]
     assert "outside rtol" in failure_summary(report)
@@ -253,3 +259,47 @@ def test_a_two_digit_model_exports_with_parity_on_pairs_and_registers_as_multimn
     assert stored.info.labels["task"] == "overlapping-digit-pairs" and stored.info.metadata["task"]["objects"] == 2
     assert verify_main([str(tmp_path / "model.onnx"), "--checkpoint", str(tiny_pair_checkpoint),
                         "--data-dir", str(synthetic_data_dir), "--limit", "24"]) == 0
+
+
+@pytest.fixture(scope="module")
+def exported_for_explorer(tiny_checkpoint, synthetic_data_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export-explorer")
+    assert export_main([str(tiny_checkpoint), "-o", str(out), "--with-explorer", "--no-register",
+                        "--data-dir", str(synthetic_data_dir), "--limit", "64"]) == 0
+    return out
+
+
+def test_the_explorer_export_adds_a_decoder_graph_with_its_own_parity(exported_for_explorer):
+    config = json.loads((exported_for_explorer / "config.json").read_text())
+    assert config["outputs"] == ["probabilities", "poses", "reconstruction", "routing"]
+    assert config["decoder"]["file"] == "decoder.onnx" and config["decoder"]["outputs"] == ["image"]
+    decoder = session(exported_for_explorer / "decoder.onnx")
+    assert [(i.name, i.type) for i in decoder.get_inputs()] == [("poses", "tensor(float)"), ("label", "tensor(int64)")]
+    assert decoder.get_inputs()[0].shape == ["batch", 10, 8] and decoder.get_outputs()[0].shape == ["batch", 1, 28, 28]
+    report = json.loads((exported_for_explorer / "parity.json").read_text())
+    by_graph = {s["graph"]: s for s in report["sections"]}
+    assert set(by_graph) == {"model.onnx", "decoder.onnx"} and report["passed"]
+    assert set(by_graph["decoder.onnx"]["batch_sizes"]["7"]["outputs"]) == {"image"}
+    assert set(report["models"]) == {"model.onnx", "decoder.onnx"}
+
+
+def test_the_decoder_redraws_the_models_own_reconstruction(exported_for_explorer, synthetic_data_dir):
+    images = synthetic_digits(12, seed=5)[0][:, None].astype(np.float32) / 255.0
+    probabilities, poses, reconstruction, _ = session(exported_for_explorer / "model.onnx").run(
+        None, {"image": images})
+    (redrawn,) = session(exported_for_explorer / "decoder.onnx").run(
+        None, {"poses": poses, "label": probabilities.argmax(1).astype(np.int64)})
+    np.testing.assert_allclose(redrawn, reconstruction, rtol=0, atol=1e-5)
+    (other,) = session(exported_for_explorer / "decoder.onnx").run(
+        None, {"poses": poses, "label": (probabilities.argmax(1) + 1).astype(np.int64) % 10})
+    # the label chooses which capsule is drawn (the 8-step test model's decoder barely varies: ~2e-4)
+    assert np.abs(other - reconstruction).max() > 1e-5
+
+
+def test_verify_fails_when_one_decoder_weight_changed(exported_for_explorer, tiny_checkpoint, synthetic_data_dir,
+                                                      tmp_path):
+    assert verify_parity(exported_for_explorer / "decoder.onnx", tiny_checkpoint, data_dir=synthetic_data_dir,
+                         limit=32)["passed"]
+    tamper_largest_weight(exported_for_explorer / "decoder.onnx", tmp_path / "tampered.onnx")
+    report = verify_parity(tmp_path / "tampered.onnx", tiny_checkpoint, data_dir=synthetic_data_dir, limit=32)
+    assert not report["passed"] and "tampered.onnx fp32 on CPUExecutionProvider" in failure_summary(report)
