@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from training.model import CapsNet, capsule_length
 
-ALL_OUTPUTS = ("probabilities", "poses", "reconstruction", "routing", "reconstructions_top2")
+ALL_OUTPUTS = ("probabilities", "poses", "reconstruction", "routing", "reconstructions_top2", "primary_lengths")
 
 
 class InferenceGraph(nn.Module):
@@ -20,6 +20,8 @@ class InferenceGraph(nn.Module):
         routing               [B, N_in, N_out]      final coupling coefficients (optional)
         reconstructions_top2  [B, 2, 1, S, S]       decoder masked by each of the two longest
                                                     capsules, longest first (optional; for pairs)
+        primary_lengths       [B, N_in]             each primary capsule's length: how present its
+                                                    part is (optional; with routing, the part-whole map)
     With `dtype=torch.float16` the network runs in half precision; inputs and outputs stay float32.
     """
 
@@ -40,8 +42,10 @@ class InferenceGraph(nn.Module):
         return (torch.rand(batch, 1, s, s),)
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
-        poses, coupling = self.model.encode(image.to(self.dtype))
+        parts, poses, coupling = self.model.encode_parts(image.to(self.dtype))
         produced = {"probabilities": capsule_length(poses), "poses": poses}
+        if "primary_lengths" in self.outputs:
+            produced["primary_lengths"] = capsule_length(parts)
         if "reconstruction" in self.outputs:
             produced["reconstruction"] = self.model.reconstruct(poses)
         if "routing" in self.outputs:

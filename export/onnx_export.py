@@ -108,7 +108,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
     size = ckpt["model_config"]["image_size"]
     objects = 2 if ckpt["train_config"]["dataset"] == "multimnist" else 1
     outputs = ("probabilities", "poses") + (("reconstruction",) if with_reconstruction else ()) \
-        + (("routing",) if with_routing else ()) + (("reconstructions_top2",) if with_top2 else ())
+        + (("routing", "primary_lengths") if with_routing else ()) + (("reconstructions_top2",) if with_top2 else ())
     config = {
         "model_config": ckpt["model_config"],
         "class_names": ckpt["class_names"],
@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with-reconstruction", action="store_true",
                    help="add output 'reconstruction' [batch,1,S,S] (decoder masked by the predicted class)")
     p.add_argument("--with-routing", action="store_true",
-                   help="add output 'routing': final coupling coefficients [batch,N_in,10]")
+                   help="add outputs 'routing': final coupling coefficients [batch,N_in,10], and "
+                        "'primary_lengths' [batch,N_in]: how present each part is")
     p.add_argument("--with-top2-reconstructions", action="store_true",
                    help="add output 'reconstructions_top2' [batch,2,1,S,S]: the decoder masked by each of "
                         "the two longest capsules (what a two-digit model redraws)")

@@ -128,9 +128,15 @@ class CapsNet(nn.Module):
 
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images [B, C, H, W] in [0, 1] -> (poses [B, N_out, D_out], coupling [B, N_in, N_out])."""
-        u_hat = self.predictions(self.primary_capsules(images))
-        poses, coupling = dynamic_routing(u_hat, self.config.routing_iters)
-        return poses, coupling.transpose(1, 2)
+        _, poses, coupling = self.encode_parts(images)
+        return poses, coupling
+
+    def encode_parts(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """encode, also returning the parts: images [B, C, H, W] -> (primary capsules u [B, N_in, D_in],
+        poses [B, N_out, D_out], coupling [B, N_in, N_out])."""
+        u = self.primary_capsules(images)
+        poses, coupling = dynamic_routing(self.predictions(u), self.config.routing_iters)
+        return u, poses, coupling.transpose(1, 2)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images [B, C, H, W] in [0, 1] -> (probabilities [B, N_out], poses [B, N_out, D_out]).

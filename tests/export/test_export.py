@@ -47,7 +47,8 @@ def test_export_writes_one_self_contained_graph_without_control_flow(exported):
     (image,) = model.graph.input
     dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
     assert image.name == "image" and isinstance(dims[0], str) and dims[1:] == [1, 28, 28]
-    assert [o.name for o in model.graph.output] == ["probabilities", "poses", "reconstruction", "routing"]
+    assert [o.name for o in model.graph.output] == ["probabilities", "poses", "reconstruction", "routing",
+                                                    "primary_lengths"]
     meta = read_metadata(model)
     assert meta["routing_iters"] == 3 and meta["class_names"] == [str(d) for d in range(10)]
     assert meta["opset"] == 18 and meta["precision"] == "fp32" and "torch" in meta["versions"]
@@ -71,10 +72,12 @@ def test_parity_json_records_what_was_compared(exported):
 def test_graph_takes_batch_1_and_256_and_stays_finite_on_degenerate_images(exported):
     s = session(exported / "model.onnx")
     for batch in (1, 256):
-        probs, poses, recon, routing = s.run(None, {"image": np.random.rand(batch, 1, 28, 28).astype(np.float32)})
+        images = np.random.rand(batch, 1, 28, 28).astype(np.float32)
+        probs, poses, recon, routing, parts = s.run(None, {"image": images})
         assert probs.shape == (batch, 10) and poses.shape == (batch, 10, 8)
-        assert recon.shape == (batch, 1, 28, 28) and routing.shape == (batch, 72, 10)
+        assert recon.shape == (batch, 1, 28, 28) and routing.shape == (batch, 72, 10) and parts.shape == (batch, 72)
         np.testing.assert_allclose(routing.sum(axis=2), 1.0, rtol=1e-5)
+        assert (parts >= 0).all() and (parts < 1).all()  # squashed lengths
     for name, image in degenerate_images().items():
         outputs = s.run(None, {"image": image})
         assert all(np.isfinite(o).all() for o in outputs), name
@@ -271,7 +274,7 @@ def exported_for_explorer(tiny_checkpoint, synthetic_data_dir, tmp_path_factory)
 
 def test_the_explorer_export_adds_a_decoder_graph_with_its_own_parity(exported_for_explorer):
     config = json.loads((exported_for_explorer / "config.json").read_text())
-    assert config["outputs"] == ["probabilities", "poses", "reconstruction", "routing"]
+    assert config["outputs"] == ["probabilities", "poses", "reconstruction", "routing", "primary_lengths"]
     assert config["decoder"]["file"] == "decoder.onnx" and config["decoder"]["outputs"] == ["image"]
     decoder = session(exported_for_explorer / "decoder.onnx")
     assert [(i.name, i.type) for i in decoder.get_inputs()] == [("poses", "tensor(float)"), ("label", "tensor(int64)")]
@@ -285,8 +288,8 @@ def test_the_explorer_export_adds_a_decoder_graph_with_its_own_parity(exported_f
 
 def test_the_decoder_redraws_the_models_own_reconstruction(exported_for_explorer, synthetic_data_dir):
     images = synthetic_digits(12, seed=5)[0][:, None].astype(np.float32) / 255.0
-    probabilities, poses, reconstruction, _ = session(exported_for_explorer / "model.onnx").run(
-        None, {"image": images})
+    probabilities, poses, reconstruction = session(exported_for_explorer / "model.onnx").run(
+        ["probabilities", "poses", "reconstruction"], {"image": images})
     (redrawn,) = session(exported_for_explorer / "decoder.onnx").run(
         None, {"poses": poses, "label": probabilities.argmax(1).astype(np.int64)})
     np.testing.assert_allclose(redrawn, reconstruction, rtol=0, atol=1e-5)
