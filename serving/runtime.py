@@ -74,12 +74,16 @@ class CapsNetRuntime:
             log.warning("running on %s: %s", self.provider, self.cuda_unavailable)
         log.info("ONNX Runtime %s on %s (asked for %s)%s", ort.__version__, self.provider, wanted,
                  f"; CUDA not used: {self.cuda_unavailable}" if self.cuda_unavailable else "")
+        # decoder.onnx (capsnet-export --with-decoder): redraws poses the explorer edits
+        decoder = self.config.get("decoder")
+        self.decoder = ort.InferenceSession(str(model_dir / decoder["file"]), options, providers=wanted) \
+            if decoder else None
+        self.graph_outputs = [out.name for out in self.session.get_outputs()]
         self.num_classes = len(self.config["class_names"])
         self.pose_dim = self.config["model_config"]["digit_dim"]
         self.image_size: int = self.config["model_config"]["image_size"]
         # reconstructions_top2 is an optional export output (two-object models); served when present
-        self.outputs = [o for o in ("probabilities", "poses", "reconstructions_top2")
-                        if o in [out.name for out in self.session.get_outputs()]]
+        self.outputs = [o for o in ("probabilities", "poses", "reconstructions_top2") if o in self.graph_outputs]
         self._stats_lock = threading.Lock()
         self.batches = 0
         self.images = 0
@@ -101,6 +105,17 @@ class CapsNetRuntime:
             self.images += len(images)
             self.max_batch_seen = max(self.max_batch_seen, len(images))
         return dict(zip(self.outputs, results, strict=True))
+
+    def run(self, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
+        """Any of the graph's outputs for validated images [N, 1, S, S], outside the batcher (the
+        explorer's views); not counted in the batching statistics."""
+        return dict(zip(names, self.session.run(names, {"image": images}), strict=True))
+
+    def decode(self, poses: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Poses float32 [N, K, D] + labels int64 [N] -> images [N, 1, S, S] (decoder.onnx)."""
+        if self.decoder is None:
+            raise RuntimeError("this export has no decoder graph")
+        return self.decoder.run(["image"], {"poses": poses, "label": labels})[0]
 
     def infer_packed(self, images: np.ndarray) -> np.ndarray:
         """[N, 1, S, S] -> [N, W]: every output flattened into one row per image, what a batchable

@@ -14,20 +14,32 @@ class InputError(ValueError):
     """The request is wrong; the message says how, in terms a client can act on."""
 
 
-def images_json_schema(max_images: int, sizes: tuple[int, ...] = (MNIST_SIZE,)) -> dict[str, Any]:
-    """The JSON schema of what validate_images accepts from JSON: [N, S, S] or [N, 1, S, S] numbers
-    in [0, 1], 1 <= N <= max_images, S one of `sizes` (the served models' input sides; published in
-    the OpenAPI document for clients)."""
+def image_layouts(sizes: tuple[int, ...]) -> list[dict[str, Any]]:
+    """JSON schemas of one image: [S][S] and [1][S][S] numbers in [0, 1], for each side S in `sizes`."""
     pixel = {"type": "number", "minimum": 0, "maximum": 1}
     layouts = []
     for size in sizes:
         row = {"type": "array", "items": pixel, "minItems": size, "maxItems": size}
         image = {"type": "array", "items": row, "minItems": size, "maxItems": size}
         layouts += [image, {"type": "array", "items": image, "minItems": 1, "maxItems": 1}]
+    return layouts
+
+
+def image_json_schema(sizes: tuple[int, ...] = (MNIST_SIZE,)) -> dict[str, Any]:
+    """One image, [S][S] or [1][S][S], pixels in [0, 1] (the explorer's APIs)."""
+    shapes = " or ".join(f"[{s}][{s}] or [1][{s}][{s}]" for s in sizes)
+    return {"oneOf": image_layouts(sizes), "description": f"one image, {shapes} (the model's input size), "
+                                                          "pixels in [0, 1]"}
+
+
+def images_json_schema(max_images: int, sizes: tuple[int, ...] = (MNIST_SIZE,)) -> dict[str, Any]:
+    """The JSON schema of what validate_images accepts from JSON: [N, S, S] or [N, 1, S, S] numbers
+    in [0, 1], 1 <= N <= max_images, S one of `sizes` (the served models' input sides; published in
+    the OpenAPI document for clients)."""
     shapes = " or ".join(f"[N][{s}][{s}] or [N][1][{s}][{s}]" for s in sizes)
     # oneOf, not anyOf: BentoML flattens an anyOf to its first member (its way of handling Optional)
     return {"oneOf": [{"type": "array", "items": layout, "minItems": 1, "maxItems": max_images}
-                      for layout in layouts],
+                      for layout in image_layouts(sizes)],
             "description": f"1 to {max_images} images, {shapes} (the model's input size), pixels in [0, 1]"}
 
 
@@ -65,3 +77,54 @@ def validate_images(images: Any, max_images: int, size: int = MNIST_SIZE) -> np.
     if low < 0.0 or high > 1.0:
         raise InputError(f"pixel values must lie in [0, 1] (got {low:g}..{high:g}); divide 8-bit pixels by 255")
     return np.ascontiguousarray(array)
+
+
+POSE_LIMIT = 10.0  # capsule poses lie in the unit ball; edited ones a little beyond. Bounded: no overflow
+
+
+def poses_json_schema(max_items: int, shapes: tuple[tuple[int, int], ...]) -> dict[str, Any]:
+    """The JSON schema of what validate_poses accepts: [N][K][D] numbers in [-10, 10], 1 <= N <=
+    max_items, (K, D) one of `shapes` (the served models' capsule counts and pose sizes)."""
+    value = {"type": "number", "minimum": -POSE_LIMIT, "maximum": POSE_LIMIT}
+    return {"oneOf": [{"type": "array", "minItems": 1, "maxItems": max_items, "items": {
+        "type": "array", "minItems": k, "maxItems": k,
+        "items": {"type": "array", "items": value, "minItems": d, "maxItems": d}}} for k, d in shapes],
+        "description": f"1 to {max_items} sets of capsule poses [N][classes][pose dims], values in "
+                       f"[-{POSE_LIMIT:g}, {POSE_LIMIT:g}]"}
+
+
+def validate_poses(poses: Any, label: int | None, max_items: int, classes: int,
+                   dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """Client poses [N, K, D] (or one [K, D]) and an optional class for all of them -> (float32
+    [N, K, D], int64 labels [N]); no class: each set's longest capsule. Raises InputError naming
+    what is wrong."""
+    try:
+        raw = np.asarray(poses)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"poses must be a rectangular array of numbers: {e}") from None
+    if raw.dtype == object or raw.dtype.kind not in "fiu":
+        raise InputError("poses must be a rectangular array of real numbers")
+    array = raw.astype(np.float64)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[1:] != (classes, dims) or len(array) == 0:
+        raise InputError(f"poses must have shape [N, {classes}, {dims}] for this model, got {list(np.shape(poses))}")
+    if len(array) > max_items:
+        raise InputError(f"{len(array)} pose sets in one request; the limit is {max_items}")
+    if not np.isfinite(array).all():
+        raise InputError("poses contain NaN or infinite values")
+    if np.abs(array).max() > POSE_LIMIT:
+        raise InputError(f"pose values must lie in [-{POSE_LIMIT:g}, {POSE_LIMIT:g}]")
+    if label is None:
+        chosen = np.sqrt((array ** 2).sum(-1)).argmax(1)
+    else:
+        validate_label(label, classes)
+        chosen = np.full(len(array), label)
+    return array.astype(np.float32), chosen.astype(np.int64)
+
+
+def validate_label(label: Any, classes: int) -> int:
+    """A class index from a client: an integer in [0, classes)."""
+    if isinstance(label, bool) or not isinstance(label, int | np.integer) or not 0 <= label < classes:
+        raise InputError(f"label must be an integer in [0, {classes - 1}], got {label!r}")
+    return int(label)

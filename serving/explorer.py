@@ -1,0 +1,212 @@
+"""What the capsule explorer shows, without BentoML: explanations (reconstruction and part-whole
+map), redrawing edited poses, the paper's Fig. 4 perturbation grid, and equivariance strips.
+
+Torch-free like serving/core.py; the APIs in serving/service.py and the page in serving/explorer/
+call these. They run the model's ONNX Runtime sessions directly, not through the batcher: their
+answers are large and interactive, not a throughput path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from serving.core import ModelOutputError, Prediction, ServedModel, ServingCore
+from serving.validation import InputError, validate_images, validate_label, validate_poses
+
+EXPLAIN_OUTPUTS = ("reconstruction", "routing", "primary_lengths")
+# The paper's Fig. 4: each pose dimension moved from -0.25 to +0.25 in steps of 0.05 (11 columns).
+PERTURBATION_DELTAS = tuple(round(-0.25 + 0.05 * k, 2) for k in range(11))
+MAX_SHIFT, MAX_ROTATION = 6, 90.0  # equivariance limits a request may ask for
+ROTATION_STEPS = 7  # angles per rotation strip, -theta..theta
+
+
+class ReceptiveField(BaseModel):
+    size: int = Field(description="side of the square input patch one grid cell sees (17 for 28x28 input)")
+    centres: list[float] = Field(description="input coordinate of the patch centre of grid row/column i "
+                                             "(rows and columns alike: 8 + 2i for 28x28 input)")
+
+
+class PartWhole(BaseModel):
+    mass: list[list[list[list[float]]]] = Field(
+        description="[classes][capsule types][grid][grid]: how much of each primary capsule (part) is routed "
+                    "to each class capsule (whole): its final coupling coefficient times its length")
+    grid_mass: list[list[list[float]]] = Field(description="[classes][grid][grid]: `mass` summed over types")
+    receptive_field: ReceptiveField
+
+
+class Explanation(Prediction):
+    reconstruction: list[list[list[float]]] = Field(description="[1][S][S] the decoder's drawing from the "
+                                                                "longest capsule")
+    part_whole: PartWhole
+
+
+class Reconstructions(BaseModel):
+    labels: list[int] = Field(description="the class each drawing was masked to")
+    images: list[list[list[list[float]]]] = Field(description="[N][1][S][S] drawings in [0, 1]")
+
+
+class Perturbation(BaseModel):
+    label: int = Field(description="the class capsule that was perturbed")
+    class_name: str
+    pose: list[float] = Field(description="that capsule's own pose")
+    deltas: list[float] = Field(description="what was added to one dimension at a time (columns)")
+    images: list[list[list[list[float]]]] = Field(description="[pose dims][deltas][S][S]: row d, column k is the "
+                                                              "drawing with dimension d moved by deltas[k] "
+                                                              "(5 decimals)")
+
+
+class TransformedView(BaseModel):
+    value: float = Field(description="the shift in pixels or the rotation in degrees (counter-clockwise)")
+    image: list[list[float]] = Field(description="[S][S] the transformed input (5 decimals)")
+    label: int
+    class_name: str
+    length: float = Field(description="length of the longest capsule")
+    pose: list[float] = Field(description="pose of the capsule of the untransformed input's class")
+
+
+class Strip(BaseModel):
+    kind: str = Field(description="shift_x, shift_y (pixels) or rotation (degrees)")
+    views: list[TransformedView]
+
+
+class Equivariance(BaseModel):
+    label: int = Field(description="the class of the untransformed input")
+    class_name: str
+    class_kept: float = Field(description="share of the transformed inputs still given that class")
+    strips: list[Strip]
+
+
+def receptive_field(model_config: dict[str, Any]) -> ReceptiveField:
+    """Where each primary-capsule grid cell looks: conv1 (stride 1) then the primary convolution
+    (kernel k2, stride s2) see k1 + k2 - 1 input pixels, centred at (size - 1) / 2 + s2 * i."""
+    size = model_config["conv1_kernel"] + model_config["primary_kernel"] - 1
+    image, stride = model_config["image_size"], model_config["primary_stride"]
+    grid = ((image - model_config["conv1_kernel"] + 1) - model_config["primary_kernel"]) // stride + 1
+    return ReceptiveField(size=size, centres=[(size - 1) / 2 + stride * i for i in range(grid)])
+
+
+def part_whole_mass(routing: np.ndarray, primary_lengths: np.ndarray, types: int, grid: int) -> np.ndarray:
+    """routing [N_in, K] (coupling of each primary capsule to each class), primary_lengths [N_in]
+    -> [K, types, grid, grid]. Primary capsules are ordered type-major, then row, then column
+    (training/model.py: primary_capsules)."""
+    mass = routing * primary_lengths[:, None]  # [N_in, K]
+    return mass.reshape(types, grid, grid, -1).transpose(3, 0, 1, 2)
+
+
+def finite(*arrays: np.ndarray) -> None:
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise ModelOutputError("the model produced non-finite values; refusing to return them")
+
+
+def explain(core: ServingCore, model: ServedModel, images: Any) -> list[Explanation]:
+    """Images -> per image, what classify returns plus the reconstruction and the part-whole map."""
+    missing = [name for name in EXPLAIN_OUTPUTS if name not in model.runtime.graph_outputs]
+    if missing:
+        raise InputError(f"model {model.name} was exported without the explorer's outputs ({', '.join(missing)}); "
+                         "export it with capsnet-export --with-explorer")
+    batch = core.validate(images, model)
+    outputs = model.runtime.run([*model.runtime.outputs, *EXPLAIN_OUTPUTS], batch)
+    finite(*outputs.values())
+    predictions = core.predictions(outputs, model, reconstructions="reconstructions_top2" in outputs)
+    config = model.runtime.config["model_config"]
+    field = receptive_field(config)
+    grid = len(field.centres)
+    answers = []
+    for i, prediction in enumerate(predictions):
+        mass = part_whole_mass(outputs["routing"][i], outputs["primary_lengths"][i], config["primary_types"], grid)
+        answers.append(Explanation(
+            **prediction.model_dump(), reconstruction=outputs["reconstruction"][i].tolist(),
+            part_whole=PartWhole(mass=mass.tolist(), grid_mass=mass.sum(1).tolist(), receptive_field=field)))
+    return answers
+
+
+def decoder_of(model: ServedModel) -> None:
+    if model.runtime.decoder is None:
+        raise InputError(f"model {model.name} was exported without a decoder graph; "
+                         "export it with capsnet-export --with-explorer")
+
+
+def reconstruct(core: ServingCore, model: ServedModel, poses: Any, label: int | None) -> Reconstructions:
+    """Poses [N, K, D] (+ the class to draw, default: each set's longest capsule) -> the decoder's drawings."""
+    decoder_of(model)
+    r = model.runtime
+    array, chosen = validate_poses(poses, label, core.settings.max_batch_size, r.num_classes, r.pose_dim)
+    images = r.decode(array, chosen)
+    finite(images)
+    return Reconstructions(labels=chosen.tolist(), images=images.tolist())
+
+
+def one_image(core: ServingCore, model: ServedModel, image: Any) -> np.ndarray:
+    """One client image [S, S] or [1, S, S] -> float32 [1, 1, S, S]."""
+    if np.ndim(image) not in (2, 3):
+        raise InputError(f"image must be one image [S, S] or [1, S, S], got shape {list(np.shape(image))}")
+    return validate_images([image], 1, model.image_size)
+
+
+def perturb(core: ServingCore, model: ServedModel, image: Any, label: int | None) -> Perturbation:
+    """One image -> the paper's Fig. 4 grid for capsule `label` (default: the longest)."""
+    decoder_of(model)
+    batch = one_image(core, model, image)
+    r = model.runtime
+    outputs = r.run(["probabilities", "poses"], batch)
+    probabilities, poses = outputs["probabilities"][0], outputs["poses"][0]
+    chosen = int(probabilities.argmax()) if label is None else validate_label(label, r.num_classes)
+    deltas = np.asarray(PERTURBATION_DELTAS, np.float32)
+    edited = np.repeat(poses[None], r.pose_dim * len(deltas), axis=0)  # [D * 11, K, D]
+    rows = np.repeat(np.arange(r.pose_dim), len(deltas))
+    edited[np.arange(len(edited)), chosen, rows] += np.tile(deltas, r.pose_dim)
+    images = r.decode(edited, np.full(len(edited), chosen, np.int64))
+    finite(images)
+    s = model.image_size
+    # 5 decimals (within 5e-6): the grid is 16 x 11 images, and full float reprs would triple its size
+    grid = images.reshape(r.pose_dim, len(deltas), s, s).astype(np.float64).round(5)
+    return Perturbation(label=chosen, class_name=model.class_names[chosen], pose=poses[chosen].tolist(),
+                        deltas=list(PERTURBATION_DELTAS), images=grid.tolist())
+
+
+def shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """[S, S] moved by (dy, dx) pixels, zero-filled: out[y, x] = image[y - dy, x - dx]."""
+    out = np.zeros_like(image)
+    h, w = image.shape
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        image[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def rotated(image: np.ndarray, degrees: float) -> np.ndarray:
+    """[S, S] rotated counter-clockwise about its centre, bilinear, zero-filled."""
+    turned = Image.fromarray(image.astype(np.float32)).rotate(degrees, resample=Image.BILINEAR, fillcolor=0.0)
+    return np.clip(np.asarray(turned, np.float32), 0.0, 1.0)
+
+
+def equivariance(core: ServingCore, model: ServedModel, image: Any, max_shift: int,
+                 max_rotation: float) -> Equivariance:
+    """One image -> strips of it shifted along x and y by -max_shift..max_shift pixels and rotated by
+    -max_rotation..max_rotation degrees, each with its predicted class, winning length and the pose of
+    the original class's capsule (the pose should move, the class should not)."""
+    if not 0 <= max_shift <= MAX_SHIFT or not 0 <= max_rotation <= MAX_ROTATION:
+        raise InputError(f"max_shift must lie in [0, {MAX_SHIFT}] and max_rotation in [0, {MAX_ROTATION:g}]")
+    base = one_image(core, model, image)[0, 0]
+    shifts = list(range(-max_shift, max_shift + 1))
+    angles = np.linspace(-max_rotation, max_rotation, ROTATION_STEPS).round(3).tolist()
+    plan = [("shift_x", v, shifted(base, 0, v)) for v in shifts] \
+        + [("shift_y", v, shifted(base, v, 0)) for v in shifts] + [("rotation", v, rotated(base, v)) for v in angles]
+    batch = np.stack([base, *(im for _, _, im in plan)])[:, None]  # [1 + views, 1, S, S], the original first
+    outputs = model.runtime.run(["probabilities", "poses"], batch)
+    finite(*outputs.values())
+    probabilities, poses = outputs["probabilities"], outputs["poses"]
+    original = int(probabilities[0].argmax())
+    views: dict[str, list[TransformedView]] = {}
+    for k, (kind, value, im) in enumerate(plan, start=1):
+        label = int(probabilities[k].argmax())
+        views.setdefault(kind, []).append(TransformedView(
+            value=value, image=im.astype(np.float64).round(5).tolist(), label=label,
+            class_name=model.class_names[label], length=float(probabilities[k, label]),
+            pose=poses[k, original].tolist()))
+    kept = float((probabilities[1:].argmax(1) == original).mean())
+    return Equivariance(label=original, class_name=model.class_names[original], class_kept=kept,
+                        strips=[Strip(kind=kind, views=v) for kind, v in views.items()])
