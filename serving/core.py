@@ -94,7 +94,11 @@ class ServedModel:
         return {"model_tag": self.tag, "name": self.name, "input_size": [1, self.image_size, self.image_size],
                 "task": task_of(self.runtime.config),
                 "class_names": self.class_names, "outputs": self.output_dims,
-                "reconstructions": "reconstructions_top2" in self.output_dims}
+                "reconstructions": "reconstructions_top2" in self.output_dims,
+                "pose_dims": self.runtime.pose_dim,
+                # explain/reconstruct/perturb work (export --with-explorer); equivariance works always
+                "explorer": self.runtime.decoder is not None
+                and {"reconstruction", "routing", "primary_lengths"} <= set(self.runtime.graph_outputs)}
 
 
 class ServingCore:

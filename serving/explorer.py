@@ -39,6 +39,8 @@ class PartWhole(BaseModel):
 
 
 class Explanation(Prediction):
+    input: list[list[list[float]]] = Field(description="[1][S][S] the image the model saw (uploads: after "
+                                                       "preparation)")
     reconstruction: list[list[list[float]]] = Field(description="[1][S][S] the decoder's drawing from the "
                                                                 "longest capsule")
     part_whole: PartWhole
@@ -119,7 +121,7 @@ def explain(core: ServingCore, model: ServedModel, images: Any) -> list[Explanat
     for i, prediction in enumerate(predictions):
         mass = part_whole_mass(outputs["routing"][i], outputs["primary_lengths"][i], config["primary_types"], grid)
         answers.append(Explanation(
-            **prediction.model_dump(), reconstruction=outputs["reconstruction"][i].tolist(),
+            **prediction.model_dump(), input=batch[i].tolist(), reconstruction=outputs["reconstruction"][i].tolist(),
             part_whole=PartWhole(mass=mass.tolist(), grid_mass=mass.sum(1).tolist(), receptive_field=field)))
     return answers
 

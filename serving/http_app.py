@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
+from starlette.staticfiles import StaticFiles
 
 log = logging.getLogger(__name__)
 
@@ -316,3 +318,11 @@ def install(service: Any, max_request_bytes: int, uploads: dict[str, str]) -> No
     bentoml_logger = logging.getLogger(BENTOML_REQUEST_LOGGER)
     if not any(isinstance(f, ClientErrorsAsOneLine) for f in bentoml_logger.filters):
         bentoml_logger.addFilter(ClientErrorsAsOneLine())
+
+
+EXPLORER_DIR = Path(__file__).with_name("explorer")
+
+
+def explorer_page() -> StaticFiles:
+    """The explorer page's static files (serving/explorer/), index.html at the folder's root."""
+    return StaticFiles(directory=EXPLORER_DIR, html=True)

@@ -19,6 +19,8 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,12 +30,19 @@ from bentoml.exceptions import InvalidArgument, NotFound
 from bentoml.validators import ContentType
 from pydantic import AfterValidator, Field, WithJsonSchema
 
-from serving import http_app
+from serving import explorer, http_app
 from serving.batcher import Batcher, NotWiredYet, find_batcher
 from serving.core import Prediction, ServedModel, ServingCore, UnknownModelError, task_of
+from serving.explorer import MAX_ROTATION, MAX_SHIFT, Equivariance, Explanation, Perturbation, Reconstructions
 from serving.grpc_server import GrpcModel, InferenceServicer, start_grpc_server
 from serving.settings import MODEL_PREFIX, ServingSettings, bento_model_tags
-from serving.validation import InputError, images_json_schema, validate_images
+from serving.validation import (
+    InputError,
+    image_json_schema,
+    images_json_schema,
+    poses_json_schema,
+    validate_images,
+)
 
 log = logging.getLogger(__name__)
 # BentoML sets its own logger to INFO and the root to WARNING: without this, our INFO lines (the
@@ -84,6 +93,15 @@ SIZES = tuple(sorted({m.info.metadata["model_config"]["image_size"] for m in MOD
 NAMES = [m.tag.name for m in MODELS]
 
 
+@contextmanager
+def client_errors() -> Iterator[None]:
+    """A client's mistake (InputError) becomes BentoML's 400 with the message."""
+    try:
+        yield
+    except InputError as e:
+        raise InvalidArgument(str(e)) from None
+
+
 def infer_api_name(index: int) -> str:
     """`infer` for the default model (MODELS[0]), `infer_<model name>` for the others."""
     return "infer" if index == 0 else "infer_" + re.sub(r"[^a-z0-9]+", "_", MODELS[index].tag.name.lower())
@@ -104,6 +122,21 @@ WithReconstructions = Annotated[bool, Field(
 # Declaring the media type spares BentoML rebuilding the response's JSON schema for every response
 # just to find out it is JSON (IOMixin.mime_type; ~10 % of server CPU under load). Same schema in /docs.
 Predictions = Annotated[list[Prediction], ContentType("application/json")]
+
+# The explorer's inputs (serving/explorer.py), with examples for the OpenAPI document.
+CLASSES = max(len(m.info.metadata["class_names"]) for m in MODELS)
+POSE_SHAPES = tuple(sorted({(len(m.info.metadata["class_names"]), m.info.metadata["model_config"]["digit_dim"])
+                            for m in MODELS}))
+_side, (_k, _d) = SIZES[0], POSE_SHAPES[0]
+_stroke = [[1.0 if abs(x - _side // 2) <= 1 and 4 <= y < _side - 4 else 0.0 for x in range(_side)]
+           for y in range(_side)]  # a vertical bar: a "1"
+OneImage = Annotated[np.ndarray, WithJsonSchema({**image_json_schema(SIZES), "examples": [_stroke]})]
+_pose = [[0.0] * _d for _ in range(_k)]
+_pose[1] = [0.05] * _d
+Poses = Annotated[np.ndarray, WithJsonSchema({**poses_json_schema(settings.max_batch_size, POSE_SHAPES),
+                                              "examples": [[_pose]]})]
+Label = Annotated[int | None, Field(ge=0, le=CLASSES - 1, examples=[1],
+                                    description="the class capsule to draw (default: the longest)")]
 
 
 def batched_infer_api(index: int) -> Any:
@@ -216,10 +249,8 @@ class _CapsNetService:
 
     async def _answer(self, batch: np.ndarray, model: ServedModel, reconstructions: bool) -> list[Prediction]:
         outputs = await self._predict(batch, model)
-        try:
+        with client_errors():
             return self.core.predictions(outputs, model, reconstructions)
-        except InputError as e:
-            raise InvalidArgument(str(e)) from None
 
     @bentoml.api
     async def classify(self, images: Images, model: ModelName = NAMES[0],
@@ -229,10 +260,8 @@ class _CapsNetService:
         pairs). Returns, per image, the label, the 10 capsule lengths, the 10 pose vectors, and the
         objects found (1 for a digit model, 2 for a pair model: the longest capsules)."""
         served = self._model(model)
-        try:
+        with client_errors():
             batch = self.core.validate(images, served)
-        except InputError as e:
-            raise InvalidArgument(str(e)) from None
         return await self._answer(batch, served, reconstructions)
 
     @bentoml.api
@@ -243,11 +272,57 @@ class _CapsNetService:
         grayscale, inverted if dark-on-light, cropped to the ink, scaled to fit the model's input
         less a 4-pixel margin (20x20 in 28x28), centred by centre of mass."""
         served = self._model(model)
-        try:
+        with client_errors():
             batch = self.core.decode_uploads([Path(p).read_bytes() for p in images], served)
-        except InputError as e:
-            raise InvalidArgument(str(e)) from None
         return await self._answer(batch, served, reconstructions)
+
+    # The explorer's APIs (serving/explorer.py; the page at /explorer/ calls these). Plain functions:
+    # BentoML runs them in its thread pool, outside the batcher (large, interactive answers).
+
+    @bentoml.api
+    def explain(self, images: Images, model: ModelName = NAMES[0]) -> Annotated[
+            list[Explanation], ContentType("application/json")]:
+        """What classify returns for each image, plus the reconstruction from the longest capsule and
+        the part-whole map: for each class capsule, how much of every primary capsule (part) was
+        routed to it, by capsule type and grid cell, with each cell's receptive field in the input.
+        Needs a model exported with `capsnet-export --with-explorer`."""
+        with client_errors():
+            return explorer.explain(self.core, self._model(model), images)
+
+    @bentoml.api
+    def explain_image(self, images: ImageFiles, model: ModelName = NAMES[0]) -> Annotated[
+            list[Explanation], ContentType("application/json")]:
+        """explain for uploaded PNG or JPEG files (prepared as classify_image prepares them); each
+        answer's `input` is the image the model saw."""
+        served = self._model(model)
+        with client_errors():
+            batch = self.core.decode_uploads([Path(p).read_bytes() for p in images], served)
+            return explorer.explain(self.core, served, batch)
+
+    @bentoml.api
+    def reconstruct(self, poses: Poses, label: Label = None, model: ModelName = NAMES[0]) -> Reconstructions:
+        """Redraw capsule poses [N][classes][pose dims] with the decoder, masked to `label`'s capsule
+        (default: each set's longest). Poses as explain returns them, edited or not."""
+        with client_errors():
+            return explorer.reconstruct(self.core, self._model(model), poses, label)
+
+    @bentoml.api
+    def perturb(self, image: OneImage, label: Label = None, model: ModelName = NAMES[0]) -> Perturbation:
+        """The paper's Fig. 4 for one image: each dimension of the `label` capsule's pose (default:
+        the longest) moved from -0.25 to +0.25 in steps of 0.05, one at a time, each redrawn."""
+        with client_errors():
+            return explorer.perturb(self.core, self._model(model), image, label)
+
+    @bentoml.api
+    def equivariance(self, image: OneImage,
+                     max_shift: Annotated[int, Field(ge=0, le=MAX_SHIFT, examples=[3])] = 3,
+                     max_rotation: Annotated[float, Field(ge=0, le=MAX_ROTATION, examples=[30])] = 30.0,
+                     model: ModelName = NAMES[0]) -> Equivariance:
+        """One image shifted along x and y by up to max_shift pixels and rotated by up to
+        max_rotation degrees: for each view the predicted class, the winning length and the pose of
+        the original class's capsule (the pose should move with the image, the class should not)."""
+        with client_errors():
+            return explorer.equivariance(self.core, self._model(model), image, max_shift, max_rotation)
 
     @bentoml.api(route="/metadata")
     async def metadata(self) -> dict[str, Any]:
@@ -269,4 +344,7 @@ for _index, _stored in enumerate(MODELS):
 # connection has nothing to go stale: keep it.
 CapsNetService = bentoml.service(name="capsnet", workers=settings.workers, traffic={"timeout": 60},
                                  runner_connection={"max_requests": 1_000_000_000, "max_age": 1e9})(_CapsNetService)
-http_app.install(CapsNetService, settings.max_request_bytes, uploads={"/classify_image": "images"})
+http_app.install(CapsNetService, settings.max_request_bytes,
+                 uploads={"/classify_image": "images", "/explain_image": "images"})
+# The explorer page (serving/explorer/: static files, no build step) at /explorer/.
+CapsNetService.mount_asgi_app(http_app.explorer_page(), path="/explorer", name="explorer")

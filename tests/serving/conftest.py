@@ -7,6 +7,7 @@ deadline, so a hung server fails the test instead of hanging CI.
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import bentoml
 import httpx
 import pytest
 import tritonclient.grpc as grpcclient
+from starlette.testclient import TestClient
 
 from export.onnx_export import export_onnx
 from export.registry import register_export
@@ -86,7 +88,9 @@ class Server:
 @pytest.fixture(scope="session")
 def registered(tiny_checkpoint, synthetic_data_dir, tmp_path_factory) -> bentoml.Model:
     out = tmp_path_factory.mktemp("serve-export")
-    export_onnx(tiny_checkpoint, out, data_dir=synthetic_data_dir, limit=32)
+    # with everything the explorer needs (reconstruction, routing, primary lengths, decoder.onnx)
+    export_onnx(tiny_checkpoint, out, data_dir=synthetic_data_dir, limit=32, with_reconstruction=True,
+                with_routing=True, with_decoder=True)
     return bentoml.models.get(register_export(out, "capsnet-e2e"))
 
 
@@ -94,7 +98,8 @@ def registered(tiny_checkpoint, synthetic_data_dir, tmp_path_factory) -> bentoml
 def registered_pair(tiny_pair_checkpoint, synthetic_data_dir, tmp_path_factory) -> bentoml.Model:
     """A tiny two-digit (36x36) model with top-2 reconstructions, registered as capsnet-multimnist."""
     out = tmp_path_factory.mktemp("serve-pair-export")
-    export_onnx(tiny_pair_checkpoint, out, data_dir=synthetic_data_dir, limit=16, with_top2=True)
+    export_onnx(tiny_pair_checkpoint, out, data_dir=synthetic_data_dir, limit=16, with_top2=True,
+                with_reconstruction=True, with_routing=True, with_decoder=True)
     return bentoml.models.get(register_export(out, "capsnet-multimnist"))
 
 
@@ -108,3 +113,33 @@ def server(registered):
         s.stop()
 
 
+
+
+IN_PROCESS_ENV = {"CAPSNET_MAX_BATCH_SIZE": "16", "CAPSNET_MAX_REQUEST_BYTES": str(1 << 20)}
+
+
+@pytest.fixture(scope="session")
+def service(registered):
+    """serving.service imported with this model and settings. The service reads them once, at import,
+    so the environment is restored right after; one import per test session (BentoML registers its
+    Prometheus metrics once per process: a second app in the same process cannot start)."""
+    saved = {k: os.environ.get(k) for k in [*IN_PROCESS_ENV, "CAPSNET_MODEL_TAG", "CAPSNET_GRPC_PORT"]}
+    os.environ.update({**IN_PROCESS_ENV, "CAPSNET_MODEL_TAG": str(registered.tag),
+                       "CAPSNET_GRPC_PORT": str(free_port())})
+    try:
+        module = importlib.import_module("serving.service")
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    return module
+
+
+@pytest.fixture(scope="session")
+def client(service):
+    """The service's ASGI app in-process (BentoML's to_asgi under Starlette's TestClient), ready."""
+    with TestClient(service.CapsNetService.to_asgi()) as c:
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "in-process service never became ready"
+            time.sleep(0.1)
+        yield c

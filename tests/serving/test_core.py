@@ -118,5 +118,5 @@ def test_cuda_is_asked_for_when_it_can_work(monkeypatch, registered):
     monkeypatch.setattr(runtime, "cuda_unavailable_reason", lambda: None)
     monkeypatch.setattr(runtime.ort, "InferenceSession", recording_session)
     served = runtime.CapsNetRuntime(registered.path)
-    assert asked == [["CUDAExecutionProvider", "CPUExecutionProvider"]]
+    assert asked == [["CUDAExecutionProvider", "CPUExecutionProvider"]] * 2  # model.onnx and decoder.onnx
     assert "did not create its CUDA provider" in served.cuda_unavailable  # what we got is read back

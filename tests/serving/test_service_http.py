@@ -3,43 +3,14 @@ TestClient, with its real startup (model load, warm-up, gRPC server) but no `ben
 
 from __future__ import annotations
 
-import importlib
 import io
 import logging
-import os
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
-from starlette.testclient import TestClient
 
-from tests.conftest import free_port
 from training.data import synthetic_digits
-
-ENV = {"CAPSNET_MAX_BATCH_SIZE": "16", "CAPSNET_MAX_REQUEST_BYTES": str(1 << 20)}
-
-
-@pytest.fixture(scope="module")
-def service(registered):
-    """serving.service imported with this model and settings (they are read once, at import)."""
-    saved = {k: os.environ.get(k) for k in [*ENV, "CAPSNET_MODEL_TAG", "CAPSNET_GRPC_PORT"]}
-    os.environ.update({**ENV, "CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_GRPC_PORT": str(free_port())})
-    try:
-        yield importlib.import_module("serving.service")
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-
-
-@pytest.fixture(scope="module")
-def client(service):
-    with TestClient(service.CapsNetService.to_asgi()) as c:
-        deadline = time.monotonic() + 30
-        while c.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "in-process service never became ready"
-            time.sleep(0.1)
-        yield c
 
 
 def png(array: np.ndarray) -> bytes:
