@@ -54,7 +54,7 @@ endif
 model: setup
 	$(BIN)/capsnet-train --profile quick --out $(RUN_DIR)
 	$(BIN)/capsnet-evaluate $(RUN_DIR)/best.pt
-	$(BIN)/capsnet-export $(RUN_DIR)/best.pt -o $(RUN_DIR)/export
+	$(BIN)/capsnet-export $(RUN_DIR)/best.pt -o $(RUN_DIR)/export --with-explorer
 	$(BIN)/capsnet-verify $(RUN_DIR)/export/model.onnx --checkpoint $(RUN_DIR)/best.pt
 
 # Serving starts only after the model is registered, also under `make -j`.

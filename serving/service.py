@@ -28,7 +28,7 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import InvalidArgument, NotFound
 from bentoml.validators import ContentType
-from pydantic import AfterValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
 
 from serving import explorer, http_app
 from serving.batcher import Batcher, NotWiredYet, find_batcher
@@ -40,6 +40,7 @@ from serving.validation import (
     InputError,
     image_json_schema,
     images_json_schema,
+    no_booleans,
     poses_json_schema,
     validate_images,
 )
@@ -108,7 +109,8 @@ def infer_api_name(index: int) -> str:
 
 
 # What clients may send, stated in the OpenAPI document (validation itself is validate_images).
-Images = Annotated[np.ndarray, WithJsonSchema(images_json_schema(settings.max_batch_size, SIZES))]
+Images = Annotated[np.ndarray, BeforeValidator(no_booleans),
+                   WithJsonSchema(images_json_schema(settings.max_batch_size, SIZES))]
 ImageFiles = Annotated[list[Path], Field(min_length=1, max_length=settings.max_batch_size)]
 ModelName = Annotated[str, Field(description=f"which served model answers (default: {NAMES[0]})",
                                  json_schema_extra={"enum": NAMES})]
@@ -130,13 +132,16 @@ POSE_SHAPES = tuple(sorted({(len(m.info.metadata["class_names"]), m.info.metadat
 _side, (_k, _d) = SIZES[0], POSE_SHAPES[0]
 _stroke = [[1.0 if abs(x - _side // 2) <= 1 and 4 <= y < _side - 4 else 0.0 for x in range(_side)]
            for y in range(_side)]  # a vertical bar: a "1"
-OneImage = Annotated[np.ndarray, WithJsonSchema({**image_json_schema(SIZES), "examples": [_stroke]})]
+OneImage = Annotated[np.ndarray, BeforeValidator(no_booleans),
+                     WithJsonSchema({**image_json_schema(SIZES), "examples": [_stroke]})]
 _pose = [[0.0] * _d for _ in range(_k)]
 _pose[1] = [0.05] * _d
-Poses = Annotated[np.ndarray, WithJsonSchema({**poses_json_schema(settings.max_batch_size, POSE_SHAPES),
-                                              "examples": [[_pose]]})]
-Label = Annotated[int | None, Field(ge=0, le=CLASSES - 1, examples=[1],
-                                    description="the class capsule to draw (default: the longest)")]
+Poses = Annotated[np.ndarray, BeforeValidator(no_booleans),
+                  WithJsonSchema({**poses_json_schema(settings.max_batch_size, POSE_SHAPES), "examples": [[_pose]]})]
+# Not `int | None`: the document would say integer (BentoML flattens the anyOf) yet accept null.
+# Leave the field out for the default; strict: "3" or true is a client mistake, not 3 or 1.
+Label = Annotated[int, Field(ge=0, le=CLASSES - 1, strict=True, examples=[1],
+                             description="the class capsule to draw (leave out: the longest)")]
 
 
 def batched_infer_api(index: int) -> Any:
@@ -300,14 +305,16 @@ class _CapsNetService:
             return explorer.explain(self.core, served, batch)
 
     @bentoml.api
-    def reconstruct(self, poses: Poses, label: Label = None, model: ModelName = NAMES[0]) -> Reconstructions:
+    def reconstruct(self, poses: Poses, label: Label = None,  # type: ignore[assignment]  # None: left out
+                    model: ModelName = NAMES[0]) -> Reconstructions:
         """Redraw capsule poses [N][classes][pose dims] with the decoder, masked to `label`'s capsule
         (default: each set's longest). Poses as explain returns them, edited or not."""
         with client_errors():
             return explorer.reconstruct(self.core, self._model(model), poses, label)
 
     @bentoml.api
-    def perturb(self, image: OneImage, label: Label = None, model: ModelName = NAMES[0]) -> Perturbation:
+    def perturb(self, image: OneImage, label: Label = None,  # type: ignore[assignment]  # None: left out
+                model: ModelName = NAMES[0]) -> Perturbation:
         """The paper's Fig. 4 for one image: each dimension of the `label` capsule's pose (default:
         the longest) moved from -0.25 to +0.25 in steps of 0.05, one at a time, each redrawn."""
         with client_errors():
@@ -315,8 +322,8 @@ class _CapsNetService:
 
     @bentoml.api
     def equivariance(self, image: OneImage,
-                     max_shift: Annotated[int, Field(ge=0, le=MAX_SHIFT, examples=[3])] = 3,
-                     max_rotation: Annotated[float, Field(ge=0, le=MAX_ROTATION, examples=[30])] = 30.0,
+                     max_shift: Annotated[int, Field(ge=0, le=MAX_SHIFT, strict=True, examples=[3])] = 3,
+                     max_rotation: Annotated[float, Field(ge=0, le=MAX_ROTATION, strict=True, examples=[30])] = 30.0,
                      model: ModelName = NAMES[0]) -> Equivariance:
         """One image shifted along x and y by up to max_shift pixels and rotated by up to
         max_rotation degrees: for each view the predicted class, the winning length and the pose of

@@ -14,6 +14,19 @@ class InputError(ValueError):
     """The request is wrong; the message says how, in terms a client can act on."""
 
 
+def no_booleans(value: Any) -> Any:
+    """Reject true/false anywhere in a nested JSON array (numpy would read them as 1.0 and 0.0; the
+    schema says numbers). Arrays already decoded pass unchanged. Raises InputError."""
+    rows = [value]
+    while rows:
+        row = rows.pop()
+        if isinstance(row, list):
+            if bool in map(type, row):
+                raise InputError("arrays must hold numbers, not true/false")
+            rows.extend(item for item in row if isinstance(item, list))
+    return value
+
+
 def image_layouts(sizes: tuple[int, ...]) -> list[dict[str, Any]]:
     """JSON schemas of one image: [S][S] and [1][S][S] numbers in [0, 1], for each side S in `sizes`."""
     pixel = {"type": "number", "minimum": 0, "maximum": 1}

@@ -26,6 +26,8 @@ from export.onnx_export import export_onnx
 from export.registry import register_export
 from tests.conftest import REPO, free_port
 
+# screenshots and reports the tests leave behind (CI may collect the folder)
+ARTIFACTS = Path(os.environ.get("CAPSNET_TEST_ARTIFACTS", REPO / "test-artifacts"))
 START_TIMEOUT = 90  # seconds for `bentoml serve` to become ready (15 s is typical here)
 REQUEST_TIMEOUT = 30
 GRPC_TIMEOUT = 30

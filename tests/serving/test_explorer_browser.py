@@ -7,16 +7,13 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import REPO
-from tests.serving.conftest import Server
+from tests.serving.conftest import ARTIFACTS, Server
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-ARTIFACTS = Path(os.environ.get("CAPSNET_TEST_ARTIFACTS", REPO / "test-artifacts"))
 WAIT = 30  # seconds for the page to answer after an action
 
 if not (CHROMIUM and CHROMEDRIVER):
