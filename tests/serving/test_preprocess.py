@@ -57,3 +57,38 @@ def test_blank_image_gives_blank_input():
 def test_bad_files_are_rejected_clearly(data, message):
     with pytest.raises(InputError, match=message):
         preprocess_encoded(data)
+
+
+def photo_of_a_one(rng: np.random.Generator, specks: bool = False) -> bytes:
+    """A dark "1" 60 px tall, off-centre on tinted paper lit unevenly, with sensor noise, as JPEG."""
+    h, w = 300, 400
+    ys, xs = np.mgrid[0:h, 0:w]
+    paper = 0.85 - 0.3 * xs / w  # light falling off to the right
+    rgb = np.stack([paper, paper * 0.95, paper * 0.85], axis=-1)  # a yellowish tint
+    rgb[200:260, 290:298] = 0.15  # the stroke, in the lower right
+    if specks:
+        rgb[20:22, 20:22] = 0.1  # dust far from the digit
+        rgb[280:282, 30:32] = 0.1
+    rgb += rng.normal(0, 0.02, rgb.shape)
+    return encode((np.clip(rgb, 0, 1) * 255).astype(np.uint8), "JPEG", "RGB")
+
+
+@pytest.mark.parametrize("specks", [False, True])
+def test_a_photo_on_uneven_tinted_paper_becomes_a_clean_mnist_digit(specks):
+    out = preprocess_encoded(photo_of_a_one(np.random.default_rng(0), specks))[0]
+    ink = out > 0.1
+    assert out.max() > 0.9 and np.median(out[ink]) > 0.6  # ink near 1
+    assert not out[:3].any() and not out[-3:].any() and not out[:, :3].any()  # paper exactly 0
+    rows, cols = np.nonzero(ink)
+    assert rows.max() - rows.min() + 1 >= 18  # the stroke fills the 20 px box: no speck widened the crop
+    ys, xs = np.mgrid[0:28, 0:28]
+    assert abs((ys * out).sum() / out.sum() - 14) < 1.0 and abs((xs * out).sum() / out.sum() - 14) < 1.0
+
+
+def test_the_earlier_preparation_is_kept_for_comparison():
+    gray = np.full((300, 400), 0.8, np.float32)
+    gray[:, 200:] = 0.5  # a shadow over half the sheet: the earlier crop takes it for ink
+    gray[200:260, 100:108] = 0.1
+    plain, clean = to_mnist(gray, clean=False), to_mnist(gray)
+    assert (plain > 0.1).sum() > 150  # the shadow filled the box
+    assert (clean > 0.1).sum() < 100 and clean.max() > 0.9  # only the stroke is left
