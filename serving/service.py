@@ -274,8 +274,9 @@ class _CapsNetService:
                              reconstructions: WithReconstructions = False) -> Predictions:
         """Classify uploaded PNG or JPEG files of any size (multipart form field `images`, one or
         more files; optional form fields `model`, `reconstructions`). Each is made MNIST-like first:
-        grayscale, inverted if dark-on-light, cropped to the ink, scaled to fit the model's input
-        less a 4-pixel margin (20x20 in 28x28), centred by centre of mass."""
+        grayscale, inverted if dark-on-light, the paper taken to 0 and the ink to about 1 (uneven
+        light, tinted paper, JPEG noise), cropped to the ink, scaled to fit the model's input less a
+        4-pixel margin (20x20 in 28x28), centred by centre of mass."""
         served = self._model(model)
         with client_errors():
             batch = self.core.decode_uploads([Path(p).read_bytes() for p in images], served)
