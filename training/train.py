@@ -351,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--max-shift", type=int, help="random shift in pixels for training (multimnist: of each "
                                                  "digit of a pair, all splits; 4 = paper, 6 = official code)")
     o.add_argument("--test-partners", type=int, help="multimnist: partners per test digit (default 10)")
+    o.add_argument("--recon-weight", type=float, help="weight of the reconstruction loss (paper: 0.0005)")
     o.add_argument("--seed", type=int)
     o.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     o.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (for GPUs)")

@@ -113,3 +113,19 @@ def test_an_uploaded_pair_is_fitted_to_the_pair_models_input(server, pairs):
     reference = server.post("classify", json={"images": fitted[None].tolist(), "model": "capsnet-multimnist"}).json()
     assert [o["label"] for o in response.json()[0]["objects"]] == [o["label"] for o in reference[0]["objects"]]
     np.testing.assert_allclose(response.json()[0]["probabilities"], reference[0]["probabilities"], atol=1e-6)
+
+
+def test_the_explorer_explains_a_pair_with_both_drawings_and_a_10x10_part_grid(server, registered_pair, pairs):
+    images, _ = pairs
+    expected = direct(registered_pair, images[:2])
+    response = server.post("explain", json={"images": images[:2].tolist(), "model": "capsnet-multimnist"})
+    assert response.status_code == 200, response.text
+    for answer, recon in zip(response.json(), expected["reconstructions_top2"], strict=True):
+        assert len(answer["objects"]) == 2
+        for k, found in enumerate(answer["objects"]):  # both digits' drawings, as the page colours them
+            np.testing.assert_allclose(found["reconstruction"], recon[k], atol=1e-6)
+        field = answer["part_whole"]["receptive_field"]  # 36x36 input: a 10x10 grid of primary capsules
+        assert field["size"] == 17 and field["centres"] == [8 + 2 * i for i in range(10)]
+        assert np.array(answer["part_whole"]["mass"]).shape[2:] == (10, 10)
+    meta = {m["name"]: m for m in server.post("metadata", json={}).json()["models"]}
+    assert meta["capsnet-multimnist"]["explorer"] and meta["capsnet-e2e"]["explorer"]
