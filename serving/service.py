@@ -109,8 +109,11 @@ def infer_api_name(index: int) -> str:
 
 
 # What clients may send, stated in the OpenAPI document (validation itself is validate_images).
+_side = SIZES[0]
+_stroke = [[1.0 if abs(x - _side // 2) <= 1 and 4 <= y < _side - 4 else 0.0 for x in range(_side)]
+           for y in range(_side)]  # a vertical bar, a "1": the OpenAPI document's example image
 Images = Annotated[np.ndarray, BeforeValidator(no_booleans),
-                   WithJsonSchema(images_json_schema(settings.max_batch_size, SIZES))]
+                   WithJsonSchema({**images_json_schema(settings.max_batch_size, SIZES), "examples": [[_stroke]]})]
 ImageFiles = Annotated[list[Path], Field(min_length=1, max_length=settings.max_batch_size)]
 ModelName = Annotated[str, Field(description=f"which served model answers (default: {NAMES[0]})",
                                  json_schema_extra={"enum": NAMES})]
@@ -129,9 +132,7 @@ Predictions = Annotated[list[Prediction], ContentType("application/json")]
 CLASSES = max(len(m.info.metadata["class_names"]) for m in MODELS)
 POSE_SHAPES = tuple(sorted({(len(m.info.metadata["class_names"]), m.info.metadata["model_config"]["digit_dim"])
                             for m in MODELS}))
-_side, (_k, _d) = SIZES[0], POSE_SHAPES[0]
-_stroke = [[1.0 if abs(x - _side // 2) <= 1 and 4 <= y < _side - 4 else 0.0 for x in range(_side)]
-           for y in range(_side)]  # a vertical bar: a "1"
+_k, _d = POSE_SHAPES[0]
 OneImage = Annotated[np.ndarray, BeforeValidator(no_booleans),
                      WithJsonSchema({**image_json_schema(SIZES), "examples": [_stroke]})]
 _pose = [[0.0] * _d for _ in range(_k)]
