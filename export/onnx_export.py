@@ -27,7 +27,7 @@ from export.inference_graph import DecoderGraph, InferenceGraph
 from export.onnx_io import write_metadata
 from export.parity import check_parity, library_versions, quiet_third_party_loggers
 from export.parity_report import failure_summary, parity_summary
-from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, model_kind
 from training.config import TrainConfig
 from training.errors import run_cli, setup_cli_logging
 from training.fileio import sha256_file, write_json
@@ -102,6 +102,9 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
     checkpoint = Path(checkpoint)
     out_dir = Path(out_dir)
     ckpt = load_checkpoint(checkpoint)
+    if model_kind(ckpt) != "capsnet":
+        raise CheckpointError(f"{checkpoint} holds a baseline {model_kind(ckpt)}, not a CapsNet: the export "
+                              "and serving contract (poses, routing, decoder) is the CapsNet's")
     checkpoint_sha256 = sha256_file(checkpoint)
     if routing_iters is not None:
         ckpt = {**ckpt, "model_config": {**ckpt["model_config"], "routing_iters": routing_iters}}

@@ -2,10 +2,11 @@
 
 Keys:
     format_version   int
-    model_config     CapsNetConfig as a dict (rebuilds the model alone)
+    model_kind       "capsnet" or "cnn" (a baseline, training/baseline.py); absent: "capsnet"
+    model_config     CapsNetConfig or CNNConfig as a dict (rebuilds the model alone)
     train_config     TrainConfig as a dict
     class_names      list of str
-    model_state      state_dict of the CapsNet (unwrapped, no DDP prefix)
+    model_state      state_dict of the network (unwrapped, no DDP prefix)
     optimizer_state  Adam state (for resume)
     rng_state        torch CPU RNG state (for resume)
     epoch            completed epochs
@@ -24,10 +25,11 @@ from typing import Any
 
 import torch
 
-from training.config import CapsNetConfig
+from training.baseline import BaselineCNN
 from training.errors import UserError
 from training.fileio import atomic_path
 from training.model import CapsNet
+from training.networks import build_network, kind_of, network_config
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_config", "train_config", "class_names", "model_state",
@@ -42,12 +44,18 @@ def versions() -> dict[str, str]:
     return {"torch": str(torch.__version__), "python": platform.python_version()}
 
 
-def build_checkpoint(model: CapsNet, train_config: dict[str, Any], class_names: tuple[str, ...] | list[str],
-                     optimizer: torch.optim.Optimizer, epoch: int, step: int,
-                     metrics: dict[str, Any]) -> dict[str, Any]:
+def model_kind(ckpt: dict[str, Any]) -> str:
+    """'capsnet' or 'cnn' (checkpoints from before baselines existed hold CapsNets)."""
+    return ckpt.get("model_kind", "capsnet")
+
+
+def build_checkpoint(model: CapsNet | BaselineCNN, train_config: dict[str, Any],
+                     class_names: tuple[str, ...] | list[str], optimizer: torch.optim.Optimizer, epoch: int,
+                     step: int, metrics: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint dict this module documents, from the live training objects (plain data only)."""
     return {
         "format_version": FORMAT_VERSION,
+        "model_kind": kind_of(model),
         "model_config": model.config.to_dict(),
         "train_config": train_config,
         "class_names": list(class_names),
@@ -87,9 +95,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> CapsNet:
-    """Rebuild the CapsNet from the checkpoint alone, in eval mode, on CPU."""
-    model = CapsNet(CapsNetConfig.from_dict(ckpt["model_config"]))
+def model_from_checkpoint(ckpt: dict[str, Any]) -> CapsNet | BaselineCNN:
+    """Rebuild the network (a CapsNet; a baseline CNN where model_kind says so) from the checkpoint
+    alone, in eval mode, on CPU."""
+    model = build_network(network_config(model_kind(ckpt), ckpt["model_config"]))
     try:
         model.load_state_dict(ckpt["model_state"])
     except RuntimeError as e:

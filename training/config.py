@@ -83,6 +83,71 @@ def variant_config(name: str, **overrides: Any) -> CapsNetConfig:
 
 
 @dataclass(frozen=True)
+class CNNConfig:
+    """A baseline CNN (training/baseline.py): 'same'-padded convolutions with ReLU, each optionally
+    followed by 2x2 max-pooling, then fully connected ReLU layers with dropout, then one output per
+    class: softmax (one object per input) or sigmoids (`multi_label`: overlapping pairs)."""
+
+    image_size: int = 28
+    in_channels: int = 1
+    num_classes: int = 10
+    conv_channels: tuple[int, ...] = (256, 256, 128)
+    conv_kernels: tuple[int, ...] = (5, 5, 5)
+    pool_after: tuple[bool, ...] = (False, False, False)
+    hidden: tuple[int, ...] = (328, 192)
+    dropout: float = 0.5
+    multi_label: bool = False
+
+    def __post_init__(self) -> None:
+        if not len(self.conv_channels) == len(self.conv_kernels) == len(self.pool_after):
+            raise ConfigError("conv_channels, conv_kernels and pool_after need one entry per convolution")
+        for name in ("conv_channels", "conv_kernels", "pool_after", "hidden"):  # JSON gives lists
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @property
+    def feature_side(self) -> int:
+        """Side of the last feature map ('same' convolutions keep the size; each pool halves it)."""
+        side = self.image_size
+        for pooled in self.pool_after:
+            side = side // 2 if pooled else side
+        return side
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CNNConfig:
+        return cls(**_known_fields(cls, d))
+
+
+# The paper's baselines (Sabour et al. 2017, section 5 and 6) and CPU-sized ones, one code path.
+CNN_VARIANTS: dict[str, CNNConfig] = {
+    # MNIST: three 5x5 convolutions of 256, 256, 128 channels, fully connected 328 and 192 with
+    # dropout, a 10-way softmax. The paper's 35.4 M parameters need 'same' padding and no pooling:
+    # the 128 x 28 x 28 feature map into 328 units alone is 32.9 M (35,445,522 in all, pinned by a test).
+    "cnn-paper": CNNConfig(),
+    # MultiMNIST: conv 512 9x9 + max-pool, conv 256 5x5 + max-pool, fully connected 1024, 10 sigmoids.
+    # 'Same' padding gives the paper's 24.56 M on 36x36 input (256 x 9 x 9 into 1024: 24,563,978).
+    "cnn-multimnist-paper": CNNConfig(image_size=36, conv_channels=(512, 256), conv_kernels=(9, 5),
+                                      pool_after=(True, True), hidden=(1024,), multi_label=True),
+    # CPU-sized, matched to the `small` CapsNet (1,280,720) by parameter count: 1,250,458.
+    "cnn-small": CNNConfig(conv_channels=(32, 32, 16), hidden=(96, 64)),
+    # Unit tests.
+    "cnn-tiny": CNNConfig(conv_channels=(4, 4, 2), hidden=(16, 8)),
+}
+
+
+def is_cnn(variant: str) -> bool:
+    return variant.startswith("cnn-")
+
+
+def cnn_variant_config(name: str, **overrides: Any) -> CNNConfig:
+    if name not in CNN_VARIANTS:
+        raise ConfigError(f"unknown baseline variant {name!r}; choose one of {sorted(CNN_VARIANTS)}")
+    return dataclasses.replace(CNN_VARIANTS[name], **overrides)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One training run. Everything that changes the resulting weights lives here."""
 
@@ -107,9 +172,12 @@ class TrainConfig:
     train_limit: int | None = None
     test_partners: int = 10  # multimnist: partners per test digit (10: 100,000 test pairs; paper 1,000)
 
-    def model_config(self) -> CapsNetConfig:
-        return variant_config(self.variant, routing_iters=self.routing_iters,
-                              image_size=DATASET_IMAGE_SIZE.get(self.dataset, 28))
+    def model_config(self) -> CapsNetConfig | CNNConfig:
+        """The network this run trains: a CapsNet variant, or a baseline CNN ('cnn-...')."""
+        size = DATASET_IMAGE_SIZE.get(self.dataset, 28)
+        if is_cnn(self.variant):
+            return cnn_variant_config(self.variant, image_size=size, multi_label=self.dataset == "multimnist")
+        return variant_config(self.variant, routing_iters=self.routing_iters, image_size=size)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -26,6 +26,7 @@ from training.errors import run_cli, setup_cli_logging
 from training.figures import pair_figure, pose_perturbation_grid, reconstruction_grid, save_png
 from training.fileio import sha256_file, write_json
 from training.metrics import classification_metrics, predict
+from training.model import CapsNet
 from training.multimnist import PairData, labels_found
 from training.tasks import training_data
 
@@ -47,7 +48,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = No
     model = model_from_checkpoint(ckpt).to(dev)
     data = training_data(config, data_dir)
     images, labels = data.test_set()
-    probabilities, _ = predict(model, images, batch_size, dev)
+    probabilities = predict(model, images, batch_size, dev)
     result = {
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": sha256_file(checkpoint),
@@ -60,11 +61,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = No
     if isinstance(data, PairData):
         result["test_pairs"] = {"partners_per_digit": config.test_partners, "max_shift": config.max_shift}
         digits, digit_labels = data.single_digit_set()
-        singles, _ = predict(model, digits, batch_size, dev)
+        singles = predict(model, digits, batch_size, dev)
         result["single_digits_36x36"] = {k: v for k, v in classification_metrics(
             singles, digit_labels, data.class_names).items() if k in ("num_images", "accuracy", "errors")}
-        save_png(out / "multimnist_pairs.png", pair_figure(model, *figure_pairs(images, labels, probabilities, dev)))
-    else:
+        if isinstance(model, CapsNet):  # the figures redraw digits: a baseline CNN has no decoder
+            figure = pair_figure(model, *figure_pairs(images, labels, probabilities, dev))
+            save_png(out / "multimnist_pairs.png", figure)
+    elif isinstance(model, CapsNet):
         sample = to_float(images[:32]).to(dev)
         save_png(out / "reconstructions.png", reconstruction_grid(model, sample))
         save_png(out / "pose_perturbations.png", pose_perturbation_grid(model, sample[:1]))

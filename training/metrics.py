@@ -6,32 +6,25 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from training.data import to_float
-from training.model import CapsNet
 
 
 @torch.no_grad()
-def predict(model: CapsNet, images: Tensor, batch_size: int = 500,
-            device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-    """Run the inference path over uint8 images [N, 1, 28, 28].
+def predict(model: nn.Module, images: Tensor, batch_size: int = 500,
+            device: torch.device | str = "cpu") -> Tensor:
+    """Run the inference path (a CapsNet's or a baseline's forward) over uint8 images [N, 1, S, S].
 
-    Returns (probabilities [N, N_out], poses [N, N_out, D_out]) as float32 on the CPU.
+    Returns the class scores [N, N_out] (capsule lengths, or the baseline's probabilities) as
+    float32 on the CPU.
     """
     was_training = model.training
     model.eval()
-    probs, poses = [], []
-    for start in range(0, len(images), batch_size):
-        batch = to_float(images[start:start + batch_size].to(device))
-        p, v = model(batch)
-        probs.append(p.float().cpu())
-        poses.append(v.float().cpu())
+    probs = [model(to_float(images[start:start + batch_size].to(device)))[0].float().cpu()
+             for start in range(0, len(images), batch_size)]
     model.train(was_training)
-    n_out, d_out = model.config.num_classes, model.config.digit_dim
-    if not probs:
-        return torch.zeros(0, n_out), torch.zeros(0, n_out, d_out)
-    return torch.cat(probs), torch.cat(poses)
+    return torch.cat(probs) if probs else torch.zeros(0, model.config.num_classes)
 
 
 def confusion_matrix(predicted: Tensor, labels: Tensor, num_classes: int) -> Tensor:

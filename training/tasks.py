@@ -7,16 +7,17 @@ import functools
 from collections.abc import Callable
 from pathlib import Path
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from training.config import TrainConfig
+from training.baseline import cnn_loss
+from training.config import TrainConfig, is_cnn
 from training.data import DigitData, TrainingData
 from training.losses import capsnet_loss
-from training.model import CapsNet
 from training.multimnist import PairData
 
-# (model, images, labels, targets) -> (loss scalar, capsule lengths [B, N_out])
-Loss = Callable[[CapsNet, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+# (model, images, labels, targets) -> (loss scalar, class scores [B, N_out]: capsule lengths, or the
+# baseline's probabilities)
+Loss = Callable[[nn.Module, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 def training_data(config: TrainConfig, data_dir: str | Path | None) -> TrainingData:
@@ -27,5 +28,8 @@ def training_data(config: TrainConfig, data_dir: str | Path | None) -> TrainingD
 
 
 def training_loss(config: TrainConfig) -> Loss:
-    """The objective a TrainConfig names: the paper's margin + reconstruction loss."""
+    """The objective a TrainConfig names: the paper's margin + reconstruction loss for a CapsNet;
+    cross-entropy (pairs: per-class binary cross-entropy) for a baseline CNN."""
+    if is_cnn(config.variant):
+        return cnn_loss
     return functools.partial(capsnet_loss, recon_weight=config.recon_weight)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from training.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
-from training.config import PROFILES, RESUMABLE_OVERRIDES, TrainConfig
+from training.config import CNN_VARIANTS, PROFILES, RESUMABLE_OVERRIDES, VARIANTS, TrainConfig
 from training.data import TrainingData
 from training.distributed import (
     DistributedContext,
@@ -40,7 +40,7 @@ from training.distributed import (
 from training.errors import ConfigError, UserError, run_cli, setup_cli_logging
 from training.fileio import atomic_path
 from training.metrics import predict
-from training.model import CapsNet
+from training.networks import build_network
 from training.tasks import Loss, training_data, training_loss
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,9 @@ class RunExistsError(UserError, FileExistsError):
 
 
 class TrainingModule(nn.Module):
-    """CapsNet + loss in one forward, so DistributedDataParallel sees the whole step."""
+    """Network + loss in one forward, so DistributedDataParallel sees the whole step."""
 
-    def __init__(self, model: CapsNet, loss: Loss) -> None:
+    def __init__(self, model: nn.Module, loss: Loss) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
@@ -68,7 +68,7 @@ class TrainingModule(nn.Module):
 class RunState:
     """What a checkpoint restores: the weights and optimizer, and how far the run has come."""
 
-    model: CapsNet
+    model: nn.Module  # a CapsNet, or a baseline CNN
     optimizer: torch.optim.Optimizer
     epoch: int = 0
     step: int = 0
@@ -165,7 +165,7 @@ def restore(config: TrainConfig, out_dir: Path, resume: bool, device: torch.devi
             ctx: DistributedContext) -> RunState:
     """A fresh model and optimizer (seeded), or, with `resume`, exactly those saved in last.pt."""
     torch.manual_seed(config.seed)
-    model = CapsNet(config.model_config()).to(device)
+    model = build_network(config.model_config()).to(device)
     state = RunState(model, torch.optim.Adam(model.parameters(), lr=config.lr))
     last_path = out_dir / LAST
     if not resume:
@@ -226,11 +226,11 @@ def run_epoch(module: nn.Module, state: RunState, data: TrainingData, config: Tr
     return stats
 
 
-def evaluate_on(model: CapsNet, data: TrainingData, split: tuple[Tensor, Tensor], batch_size: int,
+def evaluate_on(model: nn.Module, data: TrainingData, split: tuple[Tensor, Tensor], batch_size: int,
                 device: torch.device) -> dict[str, Any]:
     """data.metrics of `model` on a (uint8 images, labels) split of `data`."""
     images, labels = split
-    probabilities, _ = predict(model, images, batch_size, device)
+    probabilities = predict(model, images, batch_size, device)
     return data.metrics(probabilities, labels)
 
 
@@ -265,7 +265,8 @@ def checkpoint_of(state: RunState, config: TrainConfig, data: TrainingData, metr
 def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = None,
           resume: bool = False, progress: bool = True, data: TrainingData | None = None,
           loss: Loss | None = None) -> dict[str, Any]:
-    """Train a CapsNet; write last.pt, best.pt and metrics.jsonl into `out_dir`.
+    """Train a CapsNet (or a baseline CNN, variant cnn-...); write last.pt, best.pt and metrics.jsonl
+    into `out_dir`.
 
     `data` and `loss` default to what `config` names (training_data, training_loss). With `resume`,
     continue from out_dir/last.pt exactly where it stopped. Under torchrun (WORLD_SIZE > 1) runs
@@ -339,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue OUT/last.pt exactly where it stopped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     o = p.add_argument_group("overrides of the profile's settings")
-    o.add_argument("--variant", choices=["paper", "small", "tiny"])
+    o.add_argument("--variant", choices=[*VARIANTS, *CNN_VARIANTS],
+                   help="the network: a CapsNet (paper, small, tiny) or a baseline CNN (cnn-...)")
     o.add_argument("--dataset", choices=["mnist", "fashion-mnist", "multimnist"])
     o.add_argument("--routing-iters", type=int)
     o.add_argument("--epochs", type=int)
