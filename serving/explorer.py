@@ -126,7 +126,8 @@ def explain(core: ServingCore, model: ServedModel, images: Any) -> list[Explanat
     return answers
 
 
-def decoder_of(model: ServedModel) -> None:
+def require_decoder(model: ServedModel) -> None:
+    """InputError unless `model` was exported with its decoder graph."""
     if model.runtime.decoder is None:
         raise InputError(f"model {model.name} was exported without a decoder graph; "
                          "export it with capsnet-export --with-explorer")
@@ -134,7 +135,7 @@ def decoder_of(model: ServedModel) -> None:
 
 def reconstruct(core: ServingCore, model: ServedModel, poses: Any, label: int | None) -> Reconstructions:
     """Poses [N, K, D] (+ the class to draw, default: each set's longest capsule) -> the decoder's drawings."""
-    decoder_of(model)
+    require_decoder(model)
     r = model.runtime
     array, chosen = validate_poses(poses, label, core.settings.max_batch_size, r.num_classes, r.pose_dim)
     images = r.decode(array, chosen)
@@ -142,17 +143,17 @@ def reconstruct(core: ServingCore, model: ServedModel, poses: Any, label: int | 
     return Reconstructions(labels=chosen.tolist(), images=images.tolist())
 
 
-def one_image(core: ServingCore, model: ServedModel, image: Any) -> np.ndarray:
+def one_image(model: ServedModel, image: Any) -> np.ndarray:
     """One client image [S, S] or [1, S, S] -> float32 [1, 1, S, S]."""
     if np.ndim(image) not in (2, 3):
         raise InputError(f"image must be one image [S, S] or [1, S, S], got shape {list(np.shape(image))}")
     return validate_images([image], 1, model.image_size)
 
 
-def perturb(core: ServingCore, model: ServedModel, image: Any, label: int | None) -> Perturbation:
+def perturb(model: ServedModel, image: Any, label: int | None) -> Perturbation:
     """One image -> the paper's Fig. 4 grid for capsule `label` (default: the longest)."""
-    decoder_of(model)
-    batch = one_image(core, model, image)
+    require_decoder(model)
+    batch = one_image(model, image)
     r = model.runtime
     outputs = r.run(["probabilities", "poses"], batch)
     probabilities, poses = outputs["probabilities"][0], outputs["poses"][0]
@@ -185,14 +186,14 @@ def rotated(image: np.ndarray, degrees: float) -> np.ndarray:
     return np.clip(np.asarray(turned, np.float32), 0.0, 1.0)
 
 
-def equivariance(core: ServingCore, model: ServedModel, image: Any, max_shift: int,
+def equivariance(model: ServedModel, image: Any, max_shift: int,
                  max_rotation: float) -> Equivariance:
     """One image -> strips of it shifted along x and y by -max_shift..max_shift pixels and rotated by
     -max_rotation..max_rotation degrees, each with its predicted class, winning length and the pose of
     the original class's capsule (the pose should move, the class should not)."""
     if not 0 <= max_shift <= MAX_SHIFT or not 0 <= max_rotation <= MAX_ROTATION:
         raise InputError(f"max_shift must lie in [0, {MAX_SHIFT}] and max_rotation in [0, {MAX_ROTATION:g}]")
-    base = one_image(core, model, image)[0, 0]
+    base = one_image(model, image)[0, 0]
     shifts = list(range(-max_shift, max_shift + 1))
     angles = np.linspace(-max_rotation, max_rotation, ROTATION_STEPS).round(3).tolist()
     plan = [("shift_x", v, shifted(base, 0, v)) for v in shifts] \

@@ -320,7 +320,7 @@ class _CapsNetService:
         """The paper's Fig. 4 for one image: each dimension of the `label` capsule's pose (default:
         the longest) moved from -0.25 to +0.25 in steps of 0.05, one at a time, each redrawn."""
         with client_errors():
-            return explorer.perturb(self.core, self._model(model), image, label)
+            return explorer.perturb(self._model(model), image, label)
 
     @bentoml.api
     def equivariance(self, image: OneImage,
@@ -331,7 +331,7 @@ class _CapsNetService:
         max_rotation degrees: for each view the predicted class, the winning length and the pose of
         the original class's capsule (the pose should move with the image, the class should not)."""
         with client_errors():
-            return explorer.equivariance(self.core, self._model(model), image, max_shift, max_rotation)
+            return explorer.equivariance(self._model(model), image, max_shift, max_rotation)
 
     @bentoml.api(route="/metadata")
     async def metadata(self) -> dict[str, Any]:
