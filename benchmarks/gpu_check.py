@@ -224,11 +224,12 @@ def paper_run(size: Size, run_dir: Path, data_dir: str | None, bf16: bool, epoch
               time_left_s: float) -> dict[str, Any]:
     """As many epochs of the run profile as fit in `time_left_s` (resuming `run_dir` if it holds a
     run), then the test accuracy of the val-selected checkpoint."""
-    resume = (run_dir / LAST).exists()
-    done = load_checkpoint(run_dir / LAST)["epoch"] if resume else 0
+    saved_run = load_checkpoint(run_dir / LAST) if (run_dir / LAST).exists() else None
+    resume = saved_run is not None
+    done = saved_run["epoch"] if saved_run else 0
     config = dataclasses.replace(size.run_config, bf16=bf16, time_limit_s=max(1.0, time_left_s))
-    if resume:  # the saved run's settings win; only how far and how long may change
-        saved = TrainConfig.from_dict(load_checkpoint(run_dir / LAST)["train_config"])
+    if saved_run:  # the saved run's settings win; only how far and how long may change
+        saved = TrainConfig.from_dict(saved_run["train_config"])
         config = dataclasses.replace(saved, epochs=config.epochs, time_limit_s=config.time_limit_s,
                                      device=config.device, eval_batch_size=config.eval_batch_size)
     if epoch_estimate_s:  # stop at an epoch boundary rather than at the time limit when we can

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import bentoml
@@ -105,14 +106,19 @@ def registered_pair(tiny_pair_checkpoint, synthetic_data_dir, tmp_path_factory) 
     return bentoml.models.get(register_export(out, "capsnet-multimnist"))
 
 
-@pytest.fixture(scope="module")
-def server(registered):
-    s = Server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_MAX_BATCH_SIZE": "16"})
+def ready_server(env: dict[str, str]) -> Iterator[Server]:
+    """For a fixture to `yield from`: a `bentoml serve` with `env`, ready, stopped afterwards."""
+    s = Server(env)
     try:
         s.wait()
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="module")
+def server(registered):
+    yield from ready_server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_MAX_BATCH_SIZE": "16"})
 
 
 

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.serving.conftest import ARTIFACTS, Server
+from tests.serving.conftest import ARTIFACTS, ready_server
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 WAIT = 30  # seconds for the page to answer after an action
@@ -32,12 +32,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 @pytest.fixture(scope="module")
 def server(registered):
-    s = Server({"CAPSNET_MODEL_TAG": str(registered.tag)})
-    try:
-        s.wait()
-        yield s
-    finally:
-        s.stop()
+    yield from ready_server({"CAPSNET_MODEL_TAG": str(registered.tag)})
 
 
 @pytest.fixture(scope="module")

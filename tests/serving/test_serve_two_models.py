@@ -9,18 +9,14 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.serving.conftest import GRPC_TIMEOUT, Server
+from tests.serving.conftest import GRPC_TIMEOUT, ready_server
 from training.multimnist import fixed_pair_images
 
 
 @pytest.fixture(scope="module")
 def server(registered, registered_pair):
-    s = Server({"CAPSNET_MODEL_TAG": f"{registered_pair.tag},{registered.tag}", "CAPSNET_MAX_BATCH_SIZE": "8"})
-    try:
-        s.wait()
-        yield s
-    finally:
-        s.stop()
+    yield from ready_server({"CAPSNET_MODEL_TAG": f"{registered_pair.tag},{registered.tag}",
+                             "CAPSNET_MAX_BATCH_SIZE": "8"})
 
 
 @pytest.fixture(scope="module")
