@@ -56,7 +56,7 @@ from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import PROFILES, TrainConfig, variant_config
 from training.model import CapsNet
 from training.tasks import training_data
-from training.train import BEST, LAST, METRICS, record_test_accuracy, train
+from training.train import BEST, LAST, METRICS, record_test_metrics, train
 
 log = logging.getLogger("gpu_check")
 
@@ -255,8 +255,8 @@ def paper_run(size: Size, run_dir: Path, data_dir: str | None, bf16: bool, epoch
         result["median_train_images_per_sec"] = statistics.median(e["train_images_per_sec"] for e in epochs)
     if (run_dir / BEST).exists():
         # A finished train() has scored best.pt on the test set; a time-limited one has not.
-        result["test_accuracy"] = summary.get("test_accuracy") or record_test_accuracy(
-            run_dir / BEST, data, config.eval_batch_size, torch.device(config.device))
+        result["test_accuracy"] = summary.get("test_accuracy") or record_test_metrics(
+            run_dir / BEST, data, config.eval_batch_size, torch.device(config.device))["accuracy"]
         result["best_checkpoint_epoch"] = load_checkpoint(run_dir / BEST)["epoch"]
     return result
 

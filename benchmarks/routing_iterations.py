@@ -22,20 +22,27 @@ import onnxruntime as ort
 from bench_timing import median_latency_ms, median_rate
 
 from export.onnx_export import export_onnx
-from training.config import PROFILES
+from training.config import PROFILES, TrainConfig
 from training.train import BEST, LAST, METRICS, train
 
 
-def run_one(out: Path, routing_iters: int, reconstruction: bool, epochs: int, data_dir: str | None) -> dict:
-    config = dataclasses.replace(PROFILES["quick"], routing_iters=routing_iters, epochs=epochs,
-                                 recon_weight=PROFILES["quick"].recon_weight if reconstruction else 0.0)
+def routing_config(base: TrainConfig, routing_iters: int, reconstruction: bool) -> TrainConfig:
+    """`base` with r routing iterations, and its reconstruction loss on or off (weight 0)."""
+    recon_weight = base.recon_weight if reconstruction else 0.0
+    return dataclasses.replace(base, routing_iters=routing_iters, recon_weight=recon_weight)
+
+
+def run_one(out: Path, config: TrainConfig, data_dir: str | None) -> dict:
+    """Train `config` into `out` (resuming there), export best.pt, time ONNX Runtime -> one table row."""
     summary = train(config, out, data_dir, resume=(out / LAST).exists(), progress=False)
     epochs_seen = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
     export_onnx(out / BEST, out / "export", data_dir=data_dir, limit=500)
     session = ort.InferenceSession(str(out / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
-    one, batch = np.random.default_rng(0).random((1, 1, 28, 28), np.float32), \
-        np.random.default_rng(1).random((64, 1, 28, 28), np.float32)
-    return {"routing_iters": routing_iters, "reconstruction": reconstruction, "recon_weight": config.recon_weight,
+    side = config.model_config().image_size
+    one, batch = np.random.default_rng(0).random((1, 1, side, side), np.float32), \
+        np.random.default_rng(1).random((64, 1, side, side), np.float32)
+    return {"routing_iters": config.routing_iters, "reconstruction": config.recon_weight > 0,
+            "recon_weight": config.recon_weight,
             "epochs": summary["epochs"], "best_val_accuracy": summary["best_val_accuracy"],
             "test_accuracy": summary.get("test_accuracy"),
             "train_images_per_sec": statistics.median(e["train_images_per_sec"] for e in epochs_seen),
@@ -54,8 +61,8 @@ def main() -> None:
     rows = []
     for r in args.iters:  # both rows of one r before the next r: a cut-short run still compares
         for reconstruction in (True, False):
-            row = run_one(args.out / f"r{r}-{'recon' if reconstruction else 'norecon'}", r, reconstruction,
-                          args.epochs, args.data_dir)
+            config = routing_config(dataclasses.replace(PROFILES["quick"], epochs=args.epochs), r, reconstruction)
+            row = run_one(args.out / f"r{r}-{'recon' if reconstruction else 'norecon'}", config, args.data_dir)
             rows.append(row)
             with open(args.out / "results.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")

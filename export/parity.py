@@ -37,7 +37,7 @@ from training.config import CapsNetConfig, TrainConfig
 from training.data import SPLIT_FILES, load_split, resolve_data_dir, synthetic_digits
 from training.fileio import sha256_file
 from training.model import CapsNet
-from training.multimnist import fixed_pair_images
+from training.tasks import source_dataset, task_test_inputs
 
 SYNTHETIC_COUNT = 512
 
@@ -59,11 +59,11 @@ def parity_inputs(config: TrainConfig, data_dir: str | Path | None = None,
     """Images float32 [N, 1, S, S] in [0, 1] for the task `config` trained, and where they came from.
 
     The test split when its files are on disk (never downloaded here), else synthetic digits; for
-    overlapping pairs, one fixed-seed pair per test digit made of those. The degenerate images are
-    appended at the end. `kind` says which: "test-split" or "synthetic".
+    overlapping pairs, one fixed-seed pair per test digit made of those (translated digits: placed on
+    their canvas at fixed-seed shifts). The degenerate images are appended at the end. `kind` says
+    which: "test-split" or "synthetic".
     """
-    pairs = config.dataset == "multimnist"
-    files_of = "mnist" if pairs else config.dataset
+    files_of = source_dataset(config)
     directory = resolve_data_dir(files_of, data_dir)
     if all((directory / f).is_file() for f in SPLIT_FILES["test"]):
         images, labels = load_split(files_of, "test", directory)
@@ -72,9 +72,10 @@ def parity_inputs(config: TrainConfig, data_dir: str | Path | None = None,
         raw, raw_labels = synthetic_digits(SYNTHETIC_COUNT, seed=0)
         images, labels = torch.from_numpy(raw).unsqueeze(1), torch.from_numpy(raw_labels).long()
         kind, source = "synthetic", f"synthetic digit-like images (seed 0): no {files_of} test files in {directory}"
-    if pairs:
-        images, _ = fixed_pair_images(images, labels, 1, config.max_shift)
-        source = f"one fixed-seed overlapping pair (max shift {config.max_shift}) per image of the {source}"
+    if config.dataset != files_of:
+        images = task_test_inputs(config, images, labels)
+        made = "one fixed-seed overlapping pair" if config.dataset == "multimnist" else "one fixed-seed placement"
+        source = f"{made} (max shift {config.max_shift}) per image of the {source}"
     images = images.numpy()
     if limit:
         images = images[:limit]

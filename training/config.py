@@ -170,7 +170,20 @@ class TrainConfig:
     eval_batch_size: int = 500
     # Train data limit (None = all). For tests and smoke runs only.
     train_limit: int | None = None
+    # Data-efficiency runs: train on a seeded random subset (this fraction) of the training split.
+    train_fraction: float = 1.0
+    # Examples per epoch, the period of validation, checkpoints and (without lr_decay_steps) lr decay;
+    # None = the training split once. Larger than the split: it is gone through several times per
+    # epoch (so a 1 % subset gets as many steps per epoch as the whole split).
+    epoch_size: int | None = None
+    keep_epoch_checkpoints: bool = False  # also keep epoch-NNN.pt after every epoch (matched-accuracy stops)
     test_partners: int = 10  # multimnist: partners per test digit (10: 100,000 test pairs; paper 1,000)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.train_fraction <= 1:
+            raise ConfigError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
+        if self.epoch_size is not None and self.epoch_size < self.batch_size:
+            raise ConfigError(f"epoch_size {self.epoch_size} is less than one batch of {self.batch_size}")
 
     def model_config(self) -> CapsNetConfig | CNNConfig:
         """The network this run trains: a CapsNet variant, or a baseline CNN ('cnn-...')."""
@@ -191,7 +204,9 @@ class TrainConfig:
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "time_limit_s", "device", "eval_batch_size")
 
 # Input side per dataset: MultiMNIST pairs sit on a 36x36 canvas (3,200 primary capsules at paper size).
-DATASET_IMAGE_SIZE = {"mnist": 28, "fashion-mnist": 28, "multimnist": 36}
+# translated-mnist: MNIST digits anywhere within +-max_shift on a 40x40 canvas, the paper's training set
+# for its affNIST test (training/affine.py makes the affine test set).
+DATASET_IMAGE_SIZE = {"mnist": 28, "fashion-mnist": 28, "multimnist": 36, "translated-mnist": 40}
 
 PROFILES: dict[str, TrainConfig] = {
     # The README's main job: a CPU run of a few minutes that still clears 98.5% on MNIST. Reconstruction

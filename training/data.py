@@ -245,31 +245,47 @@ class TrainingData(Protocol):
 
 class DigitData:
     """Single-object image classification (MNIST, Fashion-MNIST): the training split minus a
-    validation split carved from its end; training images randomly shifted by up to `max_shift`."""
+    validation split carved from its end; training images randomly shifted by up to `max_shift`.
+
+    On a `canvas` larger than the digits (translated MNIST: 40x40), each digit is centred and then
+    moved by up to `max_shift` in each direction, and where it sits is part of the task: validation
+    and test digits sit at fixed-seed offsets in the same range. With `train_fraction` < 1 only a
+    seeded random subset of the training split (seed `subset_seed`) is trained on.
+    """
 
     def __init__(self, dataset: str, data_dir: str | Path | None, val_size: int, max_shift: int,
-                 train_limit: int | None = None) -> None:
+                 train_limit: int | None = None, canvas: int = 28, train_fraction: float = 1.0,
+                 subset_seed: int = 0) -> None:
         self.class_names = dataset_spec(dataset).class_names
         images, labels = load_split(dataset, "train", data_dir)
         (self.train_images, self.train_labels), (self.val_images, self.val_labels) = \
             train_val_split(images, labels, val_size)
         if train_limit:
             self.train_images, self.train_labels = self.train_images[:train_limit], self.train_labels[:train_limit]
-        self.max_shift = max_shift
+        if train_fraction < 1:
+            keep = torch.randperm(len(self.train_images), generator=torch.Generator().manual_seed(subset_seed))
+            keep = keep[:max(1, round(train_fraction * len(keep)))]
+            self.train_images, self.train_labels = self.train_images[keep], self.train_labels[keep]
+        self.max_shift, self.canvas = max_shift, canvas
         self.dataset, self.data_dir = dataset, data_dir
 
     def __len__(self) -> int:
         return len(self.train_images)
 
     def train_batch(self, indices: Tensor, generator: torch.Generator) -> Batch:
-        images = random_shift(to_float(self.train_images[indices]), self.max_shift, generator)
+        images = random_shift(place(to_float(self.train_images[indices]), None, self.canvas), self.max_shift,
+                              generator)
         return Batch(images, self.train_labels[indices], images)  # the decoder redraws the input
 
     def validation_set(self) -> tuple[Tensor, Tensor]:
-        return self.val_images, self.val_labels
+        return self.fixed_placement(self.val_images, FIXED_SHIFT_SEEDS["validation"]), self.val_labels
 
     def test_set(self) -> tuple[Tensor, Tensor]:
-        return load_split(self.dataset, "test", self.data_dir)
+        images, labels = load_split(self.dataset, "test", self.data_dir)
+        return self.fixed_placement(images, FIXED_SHIFT_SEEDS["test"]), labels
+
+    def fixed_placement(self, images: Tensor, seed: int) -> Tensor:
+        return fixed_placement(images, self.canvas, self.max_shift, seed)
 
     def count_correct(self, lengths: Tensor, labels: Tensor) -> Tensor:
         return (lengths.argmax(dim=1) == labels).sum()
@@ -278,6 +294,31 @@ class DigitData:
         from training.metrics import classification_metrics  # metrics imports data: import here
 
         return classification_metrics(probabilities, labels, self.class_names)
+
+
+# Seeds of the fixed shifts of validation and test digits on a larger canvas.
+FIXED_SHIFT_SEEDS = {"validation": 3_000_017, "test": 4_000_037}
+
+
+def fixed_shifts(n: int, max_shift: int, seed: int) -> Tensor:
+    """int64 [n, 2]: (dy, dx) each uniform in [-max_shift, max_shift], deterministic in `seed`."""
+    return torch.randint(-max_shift, max_shift + 1, (n, 2), generator=torch.Generator().manual_seed(seed))
+
+
+def fixed_placement(images: Tensor, canvas: int, max_shift: int, seed: int) -> Tensor:
+    """Digits uint8 [N, 1, 28, 28] as a single-digit task shows them: unchanged on their own 28x28;
+    on a larger canvas moved by fixed-seed shifts within +-max_shift -> [N, 1, canvas, canvas]."""
+    if canvas == images.shape[-1]:
+        return images
+    return place(images, fixed_shifts(len(images), max_shift, seed), canvas)
+
+
+def place(digits: Tensor, shifts: Tensor | None, canvas: int) -> Tensor:
+    """Digits [N, C, S, S] (any dtype) centred on a canvas x canvas field, zero-filled, and moved by
+    shifts [N, 2] (None: left centred) -> [N, C, canvas, canvas]."""
+    pad = (canvas - digits.shape[-1]) // 2
+    centred = torch.nn.functional.pad(digits, (pad,) * 4) if pad else digits
+    return centred if shifts is None else translate(centred, shifts)
 
 
 def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

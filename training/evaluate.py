@@ -3,7 +3,8 @@
 Single digits: accuracy, per-class accuracy, confusion matrix, reconstructions.png and
 pose_perturbations.png (the paper's Figure 4). Overlapping pairs (MultiMNIST): exact-pair and
 per-digit error, the same model on single digits placed in 36x36, and multimnist_pairs.png (the
-paper's Figure 5, right and wrong pairs). The test set is the checkpoint's dataset's, untouched.
+paper's Figure 5, right and wrong pairs). Translated digits (40x40): also the affine test set
+(training/affine.py) and the centred digits. The test set is the checkpoint's dataset's, untouched.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from training.affine import FULL_SIZE, affine_breakdown, affine_test_set
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import TrainConfig
-from training.data import to_float
+from training.data import DigitData, load_split, place, to_float
 from training.distributed import resolve_device
 from training.errors import run_cli, setup_cli_logging
 from training.figures import pair_figure, pose_perturbation_grid, reconstruction_grid, save_png
@@ -37,9 +39,10 @@ FIGURE_PAIRS = 8  # right pairs and wrong pairs each in the Figure 5 grid
 
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = None,
                         out_dir: str | Path | None = None, batch_size: int = 500,
-                        device: str = "auto") -> dict[str, Any]:
+                        device: str = "auto", affine_digits: int = FULL_SIZE) -> dict[str, Any]:
     """Evaluate a checkpoint on its dataset's test split; write evaluation.json and the figures into
-    `out_dir` (default: beside the checkpoint) and return the evaluation dict."""
+    `out_dir` (default: beside the checkpoint) and return the evaluation dict. A translated-mnist
+    model is also scored on the affine test set of the first `affine_digits` test digits."""
     checkpoint = Path(checkpoint)
     out = Path(out_dir) if out_dir else checkpoint.parent
     ckpt = load_checkpoint(checkpoint)
@@ -67,13 +70,31 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = No
         if isinstance(model, CapsNet):  # the figures redraw digits: a baseline CNN has no decoder
             figure = pair_figure(model, *figure_pairs(images, labels, probabilities, dev))
             save_png(out / "multimnist_pairs.png", figure)
-    elif isinstance(model, CapsNet):
+    if config.dataset == "translated-mnist":
+        result.update(affine_evaluation(model, data, affine_digits, batch_size, dev))
+    if isinstance(model, CapsNet) and not isinstance(data, PairData):
         sample = to_float(images[:32]).to(dev)
         save_png(out / "reconstructions.png", reconstruction_grid(model, sample))
         save_png(out / "pose_perturbations.png", pose_perturbation_grid(model, sample[:1]))
     write_json(out / "evaluation.json", result)
     log.info("test accuracy %.4f on %d examples; wrote %s", result["accuracy"], len(labels), out)
     return result
+
+
+def affine_evaluation(model: torch.nn.Module, data: DigitData, digits: int = FULL_SIZE, batch_size: int = 500,
+                      device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A translated-mnist model (40x40) on the affine test set of the first `digits` MNIST test digits
+    (training/affine.py: accuracy overall, by translation within / beyond +-6 px and by rotation)
+    and on the two controls: all test digits at fixed-seed shifts within +-6 px (the training
+    distribution) and centred."""
+    images, labels = load_split(data.dataset, "test", data.data_dir)
+    affine = affine_test_set(images[:digits], labels[:digits])
+    correct = (predict(model, affine.images, batch_size, device).argmax(1) == affine.labels).numpy()
+    controls = {"translation_only_6px": data.test_set()[0], "centred": place(images, None, data.canvas)}
+    return {"affine": {"digits": digits, "per_digit": len(affine.labels) // digits,
+                       **affine_breakdown(correct, affine.transforms)},
+            **{name: float((predict(model, inputs, batch_size, device).argmax(1) == labels).double().mean())
+               for name, inputs in controls.items()}}
 
 
 def figure_pairs(images: torch.Tensor, labels: torch.Tensor, probabilities: torch.Tensor,
@@ -96,12 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="folder for evaluation.json and the PNGs (default: beside the checkpoint)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default="auto")
+    p.add_argument("--affine-digits", type=int, default=FULL_SIZE,
+                   help="translated-mnist models: test digits in the affine test set, 32 transforms each "
+                        f"(default {FULL_SIZE:,})")
     args = p.parse_args(argv)
 
     def body() -> int:
-        result = evaluate_checkpoint(args.checkpoint, args.data_dir, args.out, args.batch_size, args.device)
+        result = evaluate_checkpoint(args.checkpoint, args.data_dir, args.out, args.batch_size, args.device,
+                                     args.affine_digits)
         keys = ("checkpoint", "dataset", "num_images", "num_pairs", "accuracy", "errors", "exact_pair_error",
-                "per_digit_error", "single_digits_36x36")
+                "per_digit_error", "single_digits_36x36", "affine", "translation_only_6px", "centred")
         print(json.dumps({k: result[k] for k in keys if k in result}, indent=2))
         return 0
 

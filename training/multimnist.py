@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from training.data import Batch, dataset_spec, load_split, to_float, translate
+from training.data import Batch, dataset_spec, fixed_shifts, load_split, place, to_float
 from training.errors import ConfigError
 
 CANVAS = 36  # 28 + 2 * 4: room for a +-4 px shift in every direction
@@ -59,16 +59,10 @@ def draw_pairs(first: Tensor, labels: Tensor, max_shift: int, generator: torch.G
     return PairSet(first, partner, shifts)
 
 
-def place(digits: Tensor, shifts: Tensor, canvas: int = CANVAS) -> Tensor:
-    """Digits [N, 1, 28, 28] (any dtype) centred on a canvas x canvas field and moved by shifts [N, 2]."""
-    pad = (canvas - digits.shape[-1]) // 2
-    return translate(torch.nn.functional.pad(digits, (pad,) * 4), shifts)
-
-
 def compose(pool: Tensor, pairs: PairSet) -> tuple[Tensor, Tensor]:
     """uint8 pool [M, 1, 28, 28] -> (pair images uint8 [N, 1, 36, 36], each digit alone uint8 [N, 2, 1, 36, 36])."""
-    parts = torch.stack([place(pool[pairs.first], pairs.shifts[:, 0]),
-                         place(pool[pairs.partner], pairs.shifts[:, 1])], dim=1)
+    parts = torch.stack([place(pool[pairs.first], pairs.shifts[:, 0], CANVAS),
+                         place(pool[pairs.partner], pairs.shifts[:, 1], CANVAS)], dim=1)
     merged = parts.to(torch.int16).sum(dim=1).clamp(max=255).to(torch.uint8)  # sum, then clip at 1
     return merged, parts
 
@@ -156,9 +150,7 @@ class PairData:
         """The test digits alone, each on the 36x36 canvas with a fixed-seed shift like a pair's:
         (images uint8 [N, 1, 36, 36], labels [N]). How well a pair model still reads one digit."""
         images, labels = load_split("mnist", "test", self.data_dir)
-        generator = torch.Generator().manual_seed(TEST_SEED + 1)
-        shifts = torch.randint(-self.max_shift, self.max_shift + 1, (len(images), 2), generator=generator)
-        return place(images, shifts), labels
+        return place(images, fixed_shifts(len(images), self.max_shift, TEST_SEED + 1), CANVAS), labels
 
     def count_correct(self, lengths: Tensor, labels: Tensor) -> Tensor:
         return labels_found(lengths.detach(), labels).all(dim=1).sum()

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from training.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
-from training.config import CNN_VARIANTS, PROFILES, RESUMABLE_OVERRIDES, VARIANTS, TrainConfig
+from training.config import CNN_VARIANTS, DATASET_IMAGE_SIZE, PROFILES, RESUMABLE_OVERRIDES, VARIANTS, TrainConfig
 from training.data import TrainingData
 from training.distributed import (
     DistributedContext,
@@ -133,8 +133,13 @@ def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float
     return config.lr * config.lr_decay ** (step / (config.lr_decay_steps or steps_per_epoch))
 
 
-def epoch_permutation(seed: int, epoch: int, n: int) -> Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+def epoch_order(seed: int, epoch: int, n: int, size: int) -> Tensor:
+    """The indices into n training examples that an epoch of `size` examples goes through: a seeded
+    permutation, cut short (size < n: a random part of the data per epoch) or followed by further
+    permutations (size > n: a small subset gone through several times)."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    rounds = -(-size // n)
+    return torch.cat([torch.randperm(n, generator=generator) for _ in range(rounds)])[:size]
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -192,7 +197,7 @@ def run_epoch(module: nn.Module, state: RunState, data: TrainingData, config: Tr
 
     Returns the epoch's statistics, or None when a signal or --max-steps stopped it early.
     """
-    order = epoch_permutation(config.seed, state.epoch, len(data))
+    order = epoch_order(config.seed, state.epoch, len(data), steps_per_epoch * config.batch_size)
     first = state.step - state.epoch * steps_per_epoch
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
     module.train()
@@ -254,7 +259,14 @@ def end_of_epoch(state: RunState, stats: EpochStats, data: TrainingData, config:
     ckpt = checkpoint_of(state, config, data, {"val_accuracy": val_accuracy, "train_loss": record["train_loss"]})
     if improved:
         save_checkpoint(out_dir / BEST, ckpt)
+    if config.keep_epoch_checkpoints:
+        save_checkpoint(out_dir / epoch_checkpoint_name(state.epoch), ckpt)
     save_checkpoint(out_dir / LAST, ckpt)
+
+
+def epoch_checkpoint_name(epoch: int) -> str:
+    """The checkpoint kept after `epoch` (1-based) when keep_epoch_checkpoints is set."""
+    return f"epoch-{epoch:03d}.pt"
 
 
 def checkpoint_of(state: RunState, config: TrainConfig, data: TrainingData, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -280,7 +292,7 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     if config.batch_size % ctx.world_size:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by {ctx.world_size} ranks")
     data = data or training_data(config, data_dir)
-    steps_per_epoch = len(data) // config.batch_size
+    steps_per_epoch = (config.epoch_size or len(data)) // config.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"{len(data)} training examples is less than one batch of {config.batch_size}")
     state = restore(config, out_dir, resume, device, ctx)
@@ -312,21 +324,23 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
                                "best_val_accuracy": state.best_val, "interrupted": interrupted,
                                "stopped_by_signal": stop.requested, "stopped_by_time_limit": stop.out_of_time()}
     if not interrupted and ctx.is_main and (out_dir / BEST).exists():
-        summary["test_accuracy"] = record_test_accuracy(out_dir / BEST, data, config.eval_batch_size, device)
+        test = record_test_metrics(out_dir / BEST, data, config.eval_batch_size, device)
+        summary["test_accuracy"] = test["accuracy"]
+        summary["test_metrics"] = {k: v for k, v in test.items() if isinstance(v, int | float)}
     barrier(ctx)
     return summary
 
 
-def record_test_accuracy(best_path: Path, data: TrainingData, batch_size: int, device: torch.device) -> float:
-    """Evaluate the selected (best-validation) checkpoint once on the untouched test set and
-    store the number in its metrics."""
+def record_test_metrics(best_path: Path, data: TrainingData, batch_size: int, device: torch.device) -> dict[str, Any]:
+    """Evaluate the selected (best-validation) checkpoint once on the untouched test set, store its
+    accuracy in the checkpoint's metrics and return all of data.metrics."""
     ckpt = load_checkpoint(best_path)
     test_split = data.test_set()
     metrics = evaluate_on(model_from_checkpoint(ckpt).to(device), data, test_split, batch_size, device)
     ckpt["metrics"]["test_accuracy"] = metrics["accuracy"]
     save_checkpoint(best_path, ckpt)
     log.info("test accuracy of %s: %.4f (%d examples)", best_path, metrics["accuracy"], len(test_split[1]))
-    return metrics["accuracy"]
+    return metrics
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -342,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("overrides of the profile's settings")
     o.add_argument("--variant", choices=[*VARIANTS, *CNN_VARIANTS],
                    help="the network: a CapsNet (paper, small, tiny) or a baseline CNN (cnn-...)")
-    o.add_argument("--dataset", choices=["mnist", "fashion-mnist", "multimnist"])
+    o.add_argument("--dataset", choices=sorted(DATASET_IMAGE_SIZE),
+                   help="translated-mnist: MNIST on a 40x40 canvas within +-max-shift (train for affine tests)")
     o.add_argument("--routing-iters", type=int)
     o.add_argument("--epochs", type=int)
     o.add_argument("--batch-size", type=int, help="global batch, split across DDP ranks")
@@ -361,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--time-limit", dest="time_limit_s", type=float, metavar="SECONDS",
                    help="stop after this many seconds of this invocation, saving last.pt (resumable)")
     o.add_argument("--train-limit", type=int, help="use only the first N training images (smoke runs)")
+    o.add_argument("--train-fraction", type=float, help="train on a seeded random subset of the training split")
+    o.add_argument("--epoch-size", type=int, help="examples per epoch (validation period; default: the split once)")
+    o.add_argument("--keep-epoch-checkpoints", action="store_true", default=None,
+                   help="also keep epoch-NNN.pt after every epoch")
     o.add_argument("--eval-batch-size", type=int)
     return p
 

@@ -11,9 +11,9 @@ import torch
 
 from training.checkpoint import load_checkpoint
 from training.config import PROFILES, TrainConfig, variant_config
-from training.data import load_split
+from training.data import load_split, place
 from training.model import CapsNet, count_parameters
-from training.multimnist import CANVAS, PairData, PairSet, compose, draw_pairs, fixed_pairs, pair_metrics, place
+from training.multimnist import CANVAS, PairData, PairSet, compose, draw_pairs, fixed_pairs, pair_metrics
 
 
 def digits(n: int = 200, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +38,7 @@ def test_a_digit_lands_where_its_shift_says_and_nothing_is_cut_within_4px():
     image[0, 0, 0, 0] = 200  # the top-left pixel
     image[0, 0, 27, 27] = 100  # the bottom-right pixel
     for dy, dx in [(-4, -4), (4, 4), (-4, 3), (0, 0)]:
-        placed = place(image, torch.tensor([[dy, dx]]))
+        placed = place(image, torch.tensor([[dy, dx]]), CANVAS)
         assert placed.shape == (1, 1, CANVAS, CANVAS)
         assert placed[0, 0, 4 + dy, 4 + dx] == 200 and placed[0, 0, 31 + dy, 31 + dx] == 100
         assert placed.sum() == image.sum()  # nothing fell off the canvas
@@ -52,7 +52,7 @@ def test_pairs_are_summed_then_clipped_and_each_digit_is_kept_alone():
     expected = (parts[:, 0].int() + parts[:, 1].int()).clamp(max=255)
     assert torch.equal(merged.int(), expected)
     assert (parts[:, 0].int() + parts[:, 1].int()).max() > 255  # clipping happened somewhere
-    assert torch.equal(parts[:, 0], place(pool[pairs.first], pairs.shifts[:, 0]))
+    assert torch.equal(parts[:, 0], place(pool[pairs.first], pairs.shifts[:, 0], CANVAS))
 
 
 def test_fixed_pairs_are_reproducible_from_their_stored_indices():
