@@ -38,7 +38,7 @@ endif
 
 export BENTOML_DO_NOT_TRACK ?= True
 
-.PHONY: setup model pipeline serve test lint
+.PHONY: setup model pipeline serve test lint claims
 setup: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml
@@ -76,6 +76,12 @@ serve: setup
 	@echo "  curl -s -X POST http://localhost:$(PORT)/metadata -H 'content-type: application/json' -d '{}'"
 	@echo
 	CAPSNET_GRPC_PORT=$(GRPC_PORT) $(BIN)/bentoml serve --port $(PORT)
+
+# The talk's claims, measured against a CNN (benchmarks/capsule_claims.py): ~35 min on a 2-core CPU,
+# resumable (runs in runs/claims/), the report in docs/claims/. CLAIMS_SCALE=paper: the paper's scale, for a GPU.
+CLAIMS_SCALE ?= cpu
+claims: setup
+	$(BIN)/python benchmarks/capsule_claims.py --scale $(CLAIMS_SCALE)
 
 test: setup
 	$(BIN)/ruff check .

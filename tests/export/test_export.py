@@ -306,3 +306,16 @@ def test_verify_fails_when_one_decoder_weight_changed(exported_for_explorer, tin
     tamper_largest_weight(exported_for_explorer / "decoder.onnx", tmp_path / "tampered.onnx")
     report = verify_parity(tmp_path / "tampered.onnx", tiny_checkpoint, data_dir=synthetic_data_dir, limit=32)
     assert not report["passed"] and "tampered.onnx fp32 on CPUExecutionProvider" in failure_summary(report)
+
+
+def test_a_translated_mnist_model_exports_with_parity_on_its_40px_inputs(synthetic_data_dir, tmp_path):
+    from training.config import TrainConfig
+    from training.train import train
+
+    config = TrainConfig(variant="tiny", dataset="translated-mnist", max_shift=6, epochs=1, batch_size=32,
+                         val_size=120, device="cpu", max_steps=3)
+    train(config, tmp_path / "run", synthetic_data_dir, progress=False)
+    result = export_onnx(tmp_path / "run" / "last.pt", tmp_path / "export", data_dir=synthetic_data_dir, limit=16)
+    assert result["parity"]["passed"] and "placement (max shift 6)" in result["parity"]["inputs"]["source"]
+    meta = read_metadata(onnx.load(str(tmp_path / "export" / "model.onnx")))
+    assert meta["input"]["shape"][2:] == [40, 40] and meta["task"]["objects"] == 1

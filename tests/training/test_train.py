@@ -12,6 +12,8 @@ from PIL import Image
 
 from tests.conftest import REPO, free_port
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from training.config import TrainConfig
+from training.errors import ConfigError
 from training.evaluate import evaluate_checkpoint
 from training.train import train
 
@@ -245,3 +247,48 @@ def test_cli_user_mistakes_exit_2_with_one_line_and_bugs_keep_their_traceback(sy
         mp.setattr(train_module, "train", broken)
         with pytest.raises(RuntimeError, match="a bug deep inside"):
             train_module.main(["--out", str(tmp_path / "d")])
+
+
+def test_epoch_order_cuts_or_repeats_permutations():
+    from training.train import epoch_order
+
+    short, full = epoch_order(3, 1, 100, 40), epoch_order(3, 1, 100, 100)
+    assert torch.equal(short, full[:40]) and sorted(full.tolist()) == list(range(100))
+    long = epoch_order(3, 1, 10, 25)  # a subset gone through 2.5 times: each pass a permutation
+    assert len(long) == 25 and sorted(long[:10].tolist()) == sorted(long[10:20].tolist()) == list(range(10))
+    assert not torch.equal(long[:10], long[10:20])
+
+
+def test_epoch_size_and_train_fraction_give_every_fraction_the_same_steps(tiny_train_config, synthetic_data_dir,
+                                                                            tmp_path):
+    steps = {}
+    for fraction in (0.05, 1.0):
+        config = dataclasses.replace(tiny_train_config, epochs=1, epoch_size=256, train_fraction=fraction,
+                                     keep_epoch_checkpoints=True)
+        steps[fraction] = run_train(config, tmp_path / str(fraction), synthetic_data_dir)["steps"]
+        assert (tmp_path / str(fraction) / "epoch-001.pt").is_file()
+    assert steps == {0.05: 8, 1.0: 8}  # 256 / 32 either way, though 5 % is 26 of the 520 images
+
+
+def test_train_fraction_picks_a_seeded_subset(synthetic_data_dir):
+    from training.tasks import training_data
+
+    def subset(seed):
+        return training_data(TrainConfig(variant="tiny", val_size=120, train_fraction=0.1, seed=seed),
+                             synthetic_data_dir).train_images
+
+    assert len(subset(0)) == 52 and torch.equal(subset(0), subset(0)) and not torch.equal(subset(0), subset(1))
+    with pytest.raises(ConfigError, match="train_fraction"):
+        TrainConfig(train_fraction=0.0)
+
+
+def test_a_translated_mnist_run_is_scored_on_the_affine_set(synthetic_data_dir, tmp_path):
+    config = TrainConfig(variant="tiny", dataset="translated-mnist", max_shift=6, epochs=1, batch_size=32,
+                         val_size=120, epoch_size=64, device="cpu")
+    run_train(config, tmp_path / "run", synthetic_data_dir)
+    result = evaluate_checkpoint(tmp_path / "run" / "best.pt", synthetic_data_dir, affine_digits=3)
+    affine = result["affine"]
+    assert affine["digits"] == 3 and affine["per_digit"] == 32 and affine["count"] == 96
+    assert affine["translation_within_6px"]["count"] + affine["translation_beyond_6px"]["count"] == 96
+    assert 0 <= result["translation_only_6px"] <= 1 and 0 <= result["centred"] <= 1
+    assert result["num_images"] == 200 and result["accuracy"] == pytest.approx(result["translation_only_6px"])

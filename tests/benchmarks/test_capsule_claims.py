@@ -1,0 +1,52 @@
+"""benchmarks/capsule_claims.py, the claims report, runs end to end at the tiny scale (tiny networks,
+synthetic digits, a few steps per run) so that it cannot rot, and a second invocation resumes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO
+
+SCRIPT = REPO / "benchmarks" / "capsule_claims.py"
+
+
+def run_report(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_the_tiny_report_has_every_claim_and_a_rerun_reuses_the_runs(synthetic_data_dir, tmp_path):
+    args = ("--scale", "tiny", "--data-dir", str(synthetic_data_dir), "--out", str(tmp_path / "runs"),
+            "--report", str(tmp_path / "report"))
+    result = run_report(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tmp_path / "report" / "report.md").read_text()
+    for claim in ("robust to affine", "less training data", "routing iterations", "crowded scenes"):
+        assert claim in report
+    for plot in ("affine", "efficiency", "routing", "crowded"):
+        assert f"({plot}.png)" in report and Image.open(tmp_path / "report" / f"{plot}.png").size[0] > 200
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    affine = results["affine"]
+    assert results["scale"] == "tiny" and results["budget"]["affine_digits"] == 3
+    for run in affine["models"].values():  # each model stopped where it first reached the matched accuracy
+        assert run["matched"]["val_accuracy"] >= affine["matched_val_accuracy"]
+        assert all(v < affine["matched_val_accuracy"] for v in run["val_curve"][:run["matched"]["epoch"] - 1])
+        assert run["best"]["val_accuracy"] == max(run["val_curve"])
+        assert run["matched"]["affine"]["count"] == 3 * 32
+    rows = results["efficiency"]["rows"]
+    assert len(rows) == 2 * 2 * 2 and len({r["steps"] for r in rows}) == 1  # same steps for every fraction
+    assert {(r["routing_iters"], r["reconstruction"]) for r in results["routing"]["rows"]} == \
+        {(1, True), (1, False), (3, True), (3, False)}
+    assert all("exact_pair_error" in m["test_metrics"] for m in results["crowded"]["models"].values())
+
+    checkpoints = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*.pt")}
+    again = run_report(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "report" / "results.json").read_text()) == results
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*.pt")} == checkpoints  # nothing retrained
