@@ -132,6 +132,10 @@ CNN_VARIANTS: dict[str, CNNConfig] = {
                                       pool_after=(True, True), hidden=(1024,), multi_label=True),
     # CPU-sized, matched to the `small` CapsNet (1,280,720) by parameter count: 1,250,458.
     "cnn-small": CNNConfig(conv_channels=(32, 32, 16), hidden=(96, 64)),
+    # The MultiMNIST baseline's shape at CPU size, matched to the `small` CapsNet on 36x36 (2,198,736)
+    # by parameter count: conv 64 9x9 + pool, conv 128 5x5 + pool, fully connected 192: 2,202,954.
+    "cnn-multimnist-small": CNNConfig(image_size=36, conv_channels=(64, 128), conv_kernels=(9, 5),
+                                      pool_after=(True, True), hidden=(192,), multi_label=True),
     # Unit tests.
     "cnn-tiny": CNNConfig(conv_channels=(4, 4, 2), hidden=(16, 8)),
 }

@@ -71,7 +71,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = No
             figure = pair_figure(model, *figure_pairs(images, labels, probabilities, dev))
             save_png(out / "multimnist_pairs.png", figure)
     if config.dataset == "translated-mnist":
-        result.update(affine_evaluation(model, data, affine_digits, batch_size, dev))
+        result.update(affine_evaluation(model, affine_sets(data, affine_digits), batch_size, dev))
     if isinstance(model, CapsNet) and not isinstance(data, PairData):
         sample = to_float(images[:32]).to(dev)
         save_png(out / "reconstructions.png", reconstruction_grid(model, sample))
@@ -81,20 +81,26 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = No
     return result
 
 
-def affine_evaluation(model: torch.nn.Module, data: DigitData, digits: int = FULL_SIZE, batch_size: int = 500,
-                      device: torch.device | str = "cpu") -> dict[str, Any]:
-    """A translated-mnist model (40x40) on the affine test set of the first `digits` MNIST test digits
-    (training/affine.py: accuracy overall, by translation within / beyond +-6 px and by rotation)
-    and on the two controls: all test digits at fixed-seed shifts within +-6 px (the training
-    distribution) and centred."""
+def affine_sets(data: DigitData, digits: int = FULL_SIZE) -> dict[str, Any]:
+    """What a translated-mnist model (40x40) is scored on: the affine test set of the first `digits`
+    MNIST test digits (training/affine.py) and two controls, all test digits at fixed-seed shifts
+    within +-6 px (the training distribution) and centred, with their labels."""
     images, labels = load_split(data.dataset, "test", data.data_dir)
-    affine = affine_test_set(images[:digits], labels[:digits])
+    return {"affine": affine_test_set(images[:digits], labels[:digits]), "labels": labels,
+            "controls": {"translation_only_6px": data.test_set()[0], "centred": place(images, None, data.canvas)}}
+
+
+def affine_evaluation(model: torch.nn.Module, sets: dict[str, Any], batch_size: int = 500,
+                      device: torch.device | str = "cpu") -> dict[str, Any]:
+    """`model` on affine_sets(): accuracy on the affine set, overall, by translation within / beyond
+    +-6 px and by rotation; and accuracy on each control."""
+    affine = sets["affine"]
     correct = (predict(model, affine.images, batch_size, device).argmax(1) == affine.labels).numpy()
-    controls = {"translation_only_6px": data.test_set()[0], "centred": place(images, None, data.canvas)}
+    digits = int(affine.digit.max()) + 1
     return {"affine": {"digits": digits, "per_digit": len(affine.labels) // digits,
                        **affine_breakdown(correct, affine.transforms)},
-            **{name: float((predict(model, inputs, batch_size, device).argmax(1) == labels).double().mean())
-               for name, inputs in controls.items()}}
+            **{name: float((predict(model, inputs, batch_size, device).argmax(1) == sets["labels"]).double().mean())
+               for name, inputs in sets["controls"].items()}}
 
 
 def figure_pairs(images: torch.Tensor, labels: torch.Tensor, probabilities: torch.Tensor,

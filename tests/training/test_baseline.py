@@ -25,6 +25,7 @@ def parameters(model: torch.nn.Module) -> int:
     ("cnn-paper", 35_445_522),  # the paper's "35.4 M": 'same' padding, no pooling
     ("cnn-multimnist-paper", 24_563_978),  # the paper's "24.56 M" on 36x36 input
     ("cnn-small", 1_250_458),  # matched to the small CapsNet's 1,280,720 by parameters
+    ("cnn-multimnist-small", 2_202_954),  # matched to the small CapsNet on 36x36 (2,198,736)
 ])
 def test_parameter_counts_are_pinned(variant, count):
     assert parameters(build_network(cnn_variant_config(variant))) == count
