@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from training.errors import ConfigError
+
 CANVAS = 40
 PER_DIGIT = 32
 MAX_ROTATION_DEG, MAX_SHEAR, SCALE_RANGE = 20.0, 0.2, (0.8, 1.2)
@@ -50,7 +52,7 @@ def draw_transforms(n_digits: int, per_digit: int = PER_DIGIT, seed: int = AFFIN
     """The random parameters of the first n_digits' transforms, each [n_digits * per_digit]. The
     translation is stored as a fraction in [0, 1) of its allowed range (known only once the ink is)."""
     if not 0 < n_digits <= FULL_SIZE:
-        raise ValueError(f"n_digits must be in 1..{FULL_SIZE}, got {n_digits}")
+        raise ConfigError(f"the affine test set is made of 1 to {FULL_SIZE:,} test digits, got {n_digits}")
     rng = np.random.default_rng(seed)
     shape = (FULL_SIZE, per_digit)
     drawn = {

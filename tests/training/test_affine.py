@@ -20,6 +20,7 @@ from training.affine import (
 )
 from training.config import TrainConfig
 from training.data import synthetic_digits
+from training.errors import ConfigError
 from training.tasks import training_data
 
 # sha256 of the first 2 digits' 64 images (uint8 bytes) and their stored transforms (float64 bytes),
@@ -54,6 +55,11 @@ def test_a_digit_gets_the_same_transforms_however_many_digits_are_made(digits):
     assert all(np.array_equal(small.transforms[k], large.transforms[k][:32]) for k in small.transforms)
     assert torch.equal(large.digit, torch.arange(4).repeat_interleave(32))
     assert torch.equal(large.labels, digits[1].repeat_interleave(32))
+
+
+def test_a_wrong_number_of_digits_is_a_clear_error():
+    with pytest.raises(ConfigError, match="1 to 10,000 test digits"):
+        draw_transforms(0)
 
 
 def test_parameters_stay_in_the_documented_ranges():
