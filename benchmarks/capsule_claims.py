@@ -42,6 +42,7 @@ from routing_iterations import routing_config, run_one
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import TrainConfig
 from training.distributed import resolve_device
+from training.errors import UserError, run_cli, setup_cli_logging
 from training.evaluate import affine_evaluation, affine_sets
 from training.fileio import atomic_path, write_json
 from training.networks import build_network
@@ -106,14 +107,23 @@ def base_config(scale: Scale, variant: str, **fields: Any) -> TrainConfig:
                        val_size=scale.val_size, **fields)
 
 
-def cached(run_dir: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """run_dir/result.json if a previous invocation finished this run, else compute() and store it."""
+class StaleRunError(UserError):
+    """A finished run's folder holds a result made with other settings (the budget changed)."""
+
+
+def cached(run_dir: Path, key: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """run_dir/result.json if a previous invocation finished this run with the same settings (`key`),
+    else compute() and store it with its key. A result made with other settings is an error, not
+    silently reused or overwritten."""
     done = run_dir / "result.json"
     if done.exists():
-        return json.loads(done.read_text())
+        result = json.loads(done.read_text())
+        if result.get("key") != key:
+            raise StaleRunError(f"{run_dir} holds a run made with other settings: delete it, or pass another --out")
+        return result
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    result = {**compute(), "wall_seconds": None}
+    result = {**compute(), "key": key}
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     write_json(done, result)
     return result
@@ -138,7 +148,8 @@ def affine_experiment(scale: Scale, out: Path, data_dir: str | None) -> dict[str
     for name, variant in models.items():
         config = base_config(scale, variant, dataset="translated-mnist", max_shift=6, epochs=scale.affine_epochs,
                              keep_epoch_checkpoints=True)
-        runs[name] = cached(out / name, lambda run_dir=out / name, c=config: train_run(run_dir, c, data_dir))
+        runs[name] = cached(out / name, config.to_dict(),
+                            lambda run_dir=out / name, c=config: train_run(run_dir, c, data_dir))
     # Matched validation accuracy: the lower of the two best, and each model's first epoch reaching it.
     target = min(max(r["val_curve"]) for r in runs.values())
     device = resolve_device("auto")
@@ -152,7 +163,8 @@ def affine_experiment(scale: Scale, out: Path, data_dir: str | None) -> dict[str
                 model = model_from_checkpoint(load_checkpoint(out / name / epoch_checkpoint_name(epoch))).to(device)
                 return affine_evaluation(model, sets(), 500, device)
             run[stop] = {"epoch": epoch, "val_accuracy": run["val_curve"][epoch - 1],
-                         **cached(out / name / f"scores-epoch-{epoch:03d}", score)}
+                         **cached(out / name / f"scores-epoch-{epoch:03d}",
+                                  {"epoch": epoch, "affine_digits": scale.affine_digits}, score)}
     return {"matched_val_accuracy": target, "models": runs}
 
 
@@ -165,7 +177,8 @@ def efficiency_experiment(scale: Scale, out: Path, data_dir: str | None) -> dict
                                      epochs=scale.efficiency_epochs)
                 run_dir = out / f"{name}-{fraction:g}-seed{seed}"
                 rows.append({"model": name, "fraction": fraction,
-                             **cached(run_dir, lambda r=run_dir, c=config: train_run(r, c, data_dir))})
+                             **cached(run_dir, config.to_dict(),
+                                      lambda r=run_dir, c=config: train_run(r, c, data_dir))})
     return {"rows": rows}
 
 
@@ -175,7 +188,7 @@ def routing_experiment(scale: Scale, out: Path, data_dir: str | None) -> dict[st
         for reconstruction in (True, False):
             config = routing_config(base_config(scale, scale.capsnet, epochs=scale.routing_epochs), r, reconstruction)
             run_dir = out / f"r{r}-{'recon' if reconstruction else 'norecon'}"
-            rows.append(cached(run_dir, lambda d=run_dir, c=config: run_one(d, c, data_dir)))
+            rows.append(cached(run_dir, config.to_dict(), lambda d=run_dir, c=config: run_one(d, c, data_dir)))
     return {"rows": rows}
 
 
@@ -185,7 +198,7 @@ def crowded_experiment(scale: Scale, out: Path, data_dir: str | None) -> dict[st
         config = dataclasses.replace(
             base_config(scale, variant, dataset="multimnist", max_shift=4, epochs=scale.crowded_epochs,
                         test_partners=scale.test_partners), val_size=scale.pair_val_size)
-        runs[name] = cached(out / name, lambda d=out / name, c=config: train_run(d, c, data_dir))
+        runs[name] = cached(out / name, config.to_dict(), lambda d=out / name, c=config: train_run(d, c, data_dir))
     return {"test_pairs_per_digit": scale.test_partners, "models": runs}
 
 
@@ -451,21 +464,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="MNIST folder (default: $CAPSNET_DATA_DIR, else downloaded with checksums)")
     p.add_argument("--only", nargs="+", choices=sorted(EXPERIMENTS), help="run only these experiments")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_cli_logging()
     scale = SCALES[args.scale]
     out = args.out / args.scale
-    results, seconds = {}, {}
-    for name, experiment in EXPERIMENTS.items():
-        if args.only and name not in args.only:
-            continue
-        log.info("experiment %s (%s scale)", name, args.scale)
-        started = time.perf_counter()
-        results[name] = experiment(scale, out / name, args.data_dir)
-        seconds[name] = recorded_seconds(out / name, time.perf_counter() - started)
-        log.info("experiment %s done in %.1f min", name, seconds[name] / 60)
-    path = write_report(results, args.scale, args.report, seconds)
-    print(path.read_text())
-    return 0
+
+    def body() -> int:
+        results, seconds = {}, {}
+        for name, experiment in EXPERIMENTS.items():
+            if args.only and name not in args.only:
+                continue
+            log.info("experiment %s (%s scale)", name, args.scale)
+            started = time.perf_counter()
+            results[name] = experiment(scale, out / name, args.data_dir)
+            seconds[name] = recorded_seconds(out / name, time.perf_counter() - started)
+            log.info("experiment %s done in %.1f min", name, seconds[name] / 60)
+        path = write_report(results, args.scale, args.report, seconds)
+        print(path.read_text())
+        return 0
+
+    return run_cli(body)
 
 
 def recorded_seconds(experiment_dir: Path, this_call: float) -> float:

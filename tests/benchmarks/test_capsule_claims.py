@@ -50,3 +50,12 @@ def test_the_tiny_report_has_every_claim_and_a_rerun_reuses_the_runs(synthetic_d
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "report" / "results.json").read_text()) == results
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*.pt")} == checkpoints  # nothing retrained
+
+    # A finished run made with other settings (say, an older budget) is refused, not silently reused.
+    done = tmp_path / "runs" / "tiny" / "affine" / "capsnet" / "result.json"
+    stale = json.loads(done.read_text())
+    stale["key"]["epochs"] += 1
+    done.write_text(json.dumps(stale))
+    refused = run_report(*args)
+    assert refused.returncode == 2 and "made with other settings" in refused.stderr
+    assert "Traceback" not in refused.stderr
