@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from routing_iterations import routing_config, run_one
+from routing_iterations import routing_config, run_one, train_run
 
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import TrainConfig
@@ -45,9 +45,8 @@ from training.distributed import resolve_device
 from training.errors import UserError, run_cli, setup_cli_logging
 from training.evaluate import affine_evaluation, affine_sets
 from training.fileio import atomic_path, write_json
-from training.networks import build_network
 from training.tasks import training_data
-from training.train import LAST, METRICS, epoch_checkpoint_name, train
+from training.train import epoch_checkpoint_name
 
 log = logging.getLogger("capsule_claims")
 
@@ -127,17 +126,6 @@ def cached(run_dir: Path, key: dict[str, Any], compute: Callable[[], dict[str, A
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     write_json(done, result)
     return result
-
-
-def train_run(run_dir: Path, config: TrainConfig, data_dir: str | None) -> dict[str, Any]:
-    """Train (or resume) one run; its summary plus the parameter count and the validation curve."""
-    summary = train(config, run_dir, data_dir, resume=(run_dir / LAST).exists(), progress=False)
-    curve = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines()]
-    return {"variant": config.variant, "seed": config.seed, "steps": summary["steps"],
-            "parameters": sum(p.numel() for p in build_network(config.model_config()).parameters()),
-            "best_val_accuracy": summary["best_val_accuracy"], "test_accuracy": summary.get("test_accuracy"),
-            "test_metrics": summary.get("test_metrics", {}), "val_curve": [e["val_accuracy"] for e in curve],
-            "train_images_per_sec": statistics.median(e["train_images_per_sec"] for e in curve)}
 
 
 # --- the four experiments -------------------------------------------------------------------------
@@ -251,15 +239,22 @@ def kept(scores: dict[str, Any]) -> float:
     return scores["affine"]["accuracy"] / scores["translation_only_6px"]
 
 
+def efficiency_stats(result: dict[str, Any]) -> dict[str, dict[float, tuple[float, float]]]:
+    """model -> training fraction -> (mean, spread) of the test accuracy over seeds."""
+    fractions = sorted({r["fraction"] for r in result["rows"]})
+    return {model: {f: mean_spread([r["test_accuracy"] for r in result["rows"]
+                                    if r["model"] == model and r["fraction"] == f]) for f in fractions}
+            for model in ("capsnet", "cnn")}
+
+
 def efficiency_section(result: dict[str, Any], scale: Scale) -> list[str]:
     lines = [f"{scale.efficiency_epochs} epoch(s) of {epoch_words(scale)} for every fraction (the same "
              f"optimizer steps), seeds {', '.join(map(str, scale.seeds))} (the seed also draws the subset); "
              "test accuracy of the validation-selected checkpoint, mean ± half the range over seeds.", "",
              "| training images | CapsNet | CNN | CapsNet − CNN |", "|---|---|---|---|"]
+    stats = efficiency_stats(result)
     for fraction in scale.fractions:
-        acc = {m: [r["test_accuracy"] for r in result["rows"] if r["model"] == m and r["fraction"] == fraction]
-               for m in ("capsnet", "cnn")}
-        (cm, cs), (nm, ns) = mean_spread(acc["capsnet"]), mean_spread(acc["cnn"])
+        (cm, cs), (nm, ns) = stats["capsnet"][fraction], stats["cnn"][fraction]
         lines.append(f"| {fraction:.0%} | {100 * cm:.2f} ± {100 * cs:.2f} % | {100 * nm:.2f} ± {100 * ns:.2f} % "
                      f"| {100 * (cm - nm):+.2f} points |")
     return lines
@@ -307,12 +302,10 @@ def claims_table(results: dict[str, dict[str, Any]], scale: Scale) -> list[str]:
                     "training-like accuracy) |")
     if "efficiency" in results:
         low = min(scale.fractions)
-        acc = {mod: statistics.fmean(r["test_accuracy"] for r in results["efficiency"]["rows"]
-                                     if r["model"] == mod and r["fraction"] == low) for mod in ("capsnet", "cnn")}
+        acc = {mod: by_fraction[low][0] for mod, by_fraction in efficiency_stats(results["efficiency"]).items()}
         rows.append(f"| need less training data | (not measured in the paper) | {low:.0%} of the data: "
                     f"{pct(acc['capsnet'], 1)} vs {pct(acc['cnn'], 1)} "
                     f"({100 * (acc['capsnet'] - acc['cnn']):+.1f} points) |")
-    if "efficiency" in results:
         speed = {mod: statistics.median(r["train_images_per_sec"] for r in results["efficiency"]["rows"]
                                         if r["model"] == mod) for mod in ("capsnet", "cnn")}
         rows.append(f"| slow to train (the routing loop) | (no CNN timing in the paper) | training images/s "
@@ -387,19 +380,26 @@ def save(fig: Any, path: Path) -> Path:
     return path
 
 
+def grouped_bars(ax: Any, groups: list[str], series: dict[str, list[float | None]], **tick_style: Any) -> None:
+    """Two bars per group side by side, one per series (fractions, drawn as percent; None as 0)."""
+    for k, (label, values) in enumerate(series.items()):
+        ax.bar([i + 0.4 * k for i in range(len(values))], [100 * (v or 0) for v in values], 0.4, label=label)
+    ax.set_xticks([i + 0.2 for i in range(len(groups))], groups, **tick_style)
+
+
 def plot_affine(result: dict[str, Any], path: Path) -> Path:
     plt = figure()
     fig, ax = plt.subplots(figsize=(7, 3.2))
     models = result["models"]
     groups = ["centred", "±6 px (trained)", "affine ≤ 6 px", "affine > 6 px",
               *[f"rot {b}°" for b in models["capsnet"]["matched"]["affine"]["rotation_deg"]]]
-    for k, (name, run) in enumerate(models.items()):
+    series = {}
+    for name, run in models.items():
         s = run["matched"]
         a = s["affine"]
-        values = [s["centred"], s["translation_only_6px"], a["translation_within_6px"]["accuracy"],
-                  a["translation_beyond_6px"]["accuracy"], *[v["accuracy"] for v in a["rotation_deg"].values()]]
-        ax.bar([i + 0.4 * k for i in range(len(values))], [100 * (v or 0) for v in values], 0.4, label=name)
-    ax.set_xticks([i + 0.2 for i in range(len(groups))], groups, rotation=30, ha="right")
+        series[name] = [s["centred"], s["translation_only_6px"], a["translation_within_6px"]["accuracy"],
+                        a["translation_beyond_6px"]["accuracy"], *[v["accuracy"] for v in a["rotation_deg"].values()]]
+    grouped_bars(ax, groups, series, rotation=30, ha="right")
     ax.set_ylabel("test accuracy %")
     ax.set_title("Trained on translated MNIST, matched validation accuracy")
     ax.legend()
@@ -409,15 +409,12 @@ def plot_affine(result: dict[str, Any], path: Path) -> Path:
 def plot_efficiency(result: dict[str, Any], path: Path) -> Path:
     plt = figure()
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for name in ("capsnet", "cnn"):
-        fractions = sorted({r["fraction"] for r in result["rows"]})
-        stats = [mean_spread([r["test_accuracy"] for r in result["rows"] if r["model"] == name
-                              and r["fraction"] == f]) for f in fractions]
-        ax.errorbar([100 * f for f in fractions], [100 * m for m, _ in stats], yerr=[100 * s for _, s in stats],
-                    marker="o", capsize=3, label=name)
+    for name, by_fraction in efficiency_stats(result).items():
+        ax.errorbar([100 * f for f in by_fraction], [100 * m for m, _ in by_fraction.values()],
+                    yerr=[100 * s for _, s in by_fraction.values()], marker="o", capsize=3, label=name)
     ax.set_xscale("log")
-    ax.set_xticks([100 * f for f in sorted({r["fraction"] for r in result["rows"]})],
-                  [f"{f:.0%}" for f in sorted({r["fraction"] for r in result["rows"]})])
+    fractions = sorted({r["fraction"] for r in result["rows"]})
+    ax.set_xticks([100 * f for f in fractions], [f"{f:.0%}" for f in fractions])
     ax.set_xlabel("share of the training split (same optimizer steps)")
     ax.set_ylabel("test accuracy %")
     ax.legend()
@@ -443,10 +440,8 @@ def plot_crowded(result: dict[str, Any], path: Path) -> Path:
     plt = figure()
     fig, ax = plt.subplots(figsize=(4, 3))
     names = list(result["models"])
-    for k, key in enumerate(("exact_pair_error", "per_digit_error")):
-        ax.bar([i + 0.4 * k for i in range(len(names))],
-               [100 * result["models"][n]["test_metrics"].get(key, 0) for n in names], 0.4, label=key.replace("_", " "))
-    ax.set_xticks([i + 0.2 for i in range(len(names))], names)
+    grouped_bars(ax, names, {key.replace("_", " "): [result["models"][n]["test_metrics"].get(key) for n in names]
+                             for key in ("exact_pair_error", "per_digit_error")})
     ax.set_ylim(0, 100)  # room for the legend above the bars
     ax.set_ylabel("test error %")
     ax.legend()

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -23,6 +24,7 @@ from bench_timing import median_latency_ms, median_rate
 
 from export.onnx_export import export_onnx
 from training.config import PROFILES, TrainConfig
+from training.networks import build_network
 from training.train import BEST, LAST, METRICS, train
 
 
@@ -32,10 +34,21 @@ def routing_config(base: TrainConfig, routing_iters: int, reconstruction: bool) 
     return dataclasses.replace(base, routing_iters=routing_iters, recon_weight=recon_weight)
 
 
+def train_run(run_dir: Path, config: TrainConfig, data_dir: str | None) -> dict[str, Any]:
+    """Train (or resume) one run in `run_dir`: its summary, parameter count, validation curve and
+    median training images/s."""
+    summary = train(config, run_dir, data_dir, resume=(run_dir / LAST).exists(), progress=False)
+    curve = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines()]
+    return {"variant": config.variant, "seed": config.seed, "epochs": summary["epochs"], "steps": summary["steps"],
+            "parameters": sum(p.numel() for p in build_network(config.model_config()).parameters()),
+            "best_val_accuracy": summary["best_val_accuracy"], "test_accuracy": summary.get("test_accuracy"),
+            "test_metrics": summary.get("test_metrics", {}), "val_curve": [e["val_accuracy"] for e in curve],
+            "train_images_per_sec": statistics.median(e["train_images_per_sec"] for e in curve)}
+
+
 def run_one(out: Path, config: TrainConfig, data_dir: str | None) -> dict:
     """Train `config` into `out` (resuming there), export best.pt, time ONNX Runtime -> one table row."""
-    summary = train(config, out, data_dir, resume=(out / LAST).exists(), progress=False)
-    epochs_seen = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
+    trained = train_run(out, config, data_dir)
     export_onnx(out / BEST, out / "export", data_dir=data_dir, limit=500)
     session = ort.InferenceSession(str(out / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
     side = config.model_config().image_size
@@ -43,9 +56,7 @@ def run_one(out: Path, config: TrainConfig, data_dir: str | None) -> dict:
         np.random.default_rng(1).random((64, 1, side, side), np.float32)
     return {"routing_iters": config.routing_iters, "reconstruction": config.recon_weight > 0,
             "recon_weight": config.recon_weight,
-            "epochs": summary["epochs"], "best_val_accuracy": summary["best_val_accuracy"],
-            "test_accuracy": summary.get("test_accuracy"),
-            "train_images_per_sec": statistics.median(e["train_images_per_sec"] for e in epochs_seen),
+            **{k: trained[k] for k in ("epochs", "best_val_accuracy", "test_accuracy", "train_images_per_sec")},
             "onnx_p50_latency_ms_batch_1": median_latency_ms(lambda: session.run(None, {"image": one}), 200),
             "onnx_images_per_sec_batch_64": median_rate(lambda: session.run(None, {"image": batch}), 64)}
 
