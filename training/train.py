@@ -25,7 +25,13 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from training.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
+from training.checkpoint import (
+    CheckpointError,
+    build_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from training.config import CNN_VARIANTS, DATASET_IMAGE_SIZE, PROFILES, RESUMABLE_OVERRIDES, VARIANTS, TrainConfig
 from training.data import TrainingData
 from training.distributed import (
@@ -178,6 +184,9 @@ def restore(config: TrainConfig, out_dir: Path, resume: bool, device: torch.devi
             raise RunExistsError(f"{last_path} exists: pass --resume to continue it, or choose another --out")
         return state
     ckpt = load_checkpoint(last_path)
+    if "optimizer_state" not in ckpt:
+        raise CheckpointError(f"{last_path} holds weights only (unpacked from a weights file): nothing to resume; "
+                              "train into another --out")
     _check_resumable(TrainConfig.from_dict(ckpt["train_config"]), config)
     model.load_state_dict(ckpt["model_state"])
     state.optimizer.load_state_dict(ckpt["optimizer_state"])

@@ -1,0 +1,133 @@
+"""Inference-only float16 weights files (training/weights_file.py): what is stored, what loading
+refuses, and that an unpacked file goes through evaluation and export like any checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+
+import pytest
+import torch
+
+from export.onnx_export import export_onnx
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.config import TrainConfig
+from training.errors import UserError
+from training.train import train
+from training.weights_file import (
+    WeightsFileError,
+    evaluate_weights,
+    load_weights,
+    main,
+    pack_weights,
+    paths_of,
+    unpack_weights,
+)
+
+
+@pytest.fixture()
+def packed(tiny_checkpoint, tmp_path):
+    name = tmp_path / "weights" / "tiny"
+    return name, pack_weights(tiny_checkpoint, name)
+
+
+def test_pack_stores_float16_weights_with_their_hash_and_config(tiny_checkpoint, packed):
+    name, manifest = packed
+    weights, manifest_path = paths_of(name)
+    assert json.loads(manifest_path.read_text()) == manifest
+    ckpt = load_checkpoint(tiny_checkpoint)
+    floats = {k: t for k, t in ckpt["model_state"].items() if t.is_floating_point()}
+    assert manifest["parameters"] == sum(t.numel() for t in floats.values())
+    # float16 payload plus a header: about two bytes per weight, not four
+    assert 2 * manifest["parameters"] <= manifest["bytes"] < 2 * manifest["parameters"] + 64_000
+    assert manifest["model_config"] == ckpt["model_config"] and manifest["train_config"] == ckpt["train_config"]
+    assert manifest["source_checkpoint"]["epoch"] == ckpt["epoch"] and len(manifest["sha256"]) == 64
+    assert not list(weights.parent.glob(".*.tmp"))  # written atomically, nothing left behind
+
+    loaded = load_weights(weights)
+    assert "optimizer_state" not in loaded and loaded["metrics"] == ckpt["metrics"]
+    for key, tensor in ckpt["model_state"].items():
+        want = tensor.half().float() if tensor.is_floating_point() else tensor
+        assert loaded["model_state"][key].dtype == tensor.dtype
+        assert torch.equal(loaded["model_state"][key], want), key  # exactly the float16 rounding
+
+
+def test_loading_refuses_a_file_whose_hash_does_not_match(packed):
+    name, manifest = packed
+    weights = paths_of(name)[0]
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(WeightsFileError, match="does not match"):
+        load_weights(weights)
+    with pytest.raises(WeightsFileError, match="does not match"):
+        load_weights(weights, sha256=manifest["sha256"])
+
+
+def test_loading_needs_a_hash_to_check(packed):
+    name, manifest = packed
+    weights, manifest_path = paths_of(name)
+    manifest_path.unlink()
+    with pytest.raises(WeightsFileError, match="no manifest"):
+        load_weights(weights)
+    assert load_weights(weights, sha256=manifest["sha256"].upper())["epoch"] == manifest["source_checkpoint"]["epoch"]
+
+
+def test_a_corrupt_or_foreign_file_is_a_clear_error(packed, tmp_path):
+    name, _ = packed
+    weights = paths_of(name)[0]
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(weights.read_bytes()[:300])
+    with pytest.raises(WeightsFileError, match="not a readable capsnet-weights file"):
+        load_weights(truncated, sha256=_sha(truncated))
+    header = json.dumps({"w": {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]},
+                         "__metadata__": {"format": "something-else"}}).encode()
+    foreign = tmp_path / "foreign.safetensors"
+    foreign.write_bytes(struct.pack("<Q", len(header)) + header + b"\x00\x00")
+    with pytest.raises(WeightsFileError, match="not a capsnet-weights file"):
+        load_weights(foreign, sha256=_sha(foreign))
+    with pytest.raises(WeightsFileError, match="not found"):
+        load_weights(tmp_path / "missing.safetensors")
+
+
+def test_an_unpacked_file_is_a_checkpoint_that_evaluates_and_exports(packed, synthetic_data_dir, tmp_path):
+    name, _ = packed
+    evaluation = evaluate_weights(name, synthetic_data_dir, device="cpu")
+    assert evaluation["split"] == "test" and evaluation["num_images"] == 200 and 0 <= evaluation["accuracy"] <= 1
+    assert json.loads(paths_of(name)[1].read_text())["evaluation"] == evaluation
+    assert load_weights(paths_of(name)[0])  # the manifest's rewrite kept the hash right
+
+    checkpoint = tmp_path / "run" / "best.pt"
+    unpacked = unpack_weights(paths_of(name)[0], checkpoint)
+    model = model_from_checkpoint(load_checkpoint(checkpoint))
+    assert all(torch.equal(model.state_dict()[k], t) for k, t in unpacked["model_state"].items())
+    exported = export_onnx(checkpoint, tmp_path / "export", data_dir=synthetic_data_dir, limit=32)
+    assert exported["parity"]["passed"]
+
+
+def test_an_unpacked_checkpoint_cannot_be_resumed(packed, synthetic_data_dir, tmp_path):
+    name, _ = packed
+    run = tmp_path / "run"
+    unpack_weights(paths_of(name)[0], run / "last.pt")
+    config = TrainConfig(variant="tiny", epochs=2, batch_size=32, val_size=120, device="cpu", max_steps=8)
+    with pytest.raises(UserError, match="weights only"):
+        train(config, run, synthetic_data_dir, resume=True, progress=False)
+
+
+def test_cli_packs_unpacks_and_refuses_with_one_line(tiny_checkpoint, synthetic_data_dir, tmp_path, caplog):
+    name = tmp_path / "cli" / "tiny"
+    assert main(["pack", str(tiny_checkpoint), str(name), "--data-dir", str(synthetic_data_dir),
+                 "--device", "cpu"]) == 0
+    assert "evaluation" in json.loads(paths_of(name)[1].read_text())
+    out = tmp_path / "cli" / "best.pt"
+    assert main(["unpack", str(paths_of(name)[0]), "-o", str(out)]) == 0 and out.is_file()
+    caplog.clear()
+    assert main(["unpack", str(paths_of(name)[0]), "-o", str(tmp_path / "x.pt"), "--sha256", "0" * 64]) == 2
+    assert not (tmp_path / "x.pt").exists()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "does not match" in errors[0].getMessage()
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
