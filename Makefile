@@ -38,7 +38,7 @@ endif
 
 export BENTOML_DO_NOT_TRACK ?= True
 
-.PHONY: setup model pipeline serve test lint claims
+.PHONY: setup model pipeline serve test lint claims pretrained pretrained-model
 setup: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml
@@ -59,6 +59,22 @@ model: setup
 
 # Serving starts only after the model is registered, also under `make -j`.
 pipeline: model
+	$(MAKE) --no-print-directory serve
+
+# A trained model from a float16 weights file instead of training (training/weights_file.py): the
+# SHA-256 is checked against the manifest beside it, then evaluate, export with parity, register and
+# verify as `model` does; `pretrained` serves it too. WEIGHTS: another NAME.safetensors.
+WEIGHTS ?= weights/capsnet-mnist-paper.safetensors
+WEIGHTS_RUN ?= runs/$(basename $(notdir $(WEIGHTS)))
+pretrained-model: setup
+	@test -f "$(WEIGHTS)" || { echo "$(WEIGHTS): no such weights file. The paper-grade weights come from a GPU run" \
+	  "(benchmarks/gpu_check.py, README 'GPU check'); pass WEIGHTS=NAME.safetensors with NAME.json beside it." >&2; exit 2; }
+	$(BIN)/capsnet-weights unpack $(WEIGHTS) -o $(WEIGHTS_RUN)/best.pt
+	$(BIN)/capsnet-evaluate $(WEIGHTS_RUN)/best.pt
+	$(BIN)/capsnet-export $(WEIGHTS_RUN)/best.pt -o $(WEIGHTS_RUN)/export --with-explorer
+	$(BIN)/capsnet-verify $(WEIGHTS_RUN)/export/model.onnx --checkpoint $(WEIGHTS_RUN)/best.pt
+
+pretrained: pretrained-model
 	$(MAKE) --no-print-directory serve
 
 # Serve the registered models (CAPSNET_MODEL_TAG: comma-separated tags; default: the newest version

@@ -5,11 +5,12 @@
 #   mkdir -p .device/mnist && cp ../shared/datasets/mnist/*.gz .device/mnist/      # 11 MB
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d .device/whl \
-#       tqdm nvidia-ml-py                                                           # < 1 MB
+#       tqdm nvidia-ml-py safetensors                                               # ~1.1 MB
 #
 # then call the device with carry [".device"] and the command `bash benchmarks/device_gpu_check.sh`
 # (timeout 600 s: the check's budget is 450 s). The JSON, the log and the run's metrics come back
-# under $OUT; the checkpoints (~100 MB) stay there. CUDA parity and ONNX Runtime CUDA throughput need
+# under $OUT, with the float16 weights file (16.4 MB) when the run reaches 99.6 %; the checkpoints
+# (~100 MB) stay there. CUDA parity and ONNX Runtime CUDA throughput need
 # onnxruntime-gpu (~255 MB, more than one call carries); without it they are recorded as not available.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:/tmp/site"
@@ -19,7 +20,7 @@ if compgen -G ".device/whl/*.whl" > /dev/null; then
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 python3 benchmarks/gpu_check.py --data-dir .device/mnist --run-dir /tmp/gpu-check-run \
-    --out "${OUT:-/tmp/out}/gpu_check.json" "$@"
+    --out "${OUT:-/tmp/out}/gpu_check.json" --weights-out "${OUT:-/tmp/out}/capsnet-mnist-paper" "$@"
 status=$?
 cp /tmp/gpu-check-run/metrics.jsonl /tmp/gpu-check-run/export/parity.json "${OUT:-/tmp/out}/" 2>/dev/null
 exit $status

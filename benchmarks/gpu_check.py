@@ -16,6 +16,9 @@ rewritten atomically after every section, so a killed check still leaves what it
                        where it is usable (else recorded as not available, and why)
   inference            images/s at batch 1 / 64 / 1024 for torch eager, torch compiled, ONNX Runtime
                        (CUDA where usable, and CPU), and p50 latency at batch 1
+  weights_file         when the val-selected checkpoint reaches --weights-min-accuracy (99.6 %) on the
+                       test set: it as a float16 weights file + manifest (training/weights_file.py),
+                       evaluated as users load it, for the repository's weights/ folder
 
     python benchmarks/gpu_check.py                       # on the GPU machine
     python benchmarks/gpu_check.py --tiny --device cpu --data-dir DIR --compile-backend eager \\
@@ -57,6 +60,7 @@ from training.config import PROFILES, TrainConfig, variant_config
 from training.model import CapsNet
 from training.tasks import training_data
 from training.train import BEST, LAST, METRICS, record_test_metrics, train
+from training.weights_file import evaluate_weights, pack_weights
 
 log = logging.getLogger("gpu_check")
 
@@ -64,6 +68,7 @@ MNIST_TRAIN_IMAGES = 60_000  # the training split, before validation is carved f
 # Kept back from the training run for what follows it (export with parity, inference with
 # compilation), by the size of the check: measured on nothing yet for the GPU, so generous.
 RESERVE_AFTER_RUN_S = {"full": 150.0, "tiny": 20.0}
+PAPER_GRADE_ACCURACY = 0.996  # issue 9: a run this good is kept as a weights file for CPU users
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,6 +330,20 @@ def inference(size: Size, device: torch.device, run_dir: Path, repeats: int,
             "images_per_sec": rows, "p50_latency_ms_batch_1": latency, "onnxruntime_sessions": providers_used}
 
 
+def weights_section(run: dict[str, Any], run_dir: Path, name: Path, min_accuracy: float,
+                    data_dir: str | None, device: torch.device) -> dict[str, Any]:
+    """Pack the run's val-selected checkpoint as a float16 weights file when its test accuracy is
+    at least `min_accuracy` (issue 9: a paper-grade model for users without a GPU)."""
+    accuracy = run.get("test_accuracy")
+    if accuracy is None or accuracy < min_accuracy:
+        return {"packed": False, "reason": f"test accuracy {accuracy} below {min_accuracy}"}
+    manifest = pack_weights(run_dir / BEST, name)
+    evaluation = evaluate_weights(name, data_dir, device=str(device))
+    return {"packed": True, "weights": manifest["weights_file"], "sha256": manifest["sha256"],
+            "bytes": manifest["bytes"], "parameters": manifest["parameters"],
+            "checkpoint_test_accuracy": accuracy, "float16_test_accuracy": evaluation["accuracy"]}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_check.json"),
@@ -341,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile backend ('none' skips compilation; the tests use 'eager')")
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                    help="bf16 autocast for the paper run (auto: if it trained faster in eager mode)")
+    p.add_argument("--weights-out", type=Path, default=Path("benchmarks/results/capsnet-mnist-paper"),
+                   help="where a paper-grade run's float16 weights file goes (NAME.safetensors + NAME.json)")
+    p.add_argument("--weights-min-accuracy", type=float, default=PAPER_GRADE_ACCURACY,
+                   help="test accuracy a run needs to be packed as a weights file (default %(default)s)")
     return p
 
 
@@ -370,11 +393,13 @@ def main(argv: list[str] | None = None) -> int:
     bf16 = {"auto": eager == "bf16", "on": True, "off": False}[args.bf16]
     estimate = throughput.get("images_per_sec", {}).get(f"ours {'bf16' if bf16 else 'fp32'}")
     reserve = RESERVE_AFTER_RUN_S[size.name]
-    check.section("paper_run", lambda: paper_run(size, args.run_dir, args.data_dir, bf16,
+    run = check.section("paper_run", lambda: paper_run(size, args.run_dir, args.data_dir, bf16,
                                                  train_images / estimate if estimate else None,
                                                  check.remaining() - reserve), needs_s=reserve + 10)
     check.section("export", lambda: export_section(args.run_dir, args.data_dir, size.parity_limit))
     check.section("inference", lambda: inference(size, device, args.run_dir, args.repeats, backend))
+    check.section("weights_file", lambda: weights_section(run, args.run_dir, args.weights_out,
+                                                          args.weights_min_accuracy, args.data_dir, device))
     failed = [k for k, v in check.results.items() if isinstance(v, dict) and v.get("status") == "error"]
     log.info("wrote %s (%.0f s); sections with errors: %s", args.out, time.monotonic() - check.started,
              ", ".join(failed) or "none")

@@ -29,11 +29,12 @@ def test_help_works_from_the_repository_root():
 def test_the_tiny_cpu_check_writes_every_section(synthetic_data_dir, tmp_path):
     out, run_dir = tmp_path / "check.json", tmp_path / "run"
     args = ("--tiny", "--device", "cpu", "--data-dir", str(synthetic_data_dir), "--compile-backend", "eager",
-            "--repeats", "1", "--out", str(out), "--run-dir", str(run_dir))
+            "--repeats", "1", "--out", str(out), "--run-dir", str(run_dir),
+            "--weights-out", str(tmp_path / "weights" / "tiny"), "--weights-min-accuracy", "0")
     result = run_check(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
-    sections = ("environment", "training_throughput", "paper_run", "export", "inference")
+    sections = ("environment", "training_throughput", "paper_run", "export", "inference", "weights_file")
     assert {name: report[name]["status"] for name in sections} == dict.fromkeys(sections, "ok")
     assert "paper_run: ok" in out.with_suffix(".log").read_text()
 
@@ -60,10 +61,17 @@ def test_the_tiny_cpu_check_writes_every_section(synthetic_data_dir, tmp_path):
     assert all(row[name] > 0 for row in infer["images_per_sec"] for name in engines)
     assert set(infer["p50_latency_ms_batch_1"]) == engines
 
-    # a second check resumes the finished run instead of starting over
-    again = run_check(*args, "--bf16", "off")
+    weights = report["weights_file"]  # packed because the tiny check asks for 0 %, scored as loaded
+    assert weights["packed"] and (tmp_path / "weights" / weights["weights"]).is_file()
+    assert weights["checkpoint_test_accuracy"] == run["test_accuracy"]
+    assert abs(weights["float16_test_accuracy"] - run["test_accuracy"]) <= 0.02
+
+    # a second check resumes the finished run instead of starting over; below the bar, nothing is packed
+    again = run_check(*args, "--bf16", "off", "--weights-min-accuracy", "1.01")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads(out.read_text())["paper_run"]["resumed_from_epoch"] == 2
+    second = json.loads(out.read_text())
+    assert second["paper_run"]["resumed_from_epoch"] == 2
+    assert not second["weights_file"]["packed"] and "below 1.01" in second["weights_file"]["reason"]
 
 
 def test_a_failing_section_is_recorded_and_the_check_goes_on(tmp_path, monkeypatch):

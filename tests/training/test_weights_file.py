@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from export.onnx_export import export_onnx
+from tests.conftest import REPO
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import TrainConfig
 from training.errors import UserError
@@ -127,6 +132,31 @@ def test_cli_packs_unpacks_and_refuses_with_one_line(tiny_checkpoint, synthetic_
     assert not (tmp_path / "x.pt").exists()
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "does not match" in errors[0].getMessage()
+
+
+@pytest.mark.slow
+def test_make_pretrained_model_checks_unpacks_exports_registers_and_verifies(packed, synthetic_data_dir, tmp_path):
+    name, manifest = packed
+    venv = Path(sys.prefix)  # this venv, left as it is (-o: its set-up is not redone)
+    make = ["make", "--no-print-directory", "-o", str(venv / ".installed-cpu"), f"VENV={venv}", "GPU=0",
+            "pretrained-model", f"WEIGHTS_RUN={tmp_path / 'run'}"]
+    env = {**os.environ, "CAPSNET_DATA_DIR": str(synthetic_data_dir)}
+    done = subprocess.run([*make, f"WEIGHTS={paths_of(name)[0]}"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert "registered capsnet-mnist:" in log and "export.verify: parity passed" in log
+    evaluation = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    assert evaluation["num_images"] == 200 and (tmp_path / "run" / "export" / "decoder.onnx").is_file()
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["weights_file"]["sha256"] == manifest["sha256"]
+
+    missing = subprocess.run([*make, f"WEIGHTS={tmp_path / 'none.safetensors'}"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no such weights file" in missing.stderr
+    paths_of(name)[0].write_bytes(paths_of(name)[0].read_bytes()[:-2])  # a truncated copy
+    refused = subprocess.run([*make, f"WEIGHTS={paths_of(name)[0]}", f"WEIGHTS_RUN={tmp_path / 'bad'}"], cwd=REPO,
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "does not match" in refused.stderr and not (tmp_path / "bad").exists()
 
 
 def _sha(path) -> str:
