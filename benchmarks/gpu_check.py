@@ -18,7 +18,7 @@ rewritten atomically after every section, so a killed check still leaves what it
                        (CUDA where usable, and CPU), and p50 latency at batch 1
   weights_file         when the val-selected checkpoint reaches --weights-min-accuracy (99.6 %) on the
                        test set: it as a float16 weights file + manifest (training/weights_file.py),
-                       evaluated as users load it, for the repository's weights/ folder
+                       evaluated as users load it (default weights/, where make pretrained looks)
 
     python benchmarks/gpu_check.py                       # on the GPU machine
     python benchmarks/gpu_check.py --tiny --device cpu --data-dir DIR --compile-backend eager \\
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile backend ('none' skips compilation; the tests use 'eager')")
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                    help="bf16 autocast for the paper run (auto: if it trained faster in eager mode)")
-    p.add_argument("--weights-out", type=Path, default=Path("benchmarks/results/capsnet-mnist-paper"),
+    p.add_argument("--weights-out", type=Path, default=Path("weights/capsnet-mnist-paper"),
                    help="where a paper-grade run's float16 weights file goes (NAME.safetensors + NAME.json)")
     p.add_argument("--weights-min-accuracy", type=float, default=PAPER_GRADE_ACCURACY,
                    help="test accuracy a run needs to be packed as a weights file (default %(default)s)")
