@@ -215,7 +215,17 @@ class Batch:
     targets: Tensor
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(self.images.to(device), self.labels.to(device), self.targets.to(device))
+        """The batch on `device`. To a GPU from pinned memory without waiting (a pageable copy
+        would make the host wait for every queued kernel each step); a target that is the input
+        itself is copied once."""
+        cuda = device.type == "cuda"
+
+        def move(t: Tensor) -> Tensor:
+            return (t.pin_memory() if cuda else t).to(device, non_blocking=cuda)
+
+        images = move(self.images)
+        targets = images if self.targets is self.images else move(self.targets)
+        return Batch(images, move(self.labels), targets)
 
 
 class TrainingData(Protocol):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from training.data import (
+    Batch,
     DataUnavailableError,
     download_file,
     ensure_dataset,
@@ -165,3 +166,17 @@ def test_real_data_tests_look_where_the_user_points_first(monkeypatch, tmp_path)
     assert real_mnist_candidates() == [tmp_path, SHARED_MNIST]
     monkeypatch.delenv("CAPSNET_DATA_DIR")
     assert real_mnist_candidates() == [SHARED_MNIST]
+
+
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                    reason="needs a CUDA GPU")]),
+])
+def test_batch_to_device_keeps_values_and_copies_a_self_target_once(device):
+    images, labels = torch.rand(4, 1, 28, 28), torch.arange(4)
+    moved = Batch(images, labels, images).to(torch.device(device))
+    assert moved.targets is moved.images and moved.images.device.type == device
+    assert torch.equal(moved.images.cpu(), images) and torch.equal(moved.labels.cpu(), labels)
+    other = Batch(images, labels, images * 0.5).to(torch.device(device))
+    assert other.targets is not other.images and torch.equal(other.targets.cpu(), images * 0.5)
