@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.onnx_export import export_onnx
 from tests.conftest import REPO
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import TrainConfig
@@ -96,7 +95,7 @@ def test_a_corrupt_or_foreign_file_is_a_clear_error(packed, tmp_path):
         load_weights(tmp_path / "missing.safetensors")
 
 
-def test_an_unpacked_file_is_a_checkpoint_that_evaluates_and_exports(packed, synthetic_data_dir, tmp_path):
+def test_an_unpacked_file_is_the_float16_network_and_is_evaluated_as_loaded(packed, synthetic_data_dir, tmp_path):
     name, _ = packed
     evaluation = evaluate_weights(name, synthetic_data_dir, device="cpu")
     assert evaluation["split"] == "test" and evaluation["num_images"] == 200 and 0 <= evaluation["accuracy"] <= 1
@@ -107,8 +106,6 @@ def test_an_unpacked_file_is_a_checkpoint_that_evaluates_and_exports(packed, syn
     unpacked = unpack_weights(paths_of(name)[0], checkpoint)
     model = model_from_checkpoint(load_checkpoint(checkpoint))
     assert all(torch.equal(model.state_dict()[k], t) for k, t in unpacked["model_state"].items())
-    exported = export_onnx(checkpoint, tmp_path / "export", data_dir=synthetic_data_dir, limit=32)
-    assert exported["parity"]["passed"]
 
 
 def test_an_unpacked_checkpoint_cannot_be_resumed(packed, synthetic_data_dir, tmp_path):
@@ -120,23 +117,14 @@ def test_an_unpacked_checkpoint_cannot_be_resumed(packed, synthetic_data_dir, tm
         train(config, run, synthetic_data_dir, resume=True, progress=False)
 
 
-def test_cli_packs_unpacks_and_refuses_with_one_line(tiny_checkpoint, synthetic_data_dir, tmp_path, caplog):
-    name = tmp_path / "cli" / "tiny"
-    assert main(["pack", str(tiny_checkpoint), str(name), "--data-dir", str(synthetic_data_dir),
-                 "--device", "cpu"]) == 0
-    assert "evaluation" in json.loads(paths_of(name)[1].read_text())
-    out = tmp_path / "cli" / "best.pt"
-    assert main(["unpack", str(paths_of(name)[0]), "-o", str(out)]) == 0 and out.is_file()
-    caplog.clear()
-    assert main(["unpack", str(paths_of(name)[0]), "-o", str(tmp_path / "x.pt"), "--sha256", "0" * 64]) == 2
-    assert not (tmp_path / "x.pt").exists()
-    errors = [r for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and "does not match" in errors[0].getMessage()
-
-
 @pytest.mark.slow
-def test_make_pretrained_model_checks_unpacks_exports_registers_and_verifies(packed, synthetic_data_dir, tmp_path):
-    name, manifest = packed
+def test_pack_cli_then_make_pretrained_model_unpacks_exports_registers_and_verifies(tiny_checkpoint,
+                                                                                     synthetic_data_dir, tmp_path):
+    name = tmp_path / "weights" / "tiny"
+    pack = ["pack", str(tiny_checkpoint), str(name), "--data-dir", str(synthetic_data_dir), "--device", "cpu"]
+    assert main(pack) == 0
+    manifest = json.loads(paths_of(name)[1].read_text())
+    assert manifest["evaluation"]["num_images"] == 200
     venv = Path(sys.prefix)  # this venv, left as it is (-o: its set-up is not redone)
     make = ["make", "--no-print-directory", "-o", str(venv / ".installed-cpu"), f"VENV={venv}", "GPU=0",
             "pretrained-model", f"WEIGHTS_RUN={tmp_path / 'run'}"]
@@ -156,7 +144,9 @@ def test_make_pretrained_model_checks_unpacks_exports_registers_and_verifies(pac
     paths_of(name)[0].write_bytes(paths_of(name)[0].read_bytes()[:-2])  # a truncated copy
     refused = subprocess.run([*make, f"WEIGHTS={paths_of(name)[0]}", f"WEIGHTS_RUN={tmp_path / 'bad'}"], cwd=REPO,
                              env=env, capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "does not match" in refused.stderr and not (tmp_path / "bad").exists()
+    errors = [line for line in refused.stderr.splitlines() if " ERROR " in line]
+    assert refused.returncode == 2 and len(errors) == 1 and "does not match" in errors[0]
+    assert not (tmp_path / "bad").exists()
 
 
 def _sha(path) -> str:
