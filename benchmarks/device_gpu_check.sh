@@ -7,6 +7,8 @@
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d .device/whl \
 #       tqdm nvidia-ml-py safetensors                                               # ~1.1 MB
 #
+# (the image listed all three on 2026-11-17; the wheels are for an image that lacks them)
+#
 # then call the device with carry [".device"] and the command `bash benchmarks/device_gpu_check.sh`
 # (timeout 600 s: the check's budget is 450 s). The JSON, the log and the run's metrics come back
 # under $OUT, with the float16 weights file (16.4 MB) when the run reaches 99.6 %; the checkpoints
