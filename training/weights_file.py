@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from training.checkpoint import (
     FORMAT_VERSION,
@@ -97,8 +97,8 @@ def pack_weights(checkpoint: str | Path, name: str | Path) -> dict[str, Any]:
     fields = checkpoint_fields(ckpt)
     metadata = {"format": FORMAT, "format_version": str(WEIGHTS_FORMAT_VERSION),
                 **{key: json.dumps(value) for key, value in fields.items()}}
-    with atomic_path(weights_path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    with atomic_path(weights_path) as tmp:  # bytes written by us: the usual file mode, fsync, rename
+        tmp.write_bytes(save(tensors, metadata=metadata))
     manifest = {
         "format": FORMAT, "format_version": WEIGHTS_FORMAT_VERSION,
         "weights_file": weights_path.name, "sha256": sha256_file(weights_path),

@@ -48,6 +48,7 @@ def test_pack_stores_float16_weights_with_their_hash_and_config(tiny_checkpoint,
     assert manifest["model_config"] == ckpt["model_config"] and manifest["train_config"] == ckpt["train_config"]
     assert manifest["source_checkpoint"]["epoch"] == ckpt["epoch"] and len(manifest["sha256"]) == 64
     assert not list(weights.parent.glob(".*.tmp"))  # written atomically, nothing left behind
+    assert weights.stat().st_mode & 0o777 == manifest_path.stat().st_mode & 0o777  # the usual mode, not 0600
 
     loaded = load_weights(weights)
     assert "optimizer_state" not in loaded and loaded["metrics"] == ckpt["metrics"]
