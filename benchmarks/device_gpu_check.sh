@@ -12,13 +12,17 @@
 # then call the device with carry [".device"] and the command `bash benchmarks/device_gpu_check.sh`
 # (timeout 600 s: the check's budget is 450 s). The JSON, the log and the run's metrics come back
 # under $OUT, with the float16 weights file (16.4 MB) when the run reaches 99.6 %; the checkpoints
-# (~100 MB) stay there. CUDA parity and ONNX Runtime CUDA throughput need
-# onnxruntime-gpu (~255 MB, more than one call carries); without it they are recorded as not available.
+# (~100 MB) stay there. CUDA parity and ONNX Runtime CUDA throughput need onnxruntime-gpu (~255 MB,
+# more than one call carries): benchmarks/device_ort_gpu.sh carries it in four parts first (then
+# also carry .device-ort/SHA256SUMS here); without it they are recorded as not available.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:/tmp/site"
 if compgen -G ".device/whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .device/whl/*.whl || exit 1
+fi
+if [ -f .device-ort/SHA256SUMS ]; then  # onnxruntime-gpu carried in parts (benchmarks/device_ort_gpu.sh)
+    bash benchmarks/device_ort_gpu.sh install || echo "device_gpu_check: going on without onnxruntime-gpu" >&2
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 python3 benchmarks/gpu_check.py --data-dir .device/mnist --run-dir /tmp/gpu-check-run \
