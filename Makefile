@@ -51,11 +51,17 @@ ifeq ($(GPU),1)
 endif
 	touch $@
 
+# What follows training, for a run folder holding best.pt ($(1)): evaluate, export with the explorer's
+# graphs and parity (which registers it), verify. `model` and `pretrained-model` both end with it.
+define evaluate_export_verify
+	$(BIN)/capsnet-evaluate $(1)/best.pt
+	$(BIN)/capsnet-export $(1)/best.pt -o $(1)/export --with-explorer
+	$(BIN)/capsnet-verify $(1)/export/model.onnx --checkpoint $(1)/best.pt
+endef
+
 model: setup
 	$(BIN)/capsnet-train --profile quick --out $(RUN_DIR)
-	$(BIN)/capsnet-evaluate $(RUN_DIR)/best.pt
-	$(BIN)/capsnet-export $(RUN_DIR)/best.pt -o $(RUN_DIR)/export --with-explorer
-	$(BIN)/capsnet-verify $(RUN_DIR)/export/model.onnx --checkpoint $(RUN_DIR)/best.pt
+	$(call evaluate_export_verify,$(RUN_DIR))
 
 # Serving starts only after the model is registered, also under `make -j`.
 pipeline: model
@@ -70,9 +76,7 @@ pretrained-model: setup
 	@test -f "$(WEIGHTS)" || { echo "$(WEIGHTS): no such weights file. The paper-grade weights come from a GPU run" \
 	  "(benchmarks/gpu_check.py, README 'GPU check'); pass WEIGHTS=NAME.safetensors with NAME.json beside it." >&2; exit 2; }
 	$(BIN)/capsnet-weights unpack $(WEIGHTS) -o $(WEIGHTS_RUN)/best.pt
-	$(BIN)/capsnet-evaluate $(WEIGHTS_RUN)/best.pt
-	$(BIN)/capsnet-export $(WEIGHTS_RUN)/best.pt -o $(WEIGHTS_RUN)/export --with-explorer
-	$(BIN)/capsnet-verify $(WEIGHTS_RUN)/export/model.onnx --checkpoint $(WEIGHTS_RUN)/best.pt
+	$(call evaluate_export_verify,$(WEIGHTS_RUN))
 
 pretrained: pretrained-model
 	$(MAKE) --no-print-directory serve

@@ -47,3 +47,9 @@ def classification_metrics(probabilities: Tensor, labels: Tensor,
         "per_class_accuracy": {name: float(a) for name, a in zip(class_names, per_class, strict=True)},
         "confusion_matrix": cm.tolist(),
     }
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, int | float]:
+    """The single-number entries of a metrics dict (accuracy, counts): what a summary or a manifest
+    records, without the per-class tables."""
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float)}

@@ -45,7 +45,7 @@ from training.distributed import (
 )
 from training.errors import ConfigError, UserError, run_cli, setup_cli_logging
 from training.fileio import atomic_path
-from training.metrics import predict
+from training.metrics import predict, scalar_metrics
 from training.networks import build_network
 from training.tasks import Loss, training_data, training_loss
 
@@ -335,7 +335,7 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     if not interrupted and ctx.is_main and (out_dir / BEST).exists():
         test = record_test_metrics(out_dir / BEST, data, config.eval_batch_size, device)
         summary["test_accuracy"] = test["accuracy"]
-        summary["test_metrics"] = {k: v for k, v in test.items() if isinstance(v, int | float)}
+        summary["test_metrics"] = scalar_metrics(test)
     barrier(ctx)
     return summary
 

@@ -44,8 +44,9 @@ from training.config import TrainConfig
 from training.distributed import resolve_device
 from training.errors import UserError, run_cli, setup_cli_logging
 from training.fileio import atomic_path, sha256_file, write_json
-from training.metrics import predict
+from training.metrics import scalar_metrics
 from training.tasks import training_data
+from training.train import evaluate_on
 
 log = logging.getLogger(__name__)
 
@@ -167,14 +168,13 @@ def evaluate_weights(name: str | Path, data_dir: str | Path | None = None, batch
     config = TrainConfig.from_dict(ckpt["train_config"])
     dev = resolve_device(device)
     data = training_data(config, data_dir)
-    images, labels = data.test_set()
-    metrics = data.metrics(predict(model_from_checkpoint(ckpt).to(dev), images, batch_size, dev), labels)
+    metrics = evaluate_on(model_from_checkpoint(ckpt).to(dev), data, data.test_set(), batch_size, dev)
     evaluation = {"split": "test", "dataset": config.dataset, "weights": "float16, computed in float32",
-                  "device": str(dev), **{k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}}
+                  "device": str(dev), **scalar_metrics(metrics)}
     manifest = json.loads(manifest_path.read_text())
     write_json(manifest_path, {**manifest, "evaluation": evaluation})
     log.info("float16 weights: test accuracy %.4f on %d examples (the checkpoint: %s)", evaluation["accuracy"],
-             len(labels), manifest["source_checkpoint"]["metrics"].get("test_accuracy"))
+             evaluation["num_images"], manifest["source_checkpoint"]["metrics"].get("test_accuracy"))
     return evaluation
 
 

@@ -3,7 +3,6 @@ refuses, and that an unpacked file goes through evaluation and export like any c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -18,6 +17,7 @@ from tests.conftest import REPO
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import TrainConfig
 from training.errors import UserError
+from training.fileio import sha256_file
 from training.train import train
 from training.weights_file import (
     WeightsFileError,
@@ -85,13 +85,13 @@ def test_a_corrupt_or_foreign_file_is_a_clear_error(packed, tmp_path):
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(weights.read_bytes()[:300])
     with pytest.raises(WeightsFileError, match="not a readable capsnet-weights file"):
-        load_weights(truncated, sha256=_sha(truncated))
+        load_weights(truncated, sha256=sha256_file(truncated))
     header = json.dumps({"w": {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]},
                          "__metadata__": {"format": "something-else"}}).encode()
     foreign = tmp_path / "foreign.safetensors"
     foreign.write_bytes(struct.pack("<Q", len(header)) + header + b"\x00\x00")
     with pytest.raises(WeightsFileError, match="not a capsnet-weights file"):
-        load_weights(foreign, sha256=_sha(foreign))
+        load_weights(foreign, sha256=sha256_file(foreign))
     with pytest.raises(WeightsFileError, match="not found"):
         load_weights(tmp_path / "missing.safetensors")
 
@@ -148,7 +148,3 @@ def test_pack_cli_then_make_pretrained_model_unpacks_exports_registers_and_verif
     errors = [line for line in refused.stderr.splitlines() if " ERROR " in line]
     assert refused.returncode == 2 and len(errors) == 1 and "does not match" in errors[0]
     assert not (tmp_path / "bad").exists()
-
-
-def _sha(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
