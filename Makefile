@@ -28,11 +28,12 @@ endif
 PORT ?= 3000
 GRPC_PORT ?= $(or $(CAPSNET_GRPC_PORT),8001)
 
-# Default data: the shared MNIST folder beside the checkout when there is one; otherwise the
-# loader uses ~/.cache/capsnet/mnist and downloads the four files with SHA-256 checks.
+# Default data root (one folder per dataset: mnist/, fashion-mnist/): the shared datasets folder beside
+# the checkout when there is one; otherwise the loader uses ~/.cache/capsnet/<dataset> and downloads the
+# four files there with SHA-256 checks.
 ifeq ($(CAPSNET_DATA_DIR),)
 ifneq ($(wildcard ../shared/datasets/mnist/*.gz),)
-export CAPSNET_DATA_DIR := $(abspath ../shared/datasets/mnist)
+export CAPSNET_DATA_DIR := $(abspath ../shared/datasets)
 endif
 endif
 

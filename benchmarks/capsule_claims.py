@@ -41,6 +41,7 @@ from routing_iterations import routing_config, run_one, train_run
 
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import TrainConfig
+from training.data import DATA_DIR_HELP
 from training.distributed import resolve_device
 from training.errors import UserError, run_cli, setup_cli_logging
 from training.evaluate import affine_evaluation, affine_sets
@@ -456,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     p.add_argument("--out", type=Path, default=Path("runs/claims"), help="run folders (resumable)")
     p.add_argument("--report", type=Path, default=Path("docs/claims"), help="where report.md and the PNGs go")
-    p.add_argument("--data-dir", help="MNIST folder (default: $CAPSNET_DATA_DIR, else downloaded with checksums)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--only", nargs="+", choices=sorted(EXPERIMENTS), help="run only these experiments")
     args = p.parse_args(argv)
     setup_cli_logging()

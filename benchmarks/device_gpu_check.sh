@@ -2,7 +2,7 @@
 # benchmarks/gpu_check.py on a lent GPU machine (the `device` tool: Python 3.12, torch with CUDA,
 # onnx, onnxscript and a CPU-only onnxruntime; nothing can be downloaded there). Prepare here, once:
 #
-#   mkdir -p .device/mnist && cp ../shared/datasets/mnist/*.gz .device/mnist/      # 11 MB
+#   mkdir -p .device/mnist && cp ../shared/datasets/mnist/*.gz .device/mnist/      # 11 MB (.device: a data root)
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d .device/whl \
 #       tqdm nvidia-ml-py safetensors                                               # ~1.1 MB
@@ -25,7 +25,7 @@ if [ -f .device-ort/SHA256SUMS ]; then  # onnxruntime-gpu carried in parts (benc
     bash benchmarks/device_ort_gpu.sh install || echo "device_gpu_check: going on without onnxruntime-gpu" >&2
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-python3 benchmarks/gpu_check.py --data-dir .device/mnist --run-dir /tmp/gpu-check-run \
+python3 benchmarks/gpu_check.py --data-dir .device --run-dir /tmp/gpu-check-run \
     --out "${OUT:-/tmp/out}/gpu_check.json" --weights-out "${OUT:-/tmp/out}/capsnet-mnist-paper" "$@"
 status=$?
 cp /tmp/gpu-check-run/metrics.jsonl /tmp/gpu-check-run/export/parity.json "${OUT:-/tmp/out}/" 2>/dev/null

@@ -59,6 +59,7 @@ from export.parity_report import parity_summary
 from serving.runtime import cuda_unavailable_reason
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import PROFILES, TrainConfig, variant_config
+from training.data import DATA_DIR_HELP
 from training.model import CapsNet
 from training.tasks import training_data
 from training.train import BEST, LAST, METRICS, record_test_metrics, train
@@ -366,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the JSON file (the log goes beside it, .log)")
     p.add_argument("--run-dir", type=Path, default=Path("runs/gpu-check-paper"),
                    help="the paper run's folder; a run already there is resumed")
-    p.add_argument("--data-dir", help="MNIST folder (default: $CAPSNET_DATA_DIR, else downloaded)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--budget-s", type=float, default=450.0, help="time budget for all sections (s)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cuda, cpu")
     p.add_argument("--tiny", action="store_true", help="a tiny network and run: the CPU check in the tests")

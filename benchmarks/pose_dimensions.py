@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from training.data import load_split
+from training.data import DATA_DIR_HELP, load_split
 
 VISIBLE_PIXEL_CHANGE = 0.3
 VISIBLE_SHARE = 0.03
@@ -61,7 +61,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("exports", nargs="+", type=Path)
     p.add_argument("--digits", type=int, default=200)
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     args = p.parse_args()
     images, _ = load_split("mnist", "test", args.data_dir)
     batch = images[:args.digits].numpy().astype(np.float32) / 255.0

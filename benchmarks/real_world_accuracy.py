@@ -22,7 +22,7 @@ from photo_digits import KINDS, font_files, photo_digits
 from PIL import Image
 
 from serving.preprocess import decode_grayscale, to_mnist
-from training.data import load_split
+from training.data import DATA_DIR_HELP, load_split
 
 
 def predict(session: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
@@ -44,7 +44,7 @@ def png(digit: np.ndarray) -> bytes:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="an exported model.onnx (28x28 digits)")
-    p.add_argument("--data-dir", help="MNIST folder (default: $CAPSNET_DATA_DIR)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--n", type=int, default=1000, help="generated photos")
     p.add_argument("--mnist", type=int, default=2000, help="MNIST test digits")
     p.add_argument("--seed", type=int, default=0)

@@ -24,6 +24,7 @@ from bench_timing import median_latency_ms, median_rate
 
 from export.onnx_export import export_onnx
 from training.config import PROFILES, TrainConfig
+from training.data import DATA_DIR_HELP
 from training.networks import build_network
 from training.train import BEST, LAST, METRICS, train
 
@@ -66,7 +67,7 @@ def main() -> None:
     p.add_argument("--iters", type=int, nargs="+", default=[1, 2, 3, 5])
     p.add_argument("--epochs", type=int, default=PROFILES["quick"].epochs)
     p.add_argument("--out", type=Path, default=Path("runs/routing"))
-    p.add_argument("--data-dir", help="MNIST folder (default: $CAPSNET_DATA_DIR, else downloaded)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []

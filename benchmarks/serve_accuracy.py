@@ -15,14 +15,14 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from training.data import load_split
+from training.data import DATA_DIR_HELP, load_split
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default="http://127.0.0.1:3000")
     p.add_argument("--count", type=int, default=1000)
-    p.add_argument("--data-dir", help="MNIST folder (default: $CAPSNET_DATA_DIR)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     args = p.parse_args()
 
     images, labels = load_split("mnist", "test", args.data_dir)

@@ -29,6 +29,7 @@ from export.parity import check_parity, library_versions, quiet_third_party_logg
 from export.parity_report import failure_summary, parity_summary
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, model_kind
 from training.config import TrainConfig
+from training.data import DATA_DIR_HELP
 from training.errors import run_cli, setup_cli_logging
 from training.fileio import sha256_file, write_json
 
@@ -109,7 +110,6 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
     if routing_iters is not None:
         ckpt = {**ckpt, "model_config": {**ckpt["model_config"], "routing_iters": routing_iters}}
     size = ckpt["model_config"]["image_size"]
-    objects = 2 if ckpt["train_config"]["dataset"] == "multimnist" else 1
     outputs = ("probabilities", "poses") + (("reconstruction",) if with_reconstruction else ()) \
         + (("routing", "primary_lengths") if with_routing else ()) + (("reconstructions_top2",) if with_top2 else ())
     config = {
@@ -121,8 +121,9 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
         "checkpoint_sha256": checkpoint_sha256,
         "opset": opset,
         "input": {"name": "image", "dtype": "float32", "shape": ["batch", 1, size, size], "range": [0.0, 1.0]},
-        # what one input holds: the served answer lists this many objects (the longest capsules)
-        "task": {"objects": objects, "name": "overlapping-digit-pairs" if objects == 2 else "single-object"},
+        # the task record: what one input holds (the served answer lists `objects` longest capsules),
+        # the served name, what the test set is made of; serving and verify read it from here
+        "task": TrainConfig.from_dict(ckpt["train_config"]).task.to_dict(),
         "outputs": list(outputs),
         # the decoder graph, when exported: redraws edited poses without the encoder
         "decoder": {"file": "decoder.onnx", "input": decoder_input(ckpt["model_config"]),
@@ -149,8 +150,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
                 meta.update(input=decoder_input(ckpt["model_config"]), outputs=list(graph.outputs))
             export_graph(graph, staging / name, meta, opset)
             log.info("verifying parity of %s", name)
-            report = check_parity(model_from_checkpoint(ckpt), staging / name, meta,
-                                  TrainConfig.from_dict(ckpt["train_config"]), data_dir=data_dir, limit=limit)
+            report = check_parity(model_from_checkpoint(ckpt), staging / name, meta, data_dir=data_dir, limit=limit)
             sections.append(report)
             if not report["passed"]:
                 raise ParityError(f"{name} does not match {checkpoint}:\n{failure_summary(report)}")
@@ -194,13 +194,12 @@ def main(argv: list[str] | None = None) -> int:
                                                        "float32 in/out) with its own parity section")
     p.add_argument("--routing-iters", type=int, help="unroll this many routing iterations instead of "
                                                      "the checkpoint's (for experiments)")
-    p.add_argument("--data-dir", help="MNIST folder for the parity images (default: $CAPSNET_DATA_DIR); "
-                                      "without one, synthetic digits are used")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--limit", type=int, help="parity on the first N test images only (default: all)")
     p.add_argument("--opset", type=int, default=OPSET)
     p.add_argument("--register", action=argparse.BooleanOptionalAction, default=True,
                    help="store the export in the BentoML model store (default: on)")
-    p.add_argument("--name", help="BentoML model name (default: capsnet-<dataset>: capsnet-mnist, capsnet-multimnist)")
+    p.add_argument("--name", help="BentoML model name (default: the task's, capsnet-<dataset>: capsnet-mnist, ...)")
     args = p.parse_args(argv)
 
     def body() -> int:
@@ -219,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.register:
             from export.registry import register_export
 
-            name = args.name or f"capsnet-{result['config']['train_config']['dataset']}"
+            name = args.name or result["config"]["task"]["served_name"]
             print(f"registered BentoML model {register_export(args.out, name)}")
         return 0
 

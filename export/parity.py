@@ -33,11 +33,12 @@ from export.parity_report import (
     parity_section,
 )
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from training.config import CapsNetConfig, TrainConfig
+from training.config import CapsNetConfig
 from training.data import SPLIT_FILES, load_split, resolve_data_dir, synthetic_digits
 from training.fileio import sha256_file
 from training.model import CapsNet
-from training.tasks import source_dataset, task_test_inputs
+from training.task_registry import Task
+from training.tasks import task_test_inputs
 
 SYNTHETIC_COUNT = 512
 
@@ -54,28 +55,28 @@ def degenerate_images(size: int = 28) -> dict[str, np.ndarray]:
     }
 
 
-def parity_inputs(config: TrainConfig, data_dir: str | Path | None = None,
+def parity_inputs(task: Task, max_shift: int, data_dir: str | Path | None = None,
                   limit: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Images float32 [N, 1, S, S] in [0, 1] for the task `config` trained, and where they came from.
+    """Images float32 [N, 1, S, S] in [0, 1] of `task` (with the run's `max_shift`), and where they came from.
 
     The test split when its files are on disk (never downloaded here), else synthetic digits; for
     overlapping pairs, one fixed-seed pair per test digit made of those (translated digits: placed on
     their canvas at fixed-seed shifts). The degenerate images are appended at the end. `kind` says
     which: "test-split" or "synthetic".
     """
-    files_of = source_dataset(config)
+    files_of = task.source
     directory = resolve_data_dir(files_of, data_dir)
     if all((directory / f).is_file() for f in SPLIT_FILES["test"]):
-        images, labels = load_split(files_of, "test", directory)
+        images, labels = load_split(files_of, "test", data_dir)
         kind, source = "test-split", f"{files_of} test split ({directory})"
     else:
         raw, raw_labels = synthetic_digits(SYNTHETIC_COUNT, seed=0)
         images, labels = torch.from_numpy(raw).unsqueeze(1), torch.from_numpy(raw_labels).long()
         kind, source = "synthetic", f"synthetic digit-like images (seed 0): no {files_of} test files in {directory}"
-    if config.dataset != files_of:
-        images = task_test_inputs(config, images, labels)
-        made = "one fixed-seed overlapping pair" if config.dataset == "multimnist" else "one fixed-seed placement"
-        source = f"{made} (max shift {config.max_shift}) per image of the {source}"
+    if task.multi_label or task.image_size != images.shape[-1]:
+        images = task_test_inputs(task, max_shift, images, labels)
+        made = "one fixed-seed overlapping pair" if task.multi_label else "one fixed-seed placement"
+        source = f"{made} (max shift {max_shift}) per image of the {source}"
     images = images.numpy()
     if limit:
         images = images[:limit]
@@ -114,15 +115,15 @@ def decoder_feeds(model: CapsNet, images: np.ndarray, seed: int = 0) -> dict[str
             "label": np.concatenate([predicted, (predicted + 1) % k, predicted]).astype(np.int64)}
 
 
-def check_parity(model: CapsNet, onnx_path: str | Path, meta: dict[str, Any], config: TrainConfig, *,
+def check_parity(model: CapsNet, onnx_path: str | Path, meta: dict[str, Any], *,
                  data_dir: str | Path | None = None, limit: int | None = None,
                  batch_sizes: tuple[int, ...] = BATCH_SIZES, tolerance: Tolerance | None = None) -> dict[str, Any]:
     """Compare the graph at `onnx_path` (with capsnet metadata `meta`) against `model`, float32 on the CPU,
-    for the outputs and precision the metadata declares, on inputs of the task `config` trained (the
+    for the outputs and precision the metadata declares, on inputs of the task the metadata records (the
     decoder graph: on the poses of those inputs, see decoder_feeds). Returns the report; 'passed'
     says it all."""
     precision = meta.get("precision", "fp32")
-    images, inputs = parity_inputs(config, data_dir, limit)
+    images, inputs = parity_inputs(Task.from_dict(meta["task"]), meta["train_config"]["max_shift"], data_dir, limit)
     graph: torch.nn.Module
     if meta.get("graph") == "decoder":
         graph, feeds = DecoderGraph(model), decoder_feeds(model, images)
@@ -162,13 +163,15 @@ def verify_parity(onnx_path: str | Path, checkpoint: str | Path, *, data_dir: st
     except CheckpointError as e:
         raise UnusableInputError(str(e)) from e
     _, meta = load_checked(onnx_path)
+    if "source" not in meta.get("task", {}):
+        raise UnusableInputError(f"{onnx_path} was exported before exports recorded their task: export it again")
     exported, trained = CapsNetConfig.from_dict(meta["model_config"]).to_dict(), ckpt["model_config"]
     structural = sorted(k for k, v in exported.items() if trained.get(k) != v and k != "routing_iters")
     if structural:
         raise UnusableInputError(f"{onnx_path} and {checkpoint} come from different architectures: " + ", ".join(
             f"{k}: onnx {exported[k]} vs checkpoint {trained.get(k)}" for k in structural))
-    report = check_parity(model_from_checkpoint(ckpt), onnx_path, meta, TrainConfig.from_dict(ckpt["train_config"]),
-                          data_dir=data_dir, limit=limit, batch_sizes=batch_sizes, tolerance=tolerance)
+    report = check_parity(model_from_checkpoint(ckpt), onnx_path, meta, data_dir=data_dir, limit=limit,
+                          batch_sizes=batch_sizes, tolerance=tolerance)
     checkpoint_sha256 = sha256_file(checkpoint)
     if meta.get("routing_iters") != trained["routing_iters"]:
         report["notes"].append(f"graph unrolls {meta.get('routing_iters')} routing iterations, "

@@ -38,16 +38,16 @@ def register_export(export_dir: str | Path, name: str = DEFAULT_NAME) -> str:
         raise RegistrationError(f"{export_dir}/parity.json says parity failed; refusing to register")
     config = json.loads((export_dir / "config.json").read_text())
     metrics = config.get("train_metrics", {})
-    task = config.get("task", {"objects": 1, "name": "single-object"})  # exports before tasks existed
+    task = config["task"]
     labels = {
         "stage": "exported",
-        "dataset": config["train_config"]["dataset"],
+        "dataset": task["name"],
         "variant": config["train_config"]["variant"],
         "parity": "passed",
         # what parity was proven on: the dataset's real test images, or synthetic stand-ins
         "parity_inputs": parity_inputs_kind(parity),
         "routing_iters": str(config["routing_iters"]),
-        "task": task["name"],
+        "task": task["kind"],
     }
     metadata = {
         "model_config": config["model_config"],

@@ -12,6 +12,7 @@ import sys
 
 from export.parity import quiet_third_party_loggers, verify_parity
 from export.parity_report import failure_summary, parity_summary
+from training.data import DATA_DIR_HELP
 from training.errors import run_cli, setup_cli_logging
 from training.fileio import write_json
 
@@ -25,8 +26,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model.onnx (or model.fp16.onnx) written by capsnet-export")
     p.add_argument("--checkpoint", required=True, help="the .pt the model was exported from")
-    p.add_argument("--data-dir", help="MNIST folder for real test images (default: $CAPSNET_DATA_DIR); "
-                                      "without one, synthetic digits are used")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--limit", type=int, help="compare only the first N test images (default: all)")
     p.add_argument("--report", help="write the full parity report (JSON) here")
     args = p.parse_args(argv)

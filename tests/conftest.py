@@ -1,64 +1,41 @@
-"""Shared fixtures: synthetic IDX datasets, the real MNIST folder when present, tiny configs."""
+"""Shared fixtures: synthetic IDX datasets, the real MNIST folder when present, tiny configs
+(helpers that are not fixtures: tests/helpers.py)."""
 
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import has_dataset, real_data_roots, write_dataset
 from training.config import TrainConfig
-from training.data import DATA_DIR_ENV, SPLIT_FILES, synthetic_digits
-from training.idx import write_idx
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 # BentoML reads its home once per process: give the whole session a private, empty model store.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="capsnet-test-bentoml-")
 
 
-def write_dataset(directory: Path, n_train: int = 640, n_test: int = 200) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
-        images, labels = synthetic_digits(n, seed)
-        image_file, label_file = SPLIT_FILES[split]
-        write_idx(directory / image_file, images)
-        write_idx(directory / label_file, labels)
-    return directory
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding the four MNIST-named IDX files with synthetic digits (640 train, 200 test)."""
-    return write_dataset(tmp_path_factory.mktemp("synthetic-mnist"))
-
-
-def real_mnist_candidates() -> list[Path]:
-    """Where real MNIST may be: $CAPSNET_DATA_DIR first (as for the CLIs), then the shared folder."""
-    configured = os.environ.get(DATA_DIR_ENV)
-    return [*([Path(configured).expanduser()] if configured else []), SHARED_MNIST]
+    """A data root whose mnist/ and fashion-mnist/ folders hold the four IDX files of synthetic digits
+    (640 train, 200 test)."""
+    root = tmp_path_factory.mktemp("synthetic-data")
+    for dataset in ("mnist", "fashion-mnist"):
+        write_dataset(root / dataset)
+    return root
 
 
 @pytest.fixture(scope="session")
-def mnist_dir() -> Path:
-    """The real MNIST files ($CAPSNET_DATA_DIR or the folder beside the checkout); tests that need
-    real digits skip, naming the folders looked in, without them."""
-    for directory in real_mnist_candidates():
-        if all((directory / f).is_file() for pair in SPLIT_FILES.values() for f in pair):
-            return directory
-    pytest.skip(f"real MNIST not found in {' or '.join(map(str, real_mnist_candidates()))}")
+def real_data_root() -> Path:
+    """A data root whose mnist/ folder holds the real MNIST files (where the CLIs look, else the shared
+    folder beside the checkout); tests that need real digits skip, naming the folders looked in."""
+    for root in real_data_roots():
+        if has_dataset(root, "mnist"):
+            return root
+    pytest.skip(f"real MNIST not found in {' or '.join(str(r / 'mnist') for r in real_data_roots())}")
 
 
 @pytest.fixture(scope="session")

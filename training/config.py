@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from training.errors import ConfigError
+from training.task_registry import Task, task_named
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ VARIANTS: dict[str, CapsNetConfig] = {
     "paper": CapsNetConfig(),
     # CPU demo size: trains to ~99% on MNIST in minutes on two cores.
     "small": CapsNetConfig(conv1_channels=64, primary_types=8, decoder_hidden=(256, 512)),
+    # Between the two (3.5 M parameters): twice small's widths, the paper's decoder; a candidate for the
+    # cpu-best profile (benchmarks/cpu_best_search.py).
+    "medium": CapsNetConfig(conv1_channels=128, primary_types=16),
     # Unit tests: a few thousand parameters, same geometry.
     "tiny": CapsNetConfig(conv1_channels=8, primary_types=2, primary_dim=4, digit_dim=8,
                           decoder_hidden=(16, 32)),
@@ -184,6 +188,7 @@ class TrainConfig:
     test_partners: int = 10  # multimnist: partners per test digit (10: 100,000 test pairs; paper 1,000)
 
     def __post_init__(self) -> None:
+        task_named(self.dataset)  # an unknown dataset fails here, naming the known ones
         if not 0 < self.train_fraction <= 1:
             raise ConfigError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         if self.epoch_size is not None and self.epoch_size < self.batch_size:
@@ -191,10 +196,15 @@ class TrainConfig:
 
     def model_config(self) -> CapsNetConfig | CNNConfig:
         """The network this run trains: a CapsNet variant, or a baseline CNN ('cnn-...')."""
-        size = DATASET_IMAGE_SIZE.get(self.dataset, 28)
+        task = self.task
         if is_cnn(self.variant):
-            return cnn_variant_config(self.variant, image_size=size, multi_label=self.dataset == "multimnist")
-        return variant_config(self.variant, routing_iters=self.routing_iters, image_size=size)
+            return cnn_variant_config(self.variant, image_size=task.image_size, multi_label=task.multi_label)
+        return variant_config(self.variant, routing_iters=self.routing_iters, image_size=task.image_size)
+
+    @property
+    def task(self) -> Task:
+        """The task record of `dataset` (training/task_registry.py)."""
+        return task_named(self.dataset)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -206,11 +216,6 @@ class TrainConfig:
 
 # Fields that may differ between a run and its resumption (they only say how far to go).
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "time_limit_s", "device", "eval_batch_size")
-
-# Input side per dataset: MultiMNIST pairs sit on a 36x36 canvas (3,200 primary capsules at paper size).
-# translated-mnist: MNIST digits anywhere within +-max_shift on a 40x40 canvas, the paper's training set
-# for its affNIST test (training/affine.py makes the affine test set).
-DATASET_IMAGE_SIZE = {"mnist": 28, "fashion-mnist": 28, "multimnist": 36, "translated-mnist": 40}
 
 PROFILES: dict[str, TrainConfig] = {
     # The README's main job: a CPU run of a few minutes that still clears 98.5% on MNIST. Reconstruction

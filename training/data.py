@@ -21,51 +21,17 @@ from torch import Tensor
 from training.errors import ConfigError, UserError
 from training.fileio import atomic_path
 from training.idx import IMAGE_MAGIC, LABEL_MAGIC, IDXError, read_idx
+from training.task_registry import source_named
 
 log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "CAPSNET_DATA_DIR"
+# Every CLI's --data-dir says the same.
+DATA_DIR_HELP = (f"data root with one folder per dataset (mnist/, fashion-mnist/) of four .gz IDX files "
+                 f"(default: ${DATA_DIR_ENV}, else ~/.cache/capsnet, where missing files are downloaded)")
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    class_names: tuple[str, ...]
-    sha256: dict[str, str]  # file name -> SHA-256 of the original gzip file
-    mirrors: tuple[str, ...]  # base URLs, tried in order
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec(
-        name="mnist",
-        class_names=tuple(str(d) for d in range(10)),
-        sha256={
-            "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-            "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-            "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-            "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-        },
-        mirrors=(
-            "https://ossci-datasets.s3.amazonaws.com/mnist/",
-            "https://storage.googleapis.com/cvdf-datasets/mnist/",
-        ),
-    ),
-    "fashion-mnist": DatasetSpec(
-        name="fashion-mnist",
-        class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        sha256={
-            "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-            "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-            "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-            "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-        },
-        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-    ),
 }
 
 
@@ -73,23 +39,30 @@ class DataUnavailableError(UserError, RuntimeError):
     """The dataset files are neither on disk nor downloadable."""
 
 
-def dataset_spec(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
-    return DATASETS[name]
-
-
-def resolve_data_dir(dataset: str, data_dir: str | Path | None = None) -> Path:
-    """`data_dir` if given, else $CAPSNET_DATA_DIR, else ~/.cache/capsnet/<dataset>.
-
-    The directory is the one holding the four .gz files of that dataset.
-    """
+def data_root(data_dir: str | Path | None = None) -> Path:
+    """The folder that holds one folder per dataset (mnist/, fashion-mnist/: the layout of the
+    shared datasets folder and of the download cache): `data_dir` if given, else $CAPSNET_DATA_DIR,
+    else ~/.cache/capsnet."""
     if data_dir:
         return Path(data_dir).expanduser()
     if os.environ.get(DATA_DIR_ENV):
         return Path(os.environ[DATA_DIR_ENV]).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "capsnet" / dataset
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "capsnet"
+
+
+def resolve_data_dir(dataset: str, data_dir: str | Path | None = None) -> Path:
+    """The folder of one dataset's four .gz files: <data root>/<dataset> (see data_root)."""
+    return data_root(data_dir) / source_named(dataset).name
+
+
+def _refuse_one_dataset_folder(root: Path, dataset: str) -> None:
+    """A data root that holds IDX files itself is one dataset's folder given where the root of all
+    of them was expected: say so instead of downloading a second copy beneath it."""
+    if not (root / dataset).is_dir() and any((root / f).is_file() for pair in SPLIT_FILES.values() for f in pair):
+        raise DataUnavailableError(
+            f"{root} holds IDX files itself, but --data-dir and ${DATA_DIR_ENV} name a data root with one "
+            f"folder per dataset ({root / dataset}/, ...): point them at {root.parent} if this folder is its "
+            f"{dataset}/ folder, or move the files into {root / dataset}/")
 
 
 def download_file(url: str, dest: Path, sha256: str, timeout: float = 30.0) -> None:
@@ -115,7 +88,8 @@ def ensure_dataset(dataset: str, data_dir: str | Path | None = None,
     Returns the directory. Raises DataUnavailableError, naming the directory and the files to
     put there, when a file is missing and no mirror delivers a verified copy.
     """
-    spec = dataset_spec(dataset)
+    spec = source_named(dataset)
+    _refuse_one_dataset_folder(data_root(data_dir), spec.name)
     directory = resolve_data_dir(dataset, data_dir)
     missing = [name for name in spec.sha256 if not (directory / name).is_file()]
     for name in missing:
@@ -133,7 +107,7 @@ def ensure_dataset(dataset: str, data_dir: str | Path | None = None,
                 f"{dataset}: {name} is missing from {directory} and could not be downloaded:\n"
                 + "\n".join(errors)
                 + f"\nPut the four files {sorted(spec.sha256)} in {directory}, or point "
-                f"--data-dir or ${DATA_DIR_ENV} at the folder that holds them."
+                f"--data-dir or ${DATA_DIR_ENV} at a data root whose {dataset}/ folder holds them."
             )
     return directory
 
@@ -148,7 +122,7 @@ def load_split(dataset: str, split: str, data_dir: str | Path | None = None) -> 
         raise IDXError(
             f"{directory}: {split} images {images.shape} and labels {labels.shape} do not match"
         )
-    n_classes = len(dataset_spec(dataset).class_names)
+    n_classes = len(source_named(dataset).class_names)
     if labels.size and labels.max() >= n_classes:
         raise IDXError(f"{directory / label_file}: label {labels.max()} outside 0..{n_classes - 1}")
     return (torch.from_numpy(images.copy()).unsqueeze(1),
@@ -266,7 +240,7 @@ class DigitData:
     def __init__(self, dataset: str, data_dir: str | Path | None, val_size: int, max_shift: int,
                  train_limit: int | None = None, canvas: int = 28, train_fraction: float = 1.0,
                  subset_seed: int = 0) -> None:
-        self.class_names = dataset_spec(dataset).class_names
+        self.class_names = source_named(dataset).class_names
         images, labels = load_split(dataset, "train", data_dir)
         (self.train_images, self.train_labels), (self.val_images, self.val_labels) = \
             train_val_split(images, labels, val_size)

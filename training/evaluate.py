@@ -22,7 +22,7 @@ import torch
 from training.affine import FULL_SIZE, affine_breakdown, affine_test_set
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import TrainConfig
-from training.data import FIXED_SHIFT_SEEDS, DigitData, load_split, place, to_float
+from training.data import DATA_DIR_HELP, FIXED_SHIFT_SEEDS, DigitData, load_split, place, to_float
 from training.distributed import resolve_device
 from training.errors import run_cli, setup_cli_logging
 from training.figures import pair_figure, pose_perturbation_grid, reconstruction_grid, save_png
@@ -70,7 +70,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = No
         if isinstance(model, CapsNet):  # the figures redraw digits: a baseline CNN has no decoder
             figure = pair_figure(model, *figure_pairs(images, labels, probabilities, dev))
             save_png(out / "multimnist_pairs.png", figure)
-    if config.dataset == "translated-mnist":
+    if config.task.affine_test:
         sets = affine_sets(data, affine_digits)
         del sets["controls"]["translation_only_6px"]  # the test split scored above: not predicted twice
         result.update(affine_evaluation(model, sets, batch_size, dev), translation_only_6px=result["accuracy"])
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="capsnet-evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a .pt written by capsnet-train (best.pt for the selected model)")
-    p.add_argument("--data-dir", help="folder with the four .gz IDX files (default: $CAPSNET_DATA_DIR)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--out", help="folder for evaluation.json and the PNGs (default: beside the checkpoint)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default="auto")

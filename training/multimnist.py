@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from training.data import Batch, dataset_spec, fixed_shifts, load_split, place, to_float
+from training.data import Batch, fixed_shifts, load_split, place, to_float
 from training.errors import ConfigError
+from training.task_registry import source_named
 
 CANVAS = 36  # 28 + 2 * 4: room for a +-4 px shift in every direction
 VALIDATION_SEED, TEST_SEED = 1_000_001, 2_000_003
@@ -112,12 +113,12 @@ def pair_metrics(probabilities: Tensor, labels: Tensor, class_names: tuple[str, 
 class PairData:
     """The training loop's view of MultiMNIST (training.data.TrainingData)."""
 
-    def __init__(self, data_dir: str | Path | None, max_shift: int, validation_pool: int = 10_000,
+    def __init__(self, source: str, data_dir: str | Path | None, max_shift: int, validation_pool: int = 10_000,
                  test_partners: int = 10, train_limit: int | None = None) -> None:
-        """`validation_pool`: the first that many training images make the validation pairs (the
-        paper's split: 10,000), the others the training pairs."""
-        self.class_names = dataset_spec("mnist").class_names
-        images, labels = load_split("mnist", "train", data_dir)
+        """Pairs of `source`'s images. `validation_pool`: the first that many training images make the
+        validation pairs (the paper's split: 10,000), the others the training pairs."""
+        self.class_names = source_named(source).class_names
+        images, labels = load_split(source, "train", data_dir)
         if not 0 < validation_pool < len(images):
             raise ConfigError(f"the validation pool must be between 1 and {len(images) - 1} images, "
                               f"got {validation_pool}")
@@ -125,7 +126,7 @@ class PairData:
         self.train_pool, self.train_labels = images[validation_pool:], labels[validation_pool:]
         if train_limit:
             self.train_pool, self.train_labels = self.train_pool[:train_limit], self.train_labels[:train_limit]
-        self.max_shift, self.test_partners, self.data_dir = max_shift, test_partners, data_dir
+        self.max_shift, self.test_partners, self.data_dir, self.source = max_shift, test_partners, data_dir, source
 
     def __len__(self) -> int:
         return len(self.train_pool)  # an epoch: every training digit once as the first of a pair
@@ -140,7 +141,7 @@ class PairData:
         return self.pairs_of(self.val_pool, self.val_labels, 1, VALIDATION_SEED)
 
     def test_set(self) -> tuple[Tensor, Tensor]:
-        images, labels = load_split("mnist", "test", self.data_dir)
+        images, labels = load_split(self.source, "test", self.data_dir)
         return self.pairs_of(images, labels, self.test_partners, TEST_SEED)
 
     def pairs_of(self, pool: Tensor, labels: Tensor, partners: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -149,7 +150,7 @@ class PairData:
     def single_digit_set(self) -> tuple[Tensor, Tensor]:
         """The test digits alone, each on the 36x36 canvas with a fixed-seed shift like a pair's:
         (images uint8 [N, 1, 36, 36], labels [N]). How well a pair model still reads one digit."""
-        images, labels = load_split("mnist", "test", self.data_dir)
+        images, labels = load_split(self.source, "test", self.data_dir)
         return place(images, fixed_shifts(len(images), self.max_shift, TEST_SEED + 1), CANVAS), labels
 
     def count_correct(self, lengths: Tensor, labels: Tensor) -> Tensor:

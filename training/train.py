@@ -32,8 +32,8 @@ from training.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from training.config import CNN_VARIANTS, DATASET_IMAGE_SIZE, PROFILES, RESUMABLE_OVERRIDES, VARIANTS, TrainConfig
-from training.data import TrainingData
+from training.config import CNN_VARIANTS, PROFILES, RESUMABLE_OVERRIDES, VARIANTS, TrainConfig
+from training.data import DATA_DIR_HELP, TrainingData
 from training.distributed import (
     DistributedContext,
     any_rank,
@@ -47,6 +47,7 @@ from training.errors import ConfigError, UserError, run_cli, setup_cli_logging
 from training.fileio import atomic_path
 from training.metrics import predict, scalar_metrics
 from training.networks import build_network
+from training.task_registry import TASKS
 from training.tasks import Loss, training_data, training_loss
 
 log = logging.getLogger(__name__)
@@ -358,14 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick",
                    help="preset: quick = small model, short CPU run (default); paper = full schedule, GPU; "
                         "multimnist-quick / multimnist-paper: the same for overlapping digit pairs")
-    p.add_argument("--data-dir", help="folder with the four .gz IDX files (default: $CAPSNET_DATA_DIR, "
-                                      "else ~/.cache/capsnet/<dataset>, downloaded if missing)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--resume", action="store_true", help="continue OUT/last.pt exactly where it stopped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     o = p.add_argument_group("overrides of the profile's settings")
     o.add_argument("--variant", choices=[*VARIANTS, *CNN_VARIANTS],
                    help="the network: a CapsNet (paper, small, tiny) or a baseline CNN (cnn-...)")
-    o.add_argument("--dataset", choices=sorted(DATASET_IMAGE_SIZE),
+    o.add_argument("--dataset", choices=sorted(TASKS),
                    help="translated-mnist: MNIST on a 40x40 canvas within +-max-shift (train for affine tests)")
     o.add_argument("--routing-iters", type=int)
     o.add_argument("--epochs", type=int)

@@ -41,6 +41,7 @@ from training.checkpoint import (
     versions,
 )
 from training.config import TrainConfig
+from training.data import DATA_DIR_HELP
 from training.distributed import resolve_device
 from training.errors import UserError, run_cli, setup_cli_logging
 from training.fileio import atomic_path, sha256_file, write_json
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     pack = sub.add_parser("pack", help="checkpoint -> NAME.safetensors (float16) + NAME.json, evaluated")
     pack.add_argument("checkpoint", help="a .pt written by capsnet-train (usually RUN/best.pt)")
     pack.add_argument("name", help="output path without suffix, e.g. weights/capsnet-mnist-paper")
-    pack.add_argument("--data-dir", help="MNIST folder for the evaluation (default: $CAPSNET_DATA_DIR)")
+    pack.add_argument("--data-dir", help=DATA_DIR_HELP)
     pack.add_argument("--no-evaluate", action="store_true", help="skip scoring the float16 weights on the test set")
     pack.add_argument("--device", default="auto")
     unpack = sub.add_parser("unpack", help="NAME.safetensors -> a checkpoint for capsnet-evaluate/-export")

@@ -10,7 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SCRIPT = REPO / "benchmarks" / "capsule_claims.py"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from serving.preprocess import decode_grayscale, to_mnist
-from tests.conftest import REPO
+from tests.helpers import REPO
 from training.data import synthetic_digits
 
 

@@ -219,12 +219,12 @@ def test_register_stores_model_with_parity_metadata(tiny_checkpoint, tmp_path, c
         assert Path(model.path_of(name)).is_file()
 
 
-def test_an_export_proven_on_real_digits_is_labelled_so(tiny_checkpoint, mnist_dir, tmp_path):
+def test_an_export_proven_on_real_digits_is_labelled_so(tiny_checkpoint, real_data_root, tmp_path):
     import bentoml
 
     from export.registry import register_export
 
-    result = export_onnx(tiny_checkpoint, tmp_path, data_dir=mnist_dir, limit=16)
+    result = export_onnx(tiny_checkpoint, tmp_path, data_dir=real_data_root, limit=16)
     assert result["parity"]["inputs"]["kind"] == "test-split"
     model = bentoml.models.get(register_export(tmp_path, "capsnet-real"))
     assert model.info.labels["parity_inputs"] == "test-split"
@@ -252,7 +252,8 @@ def test_a_two_digit_model_exports_with_parity_on_pairs_and_registers_as_multimn
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims[1:] == [1, 36, 36]
     meta = read_metadata(model)
-    assert meta["task"] == {"objects": 2, "name": "overlapping-digit-pairs"} and meta["input"]["shape"][2:] == [36, 36]
+    assert meta["task"]["name"] == "multimnist" and meta["task"]["objects"] == 2 and meta["task"]["multi_label"]
+    assert meta["task"]["kind"] == "overlapping-digit-pairs" and meta["input"]["shape"][2:] == [36, 36]
     parity_report = json.loads((tmp_path / "parity.json").read_text())
     assert parity_report["passed"] and "overlapping pair" in parity_report["inputs"]["source"]
     assert parity_report["inputs"]["total"] == 24 + 4

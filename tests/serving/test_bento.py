@@ -12,8 +12,8 @@ import pytest
 from export.bento import GPU_BENTO_NAME, bentofile, gpu_requirements
 from export.registry import register_export
 from serving.settings import bento_model_tags
-from tests.conftest import REPO
-from tests.serving.conftest import Server
+from tests.helpers import REPO
+from tests.serving.server import Server
 
 
 def test_bento_model_tags_reads_the_built_bento_only(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving.conftest import ARTIFACTS, Server
+from tests.serving.server import ARTIFACTS, Server
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 MAX_EXAMPLES = 25  # per operation and phase: ~250 requests, a few seconds

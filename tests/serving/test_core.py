@@ -13,7 +13,7 @@ from PIL import Image
 from serving.core import ModelOutputError, ServedModel, ServingCore, UnknownModelError
 from serving.settings import ServingSettings
 from serving.validation import InputError
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.serving.conftest import ARTIFACTS, ready_server
+from tests.serving.server import ARTIFACTS, ready_server
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 WAIT = 30  # seconds for the page to answer after an action

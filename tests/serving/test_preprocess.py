@@ -18,8 +18,8 @@ def encode(array: np.ndarray, fmt: str = "PNG", mode: str = "L") -> bytes:
 NOISE_PNG = encode(np.random.default_rng(0).integers(0, 255, (200, 200), dtype=np.uint8))
 
 
-def test_mnist_digits_pass_through_almost_unchanged(mnist_dir):
-    images, _ = load_split("mnist", "test", mnist_dir)
+def test_mnist_digits_pass_through_almost_unchanged(real_data_root):
+    images, _ = load_split("mnist", "test", real_data_root)
     for k in range(50):
         digit = images[k, 0].numpy()
         out = preprocess_encoded(encode(digit))[0]

@@ -16,7 +16,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from serving.preprocess import preprocess_encoded
-from tests.serving.conftest import GRPC_TIMEOUT, REQUEST_TIMEOUT, START_TIMEOUT, TEST_LATENCY_CAP_MS, Server
+from tests.serving.server import GRPC_TIMEOUT, REQUEST_TIMEOUT, START_TIMEOUT, TEST_LATENCY_CAP_MS, Server
 from training.data import synthetic_digits
 
 

@@ -9,7 +9,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.serving.conftest import GRPC_TIMEOUT, ready_server
+from tests.serving.server import GRPC_TIMEOUT, ready_server
 from training.multimnist import fixed_pair_images
 
 

@@ -1,13 +1,14 @@
+import dataclasses
 import gzip
 import hashlib
 import http.server
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.helpers import write_dataset
 from training.data import (
     Batch,
     DataUnavailableError,
@@ -19,6 +20,7 @@ from training.data import (
     train_val_split,
 )
 from training.idx import IMAGE_MAGIC, LABEL_MAGIC, IDXError, read_idx, write_idx
+from training.task_registry import SOURCES
 
 
 def test_idx_round_trip(tmp_path):
@@ -65,16 +67,16 @@ def test_load_split_and_validation_carved_from_the_end(synthetic_data_dir):
         train_val_split(images, labels, 640)
 
 
-def test_real_mnist_files_read(mnist_dir):
-    images, labels = load_split("mnist", "test", mnist_dir)
+def test_real_mnist_files_read(real_data_root):
+    images, labels = load_split("mnist", "test", real_data_root)
     assert images.shape == (10_000, 1, 28, 28)
     assert labels[:6].tolist() == [7, 2, 1, 0, 4, 1]
 
 
 def test_data_dir_resolution_order(tmp_path, monkeypatch):
     monkeypatch.setenv("CAPSNET_DATA_DIR", str(tmp_path / "env"))
-    assert resolve_data_dir("mnist", tmp_path / "flag") == tmp_path / "flag"
-    assert resolve_data_dir("mnist") == tmp_path / "env"
+    assert resolve_data_dir("mnist", tmp_path / "flag") == tmp_path / "flag" / "mnist"
+    assert resolve_data_dir("mnist") == tmp_path / "env" / "mnist"
     monkeypatch.delenv("CAPSNET_DATA_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert resolve_data_dir("fashion-mnist") == tmp_path / "cache" / "capsnet" / "fashion-mnist"
@@ -131,8 +133,6 @@ def test_download_rejects_checksum_mismatch_and_leaves_nothing(local_server, tmp
 
 
 def test_ensure_dataset_downloads_verified_files_from_a_mirror(local_server, tmp_path, monkeypatch):
-    import training.data as data
-
     url, root = local_server
     write_dataset_files = {}
     rng = np.random.default_rng(0)
@@ -142,10 +142,10 @@ def test_ensure_dataset_downloads_verified_files_from_a_mirror(local_server, tmp
                       ("t10k-labels-idx1-ubyte.gz", np.array([4, 5]))):
         write_idx(root / name, arr.astype(np.uint8))
         write_dataset_files[name] = hashlib.sha256((root / name).read_bytes()).hexdigest()
-    spec = data.DatasetSpec("mnist", data.DATASETS["mnist"].class_names, write_dataset_files, (url,))
-    monkeypatch.setitem(data.DATASETS, "mnist", spec)
+    spec = dataclasses.replace(SOURCES["mnist"], sha256=write_dataset_files, mirrors=(url,))
+    monkeypatch.setitem(SOURCES, "mnist", spec)
     target = tmp_path / "data"
-    assert ensure_dataset("mnist", target) == target
+    assert ensure_dataset("mnist", target) == target / "mnist"  # a data root: one folder per dataset
     images, labels = load_split("mnist", "test", target)
     assert labels.tolist() == [4, 5] and images.shape == (2, 1, 28, 28)
 
@@ -156,16 +156,25 @@ def test_missing_files_without_network_say_where_to_put_them(tmp_path):
     message = str(err.value)
     assert str(tmp_path / "empty") in message and "t10k-labels-idx1-ubyte.gz" in message
     assert "CAPSNET_DATA_DIR" in message
-    assert not any(Path(tmp_path / "empty").iterdir())
+    assert not [p for p in (tmp_path / "empty").rglob("*") if p.is_file()]  # no partial file
 
 
-def test_real_data_tests_look_where_the_user_points_first(monkeypatch, tmp_path):
-    from tests.conftest import SHARED_MNIST, real_mnist_candidates
+def test_real_data_tests_look_where_the_clis_look_first(monkeypatch, tmp_path):
+    from tests.helpers import SHARED_DATA, real_data_roots
 
     monkeypatch.setenv("CAPSNET_DATA_DIR", str(tmp_path))
-    assert real_mnist_candidates() == [tmp_path, SHARED_MNIST]
+    assert real_data_roots() == [tmp_path, SHARED_DATA]
     monkeypatch.delenv("CAPSNET_DATA_DIR")
-    assert real_mnist_candidates() == [SHARED_MNIST]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert real_data_roots() == [tmp_path / "cache" / "capsnet", SHARED_DATA]
+
+
+def test_a_single_dataset_folder_given_as_the_root_is_a_clear_error(tmp_path):
+    write_dataset(tmp_path / "mnist-files")
+    with pytest.raises(DataUnavailableError, match="one folder per dataset") as err:
+        ensure_dataset("mnist", tmp_path / "mnist-files", mirrors=("http://127.0.0.1:9/",))
+    assert str(tmp_path) in str(err.value)
+    assert not (tmp_path / "mnist-files" / "mnist").exists()  # nothing downloaded beneath it
 
 
 @pytest.mark.parametrize("device", [

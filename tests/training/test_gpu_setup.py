@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from export.bento import gpu_requirements as gpu_extra
-from tests.conftest import REPO
+from tests.helpers import REPO
 from training.gpu_setup import CUDA, GpuFacts, problems
 
 WORKING = GpuFacts("2.13.0", "13.0", True, None, CUDA)

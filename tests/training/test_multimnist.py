@@ -67,7 +67,7 @@ def test_fixed_pairs_are_reproducible_from_their_stored_indices():
 
 
 def test_splits_keep_validation_and_test_digits_out_of_training(synthetic_data_dir):
-    data = PairData(synthetic_data_dir, max_shift=4, validation_pool=100, test_partners=2)
+    data = PairData("mnist", synthetic_data_dir, max_shift=4, validation_pool=100, test_partners=2)
     train_images, _ = load_split("mnist", "train", synthetic_data_dir)
     test_images, test_labels = load_split("mnist", "test", synthetic_data_dir)
     assert torch.equal(data.train_pool, train_images[100:]) and torch.equal(data.val_pool, train_images[:100])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import REPO, free_port
+from tests.helpers import REPO, free_port
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.config import TrainConfig
 from training.errors import ConfigError

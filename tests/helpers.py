@@ -1,0 +1,41 @@
+"""What several test modules share besides fixtures: the repository root, free ports, synthetic
+IDX datasets, and where real data may be."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from training.data import SPLIT_FILES, data_root, synthetic_digits
+from training.idx import write_idx
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "datasets"  # one folder per dataset, beside the checkout
+
+
+def write_dataset(directory: Path, n_train: int = 640, n_test: int = 200) -> Path:
+    """The four IDX files of a dataset in `directory`, with synthetic digits (training.data.synthetic_digits)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        images, labels = synthetic_digits(n, seed)
+        image_file, label_file = SPLIT_FILES[split]
+        write_idx(directory / image_file, images)
+        write_idx(directory / label_file, labels)
+    return directory
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def real_data_roots() -> list[Path]:
+    """Where real datasets may be, as data roots: where the CLIs look ($CAPSNET_DATA_DIR, else the
+    download cache), then the shared folder beside the checkout."""
+    return list(dict.fromkeys([data_root(), SHARED_DATA]))
+
+
+def has_dataset(root: Path, dataset: str) -> bool:
+    return all((root / dataset / f).is_file() for pair in SPLIT_FILES.values() for f in pair)
