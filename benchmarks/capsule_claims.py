@@ -46,8 +46,8 @@ from training.distributed import resolve_device
 from training.errors import UserError, run_cli, setup_cli_logging
 from training.evaluate import affine_evaluation, affine_sets
 from training.fileio import atomic_path, write_json
+from training.run_dir import epoch_checkpoint_name
 from training.tasks import training_data
-from training.train import epoch_checkpoint_name
 
 log = logging.getLogger("capsule_claims")
 

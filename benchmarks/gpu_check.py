@@ -32,14 +32,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import logging
 import os
 import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -60,9 +58,13 @@ from serving.runtime import cuda_unavailable_reason
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import PROFILES, TrainConfig, variant_config
 from training.data import DATA_DIR_HELP
+from training.distributed import resolve_device
+from training.errors import setup_cli_logging
+from training.fileio import write_json
 from training.model import CapsNet
+from training.run_dir import BEST, has_run, read_metrics, resumed_config
 from training.tasks import training_data
-from training.train import BEST, LAST, METRICS, record_test_metrics, train
+from training.train import record_test_metrics, train
 from training.weights_file import evaluate_weights, pack_weights
 
 log = logging.getLogger("gpu_check")
@@ -149,11 +151,7 @@ class Check:
     def write(self) -> None:
         self.results["elapsed_s"] = round(time.monotonic() - self.started, 2)
         self.results["finished"] = now_iso()
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.", dir=self.out.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.results, f, indent=2)
-        os.replace(tmp, self.out)
+        write_json(self.out, self.results)
 
 
 def now_iso() -> str:
@@ -246,14 +244,12 @@ def paper_run(size: Size, run_dir: Path, data_dir: str | None, bf16: bool, epoch
               time_left_s: float) -> dict[str, Any]:
     """As many epochs of the run profile as fit in `time_left_s` (resuming `run_dir` if it holds a
     run), then the test accuracy of the val-selected checkpoint."""
-    saved_run = load_checkpoint(run_dir / LAST) if (run_dir / LAST).exists() else None
-    resume = saved_run is not None
-    done = saved_run["epoch"] if saved_run else 0
+    resume = has_run(run_dir)
+    done = len(read_metrics(run_dir))  # completed epochs
     config = dataclasses.replace(size.run_config, bf16=bf16, time_limit_s=max(1.0, time_left_s))
-    if saved_run:  # the saved run's settings win; only how far and how long may change
-        saved = TrainConfig.from_dict(saved_run["train_config"])
-        config = dataclasses.replace(saved, epochs=config.epochs, time_limit_s=config.time_limit_s,
-                                     device=config.device, eval_batch_size=config.eval_batch_size)
+    if resume:  # the saved run's settings win; only how far and how long may change
+        config = resumed_config(run_dir, epochs=config.epochs, time_limit_s=config.time_limit_s,
+                                device=config.device, eval_batch_size=config.eval_batch_size)
     if epoch_estimate_s:  # stop at an epoch boundary rather than at the time limit when we can
         fit = int(time_left_s // (epoch_estimate_s * 1.25))  # + loop overhead and validation
         config = dataclasses.replace(config, epochs=min(size.run_config.epochs, max(done + 1, done + fit)))
@@ -261,7 +257,7 @@ def paper_run(size: Size, run_dir: Path, data_dir: str | None, bf16: bool, epoch
              done + 1, config.epochs, config.time_limit_s, config.bf16, resume)
     data = training_data(config, data_dir)
     summary = train(config, run_dir, data_dir, resume=resume, progress=False, data=data)
-    epochs = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines()]
+    epochs = read_metrics(run_dir)
     result: dict[str, Any] = {
         "run_dir": str(run_dir), "resumed_from_epoch": done, "epochs_done": summary["epochs"],
         "epochs_of_profile": size.run_config.epochs, "complete": summary["epochs"] >= size.run_config.epochs,
@@ -387,11 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        handlers=[logging.StreamHandler(sys.stderr),
-                                  logging.FileHandler(args.out.with_suffix(".log"), mode="w")])
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    setup_cli_logging(args.out.with_suffix(".log"))
+    device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # "fp32" on the GPU means TF32 tensor cores
         torch.backends.cudnn.allow_tf32 = True

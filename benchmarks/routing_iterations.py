@@ -26,7 +26,8 @@ from export.onnx_export import export_onnx
 from training.config import PROFILES, TrainConfig
 from training.data import DATA_DIR_HELP
 from training.networks import build_network
-from training.train import BEST, LAST, METRICS, train
+from training.run_dir import BEST, has_run, read_metrics
+from training.train import train
 
 
 def routing_config(base: TrainConfig, routing_iters: int, reconstruction: bool) -> TrainConfig:
@@ -38,8 +39,8 @@ def routing_config(base: TrainConfig, routing_iters: int, reconstruction: bool) 
 def train_run(run_dir: Path, config: TrainConfig, data_dir: str | None) -> dict[str, Any]:
     """Train (or resume) one run in `run_dir`: its summary, parameter count, validation curve and
     median training images/s."""
-    summary = train(config, run_dir, data_dir, resume=(run_dir / LAST).exists(), progress=False)
-    curve = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines()]
+    summary = train(config, run_dir, data_dir, resume=has_run(run_dir), progress=False)
+    curve = read_metrics(run_dir)
     return {"variant": config.variant, "seed": config.seed, "epochs": summary["epochs"], "steps": summary["steps"],
             "parameters": sum(p.numel() for p in build_network(config.model_config()).parameters()),
             "best_val_accuracy": summary["best_val_accuracy"], "test_accuracy": summary.get("test_accuracy"),

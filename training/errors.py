@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,13 @@ class ConfigError(UserError, ValueError):
     """A setting is invalid or contradicts another one (or the checkpoint being resumed)."""
 
 
-def setup_cli_logging() -> None:
-    """INFO lines with time and origin for every CLI."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def setup_cli_logging(log_file: str | Path | None = None) -> None:
+    """INFO lines with time and origin for every CLI, to stderr (and to `log_file`, rewritten, if given)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers)
 
 
 def run_cli(body: Callable[[], int]) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from training.data import to_float
+from training.data import TrainingData, to_float
 
 
 @torch.no_grad()
@@ -25,6 +25,14 @@ def predict(model: nn.Module, images: Tensor, batch_size: int = 500,
              for start in range(0, len(images), batch_size)]
     model.train(was_training)
     return torch.cat(probs) if probs else torch.zeros(0, model.config.num_classes)
+
+
+def evaluate_on(model: nn.Module, data: TrainingData, split: tuple[Tensor, Tensor], batch_size: int,
+                device: torch.device | str) -> dict[str, Any]:
+    """data.metrics of `model` on a (uint8 images, labels) split of `data`: validation during training,
+    the test set afterwards."""
+    images, labels = split
+    return data.metrics(predict(model, images, batch_size, device), labels)
 
 
 def confusion_matrix(predicted: Tensor, labels: Tensor, num_classes: int) -> Tensor:

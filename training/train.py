@@ -32,7 +32,7 @@ from training.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from training.config import CNN_VARIANTS, PROFILES, RESUMABLE_OVERRIDES, VARIANTS, TrainConfig
+from training.config import CNN_VARIANTS, PROFILES, VARIANTS, TrainConfig
 from training.data import DATA_DIR_HELP, TrainingData
 from training.distributed import (
     DistributedContext,
@@ -43,20 +43,23 @@ from training.distributed import (
     resolve_device,
     shutdown_distributed,
 )
-from training.errors import ConfigError, UserError, run_cli, setup_cli_logging
-from training.fileio import atomic_path
-from training.metrics import predict, scalar_metrics
+from training.errors import ConfigError, run_cli, setup_cli_logging
+from training.metrics import evaluate_on, scalar_metrics
 from training.networks import build_network
+from training.run_dir import (
+    BEST,
+    LAST,
+    RunExistsError,
+    append_metrics,
+    check_resumable,
+    epoch_checkpoint_name,
+    resumed_config,
+    truncate_metrics,
+)
 from training.task_registry import TASKS
 from training.tasks import Loss, training_data, training_loss
 
 log = logging.getLogger(__name__)
-
-LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
-
-class RunExistsError(UserError, FileExistsError):
-    """The run folder already holds a run and --resume was not given."""
-
 
 class TrainingModule(nn.Module):
     """Network + loss in one forward, so DistributedDataParallel sees the whole step."""
@@ -153,26 +156,6 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
 
 
-def _check_resumable(saved: TrainConfig, config: TrainConfig) -> None:
-    a, b = saved.to_dict(), config.to_dict()
-    differ = sorted(k for k in a if a[k] != b[k] and k not in RESUMABLE_OVERRIDES)
-    if differ:
-        raise ConfigError(
-            "cannot resume: the checkpoint was trained with different "
-            + ", ".join(f"{k}={a[k]!r} (now {b[k]!r})" for k in differ)
-        )
-
-
-def _rewrite_metrics(path: Path, completed_epochs: int) -> None:
-    """On resume, drop metric lines of epochs the checkpoint had not completed."""
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines()
-             if ln.strip() and json.loads(ln)["epoch"] <= completed_epochs]
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(ln + "\n" for ln in lines))
-
-
 def restore(config: TrainConfig, out_dir: Path, resume: bool, device: torch.device,
             ctx: DistributedContext) -> RunState:
     """A fresh model and optimizer (seeded), or, with `resume`, exactly those saved in last.pt."""
@@ -188,14 +171,14 @@ def restore(config: TrainConfig, out_dir: Path, resume: bool, device: torch.devi
     if "optimizer_state" not in ckpt:
         raise CheckpointError(f"{last_path} holds weights only (unpacked from a weights file): nothing to resume; "
                               "train into another --out")
-    _check_resumable(TrainConfig.from_dict(ckpt["train_config"]), config)
+    check_resumable(TrainConfig.from_dict(ckpt["train_config"]), config)
     model.load_state_dict(ckpt["model_state"])
     state.optimizer.load_state_dict(ckpt["optimizer_state"])
     torch.set_rng_state(ckpt["rng_state"])
     state.step, state.epoch = ckpt["step"], ckpt["epoch"]
     state.best_val = ckpt["metrics"].get("best_val_accuracy", -1.0)
     if ctx.is_main:
-        _rewrite_metrics(out_dir / METRICS, state.epoch)
+        truncate_metrics(out_dir, state.epoch)
     log.info("resumed from %s at epoch %d, step %d", last_path, state.epoch, state.step)
     return state
 
@@ -241,14 +224,6 @@ def run_epoch(module: nn.Module, state: RunState, data: TrainingData, config: Tr
     return stats
 
 
-def evaluate_on(model: nn.Module, data: TrainingData, split: tuple[Tensor, Tensor], batch_size: int,
-                device: torch.device) -> dict[str, Any]:
-    """data.metrics of `model` on a (uint8 images, labels) split of `data`."""
-    images, labels = split
-    probabilities = predict(model, images, batch_size, device)
-    return data.metrics(probabilities, labels)
-
-
 def end_of_epoch(state: RunState, stats: EpochStats, data: TrainingData, config: TrainConfig,
                  steps_per_epoch: int, out_dir: Path, world_size: int, device: torch.device) -> None:
     """Validate, log a metrics.jsonl line, keep best.pt if validation improved, save last.pt. Rank 0 only."""
@@ -261,8 +236,7 @@ def end_of_epoch(state: RunState, stats: EpochStats, data: TrainingData, config:
               "lr": learning_rate(config, state.step, steps_per_epoch), "epoch_seconds": elapsed,
               "validation_seconds": time.perf_counter() - started_validation,
               "train_images_per_sec": stats.seen * world_size / elapsed}
-    with open(out_dir / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_metrics(out_dir, record)
     log.info("epoch %d: train loss %.4f, val accuracy %.4f", state.epoch, record["train_loss"], val_accuracy)
     improved = val_accuracy > state.best_val
     state.best_val = max(state.best_val, val_accuracy)
@@ -272,11 +246,6 @@ def end_of_epoch(state: RunState, stats: EpochStats, data: TrainingData, config:
     if config.keep_epoch_checkpoints:
         save_checkpoint(out_dir / epoch_checkpoint_name(state.epoch), ckpt)
     save_checkpoint(out_dir / LAST, ckpt)
-
-
-def epoch_checkpoint_name(epoch: int) -> str:
-    """The checkpoint kept after `epoch` (1-based) when keep_epoch_checkpoints is set."""
-    return f"epoch-{epoch:03d}.pt"
 
 
 def checkpoint_of(state: RunState, config: TrainConfig, data: TrainingData, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -398,10 +367,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The profile's TrainConfig with every flag the user gave applied on top."""
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name, None) is not None}
-    if args.resume:
-        # A resumed run keeps the checkpoint's config; only "how far to go" may change.
-        saved = load_checkpoint(Path(args.out) / LAST)["train_config"]
-        return dataclasses.replace(TrainConfig.from_dict(saved), **overrides)
+    if args.resume:  # the checkpoint's config; only "how far to go" may change (train checks)
+        return resumed_config(Path(args.out), **overrides)
     return dataclasses.replace(PROFILES[args.profile], **overrides)
 
 

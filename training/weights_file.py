@@ -45,9 +45,8 @@ from training.data import DATA_DIR_HELP
 from training.distributed import resolve_device
 from training.errors import UserError, run_cli, setup_cli_logging
 from training.fileio import atomic_path, sha256_file, write_json
-from training.metrics import scalar_metrics
+from training.metrics import evaluate_on, scalar_metrics
 from training.tasks import training_data
-from training.train import evaluate_on
 
 log = logging.getLogger(__name__)
 

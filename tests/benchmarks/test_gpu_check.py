@@ -4,6 +4,8 @@ that it cannot rot between the rare sessions that have a GPU."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +36,9 @@ def test_the_tiny_cpu_check_writes_every_section(synthetic_data_dir, tmp_path):
     result = run_check(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask  # the shared atomic writer's mode, not mkstemp's 0600
     sections = ("environment", "training_throughput", "paper_run", "export", "inference", "weights_file",
                 "training_compiled")
     assert {name: report[name]["status"] for name in sections} == dict.fromkeys(sections, "ok")
