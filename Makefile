@@ -98,7 +98,7 @@ serve: setup
 	@echo
 	CAPSNET_GRPC_PORT=$(GRPC_PORT) $(BIN)/bentoml serve --port $(PORT)
 
-# The talk's claims, measured against a CNN (benchmarks/capsule_claims.py): ~35 min on a 2-core CPU,
+# The talk's claims, measured against a CNN (benchmarks/capsule_claims.py): 49 min on this 2-core CPU,
 # resumable (runs in runs/claims/), the report in docs/claims/. CLAIMS_SCALE=paper: the paper's scale, for a GPU.
 CLAIMS_SCALE ?= cpu
 claims: setup

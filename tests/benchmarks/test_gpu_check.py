@@ -84,7 +84,7 @@ def test_the_tiny_cpu_check_writes_every_section(synthetic_data_dir, tmp_path):
 
 def test_a_failing_section_is_recorded_and_the_check_goes_on(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    from benchmarks.gpu_check import Check
+    from gpu_check import Check
 
     check = Check(tmp_path / "check.json", budget_s=60, args={})
 

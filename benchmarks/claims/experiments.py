@@ -1,0 +1,184 @@
+"""The four experiments of the claims report and their budgets (scales): each a set of training runs
+through the project's own loop, resumable run by run (see benchmarks/capsule_claims.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from routing_iterations import routing_config, run_one, train_run
+
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.config import TrainConfig
+from training.distributed import resolve_device
+from training.errors import UserError
+from training.evaluate import affine_evaluation, affine_sets
+from training.fileio import write_json
+from training.run_dir import epoch_checkpoint_name
+from training.tasks import training_data
+
+log = logging.getLogger("capsule_claims")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The budget of every experiment. Epochs are `epoch_size` examples (validation runs after each)."""
+
+    capsnet: str
+    cnn: str
+    pair_cnn: str
+    batch_size: int
+    epoch_size: int | None  # None: the training split once
+    lr_decay_steps: int  # the learning rate falls by lr_decay every this many steps
+    affine_epochs: int
+    affine_digits: int
+    efficiency_epochs: int
+    fractions: tuple[float, ...]
+    seeds: tuple[int, ...]
+    routing_iters: tuple[int, ...]
+    routing_epochs: int
+    crowded_epochs: int
+    test_partners: int
+    val_size: int = 5000
+    pair_val_size: int = 10_000
+    lr_decay: float = 0.6  # the quick profile's decay per 55,000 images (the paper: 0.96)
+
+
+SCALES = {
+    # This 2-core CPU, ~50 minutes: small networks matched by parameter count (CapsNet small
+    # 1.28 M / 2.81 M parameters at 28 / 40 px against cnn-small 1.25 M / 2.50 M; on pairs, 36 px,
+    # 2.20 M against cnn-multimnist-small 2.20 M, the paper's pair baseline in small).
+    # Epochs of 11,008 images (86 steps): affine 88 k images, efficiency 66 k (1.2 passes over the
+    # whole split, 120 over 1 %), routing 33 k, pairs 55 k.
+    "cpu": Scale(capsnet="small", cnn="cnn-small", pair_cnn="cnn-multimnist-small", batch_size=128, epoch_size=11_008,
+                 lr_decay_steps=430, affine_epochs=8, affine_digits=1000, efficiency_epochs=6,
+                 fractions=(0.01, 0.1, 1.0), seeds=(0, 1), routing_iters=(1, 2, 3, 5), routing_epochs=3,
+                 crowded_epochs=5, test_partners=2),
+    # The paper's networks; 50 epochs of MNIST each (the paper's schedule), for a GPU. Unrun here.
+    "paper": Scale(capsnet="paper", cnn="cnn-paper", pair_cnn="cnn-multimnist-paper", batch_size=128,
+                   epoch_size=None, lr_decay_steps=430, affine_epochs=50, affine_digits=10_000,
+                   efficiency_epochs=50, fractions=(0.01, 0.1, 1.0), seeds=(0, 1, 2), routing_iters=(1, 2, 3, 5),
+                   routing_epochs=50, crowded_epochs=100, test_partners=10, lr_decay=0.96),
+    # The tests: tiny networks on the synthetic digits (640 training images), a few steps each.
+    "tiny": Scale(capsnet="tiny", cnn="cnn-tiny", pair_cnn="cnn-tiny", batch_size=32, epoch_size=64,
+                  lr_decay_steps=10, affine_epochs=2, affine_digits=3, efficiency_epochs=1, fractions=(0.1, 1.0),
+                  seeds=(0, 1), routing_iters=(1, 3), routing_epochs=1, crowded_epochs=1, test_partners=1,
+                  val_size=120, pair_val_size=200),
+}
+
+
+def base_config(scale: Scale, variant: str, **fields: Any) -> TrainConfig:
+    """One schedule for every run of the report: Adam, lr 1e-3 decayed by lr_decay per lr_decay_steps,
+    the paper's reconstruction weight; `fields` say what the experiment changes."""
+    return TrainConfig(variant=variant, batch_size=scale.batch_size, epoch_size=scale.epoch_size, lr=1e-3,
+                       lr_decay=scale.lr_decay, lr_decay_steps=scale.lr_decay_steps, recon_weight=0.0005,
+                       val_size=scale.val_size, **fields)
+
+
+class StaleRunError(UserError):
+    """A finished run's folder holds a result made with other settings (the budget changed)."""
+
+
+def cached(run_dir: Path, key: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """run_dir/result.json if a previous invocation finished this run with the same settings (`key`),
+    else compute() and store it with its key. A result made with other settings is an error, not
+    silently reused or overwritten."""
+    done = run_dir / "result.json"
+    if done.exists():
+        result = json.loads(done.read_text())
+        if result.get("key") != key:
+            raise StaleRunError(f"{run_dir} holds a run made with other settings: delete it, or pass another --out")
+        return result
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    result = {**compute(), "key": key}
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    write_json(done, result)
+    return result
+
+
+# --- the four experiments -------------------------------------------------------------------------
+
+def affine_experiment(scale: Scale, out: Path, data_dir: str | None) -> dict[str, Any]:
+    models = {"capsnet": scale.capsnet, "cnn": scale.cnn}
+    runs = {}
+    for name, variant in models.items():
+        config = base_config(scale, variant, dataset="translated-mnist", max_shift=6, epochs=scale.affine_epochs,
+                             keep_epoch_checkpoints=True)
+        runs[name] = cached(out / name, config.to_dict(),
+                            lambda run_dir=out / name, c=config: train_run(run_dir, c, data_dir))
+    # Matched validation accuracy: the lower of the two best, and each model's first epoch reaching it.
+    target = min(max(r["val_curve"]) for r in runs.values())
+    device = resolve_device("auto")
+    data = training_data(base_config(scale, scale.capsnet, dataset="translated-mnist", max_shift=6), data_dir)
+    sets = functools.cache(lambda: affine_sets(data, scale.affine_digits))  # made once, only if a score is due
+    for name, run in runs.items():
+        matched_epoch = next(i + 1 for i, v in enumerate(run["val_curve"]) if v >= target)
+        best_epoch = run["val_curve"].index(max(run["val_curve"])) + 1
+        for stop, epoch in (("matched", matched_epoch), ("best", best_epoch)):
+            def score(epoch: int = epoch, name: str = name) -> dict[str, Any]:
+                model = model_from_checkpoint(load_checkpoint(out / name / epoch_checkpoint_name(epoch))).to(device)
+                return affine_evaluation(model, sets(), 500, device)
+            run[stop] = {"epoch": epoch, "val_accuracy": run["val_curve"][epoch - 1],
+                         **cached(out / name / f"scores-epoch-{epoch:03d}",
+                                  {"epoch": epoch, "affine_digits": scale.affine_digits}, score)}
+    return {"matched_val_accuracy": target, "models": runs}
+
+
+def efficiency_experiment(scale: Scale, out: Path, data_dir: str | None) -> dict[str, Any]:
+    rows = []
+    for fraction in scale.fractions:
+        for seed in scale.seeds:
+            for name, variant in (("capsnet", scale.capsnet), ("cnn", scale.cnn)):
+                config = base_config(scale, variant, train_fraction=fraction, seed=seed,
+                                     epochs=scale.efficiency_epochs)
+                run_dir = out / f"{name}-{fraction:g}-seed{seed}"
+                rows.append({"model": name, "fraction": fraction,
+                             **cached(run_dir, config.to_dict(),
+                                      lambda r=run_dir, c=config: train_run(r, c, data_dir))})
+    return {"rows": rows}
+
+
+def routing_experiment(scale: Scale, out: Path, data_dir: str | None) -> dict[str, Any]:
+    rows = []
+    for r in scale.routing_iters:
+        for reconstruction in (True, False):
+            config = routing_config(base_config(scale, scale.capsnet, epochs=scale.routing_epochs), r, reconstruction)
+            run_dir = out / f"r{r}-{'recon' if reconstruction else 'norecon'}"
+            rows.append(cached(run_dir, config.to_dict(), lambda d=run_dir, c=config: run_one(d, c, data_dir)))
+    return {"rows": rows}
+
+
+def crowded_experiment(scale: Scale, out: Path, data_dir: str | None) -> dict[str, Any]:
+    runs = {}
+    for name, variant in (("capsnet", scale.capsnet), ("cnn", scale.pair_cnn)):
+        config = dataclasses.replace(
+            base_config(scale, variant, dataset="multimnist", max_shift=4, epochs=scale.crowded_epochs,
+                        test_partners=scale.test_partners), val_size=scale.pair_val_size)
+        runs[name] = cached(out / name, config.to_dict(), lambda d=out / name, c=config: train_run(d, c, data_dir))
+    return {"test_pairs_per_digit": scale.test_partners, "models": runs}
+
+
+EXPERIMENTS = {"affine": affine_experiment, "efficiency": efficiency_experiment, "routing": routing_experiment,
+               "crowded": crowded_experiment}
+
+
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and half the range (the spread over seeds)."""
+    return statistics.fmean(values), (max(values) - min(values)) / 2
+
+
+def efficiency_stats(result: dict[str, Any]) -> dict[str, dict[float, tuple[float, float]]]:
+    """model -> training fraction -> (mean, spread) of the test accuracy over seeds."""
+    fractions = sorted({r["fraction"] for r in result["rows"]})
+    return {model: {f: mean_spread([r["test_accuracy"] for r in result["rows"]
+                                    if r["model"] == model and r["fraction"] == f]) for f in fractions}
+            for model in ("capsnet", "cnn")}
