@@ -55,3 +55,35 @@ def find_batcher(service_instance: Any, api_name: str) -> Batcher | None:
 
 async def _call(batch_infer: Callable[..., Awaitable[Any]], api_name: str, value: Any) -> Any:
     return await batch_infer(api_name, (value,), {})
+
+
+class Batchers:
+    """The infer APIs' batchers for in-process calls, each looked up once BentoML has wired the app
+    (before that nothing is cached: self.to_async is then the plain, unbatched method). With `enabled`
+    off, or where BentoML does not expose a batcher, calls go through the service's own to_async."""
+
+    def __init__(self, service_instance: Any, enabled: bool) -> None:
+        self.service, self.enabled = service_instance, enabled
+        self.found: dict[str, Batcher | None] = {}  # API name -> batcher (None: not exposed)
+
+    def look_up(self, name: str) -> None:
+        if self.enabled and name not in self.found:
+            try:
+                self.found[name] = find_batcher(self.service, name)
+            except NotWiredYet:
+                pass
+
+    def get(self, name: str) -> Batcher:
+        """API `name`'s batcher: in-process when found, else BentoML's self.to_async (looked up per call)."""
+        self.look_up(name)
+        return self.found.get(name) or getattr(self.service.to_async, name)
+
+    def ready(self, names: list[str]) -> bool:
+        """Every API's lookup answered (only the in-process path needs BentoML's wiring)."""
+        for name in names:
+            self.look_up(name)
+        return not self.enabled or all(name in self.found for name in names)
+
+    def in_process(self, name: str) -> bool:
+        self.look_up(name)
+        return self.found.get(name) is not None

@@ -5,6 +5,8 @@ serving/service.py is the thin BentoML shell around it.
 
 from __future__ import annotations
 
+import logging
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,14 @@ from serving.preprocess import preprocess_encoded
 from serving.runtime import CUDA, CapsNetRuntime
 from serving.settings import ServingSettings
 from serving.validation import InputError, validate_images
+
+log = logging.getLogger(__name__)
+
+
+def require_finite(*arrays: np.ndarray) -> None:
+    """Model outputs must be finite before anyone sees them (the HTTP, gRPC and explorer answers)."""
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise ModelOutputError("the model produced non-finite values; refusing to return them")
 
 
 def task_of(description: dict[str, Any]) -> dict[str, Any]:
@@ -113,6 +123,22 @@ class ServingCore:
         self.settings = settings
         self.default = next((m for m in models if m.objects == 1), models[0])
 
+    @classmethod
+    def load(cls, stored: list[tuple[str, str | Path, dict[str, Any]]], settings: ServingSettings) -> ServingCore:
+        """Open every stored model, (tag, folder, metadata), warmed up for the largest batch; logs what
+        is served and on which provider, and an error when a required GPU is not in use."""
+        # several workers share the cores: each ONNX Runtime gets its share instead of all of them
+        threads = 0 if settings.workers == 1 else max(1, (os.cpu_count() or 1) // settings.workers)
+        core = cls([ServedModel.load(tag, path, metadata, threads) for tag, path, metadata in stored], settings)
+        for model in core.models:
+            model.runtime.warm_up(settings.max_batch_size)
+            log.info("serving model %s (%dx%d input, %d object(s) per input)", model.tag, model.image_size,
+                     model.image_size, model.objects)
+        if not core.gpu_ok():
+            log.error("CAPSNET_REQUIRE_GPU is set but ONNX Runtime runs on %s: readiness will fail (%s)",
+                      [m.runtime.provider for m in core.models], core.models[0].runtime.cuda_unavailable)
+        return core
+
     @property
     def model(self) -> ServedModel:
         """The default model."""
@@ -156,8 +182,7 @@ class ServingCore:
     def unpack(self, packed: Any, model: ServedModel | None = None) -> dict[str, np.ndarray]:
         """Batched output rows -> {output name: [N, ...]}, all finite."""
         outputs = (model or self.default).runtime.unpack(np.asarray(packed, np.float32))
-        if not all(np.isfinite(v).all() for v in outputs.values()):
-            raise ModelOutputError("the model produced non-finite values; refusing to return them")
+        require_finite(*outputs.values())
         return outputs
 
     def predictions(self, outputs: dict[str, np.ndarray], model: ServedModel | None = None,

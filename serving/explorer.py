@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from serving.core import ModelOutputError, Prediction, ServedModel, ServingCore
+from serving.core import Prediction, ServedModel, ServingCore, require_finite
 from serving.validation import InputError, validate_images, validate_label, validate_poses
 
 EXPLAIN_OUTPUTS = ("reconstruction", "routing", "primary_lengths")
@@ -99,11 +99,6 @@ def part_whole_mass(routing: np.ndarray, primary_lengths: np.ndarray, types: int
     return mass.reshape(types, grid, grid, -1).transpose(3, 0, 1, 2)
 
 
-def finite(*arrays: np.ndarray) -> None:
-    if not all(np.isfinite(a).all() for a in arrays):
-        raise ModelOutputError("the model produced non-finite values; refusing to return them")
-
-
 def explain(core: ServingCore, model: ServedModel, images: Any) -> list[Explanation]:
     """Images -> per image, what classify returns plus the reconstruction and the part-whole map."""
     missing = [name for name in EXPLAIN_OUTPUTS if name not in model.runtime.graph_outputs]
@@ -112,7 +107,7 @@ def explain(core: ServingCore, model: ServedModel, images: Any) -> list[Explanat
                          "export it with capsnet-export --with-explorer")
     batch = core.validate(images, model)
     outputs = model.runtime.run([*model.runtime.outputs, *EXPLAIN_OUTPUTS], batch)
-    finite(*outputs.values())
+    require_finite(*outputs.values())
     predictions = core.predictions(outputs, model, reconstructions="reconstructions_top2" in outputs)
     config = model.runtime.config["model_config"]
     field = receptive_field(config)
@@ -139,7 +134,7 @@ def reconstruct(core: ServingCore, model: ServedModel, poses: Any, label: int | 
     r = model.runtime
     array, chosen = validate_poses(poses, label, core.settings.max_batch_size, r.num_classes, r.pose_dim)
     images = r.decode(array, chosen)
-    finite(images)
+    require_finite(images)
     return Reconstructions(labels=chosen.tolist(), images=images.tolist())
 
 
@@ -163,7 +158,7 @@ def perturb(model: ServedModel, image: Any, label: int | None) -> Perturbation:
     rows = np.repeat(np.arange(r.pose_dim), len(deltas))
     edited[np.arange(len(edited)), chosen, rows] += np.tile(deltas, r.pose_dim)
     images = r.decode(edited, np.full(len(edited), chosen, np.int64))
-    finite(images)
+    require_finite(images)
     s = model.image_size
     # 5 decimals (within 5e-6): the grid is 16 x 11 images, and full float reprs would triple its size
     grid = images.reshape(r.pose_dim, len(deltas), s, s).astype(np.float64).round(5)
@@ -200,7 +195,7 @@ def equivariance(model: ServedModel, image: Any, max_shift: int,
         + [("shift_y", v, shifted(base, v, 0)) for v in shifts] + [("rotation", v, rotated(base, v)) for v in angles]
     batch = np.stack([base, *(im for _, _, im in plan)])[:, None]  # [1 + views, 1, S, S], the original first
     outputs = model.runtime.run(["probabilities", "poses"], batch)
-    finite(*outputs.values())
+    require_finite(*outputs.values())
     probabilities, poses = outputs["probabilities"], outputs["poses"]
     original = int(probabilities[0].argmax())
     views: dict[str, list[TransformedView]] = {}

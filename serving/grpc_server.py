@@ -17,6 +17,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from serving.settings import ServingSettings
 from serving.validation import InputError, validate_images
 
 log = logging.getLogger(__name__)
@@ -139,3 +140,11 @@ async def start_grpc_server(servicer: InferenceServicer, port: int, max_message_
     await server.start()
     log.info("gRPC (Open Inference Protocol v2) listening on port %d", port)
     return server
+
+
+async def serve_over_grpc(models: dict[str, GrpcModel], is_ready: Callable[[], bool], settings: ServingSettings
+                          ) -> grpc.aio.Server:
+    """The Open Inference Protocol server for `models` (name -> model), as the settings say."""
+    servicer = InferenceServicer(models, is_ready=is_ready, max_images=settings.max_batch_size)
+    return await start_grpc_server(servicer, settings.grpc_port, settings.max_request_bytes,
+                                   shared_port=settings.workers > 1)

@@ -108,14 +108,12 @@ def test_metadata_names_the_served_model(client, registered):
     assert meta["parity"]["passed"] is True
 
 
-def test_readiness_needs_bentoml_internals_only_for_the_in_process_batcher(service, monkeypatch):
-    import dataclasses
-
+def test_readiness_needs_bentoml_internals_only_for_the_in_process_batcher(service):
     instance = service.CapsNetService()  # a second instance, outside BentoML's app (never wired)
     instance.grpc_server = object()  # pretend gRPC is up
     assert not hasattr(instance, "__self_proxy__")
     assert instance._ready() is False  # in-process batcher: waits for BentoML's wiring
-    monkeypatch.setattr(service, "settings", dataclasses.replace(service.settings, in_process_batcher=False))
+    instance.batchers.enabled = False  # CAPSNET_IN_PROCESS_BATCHER=false
     assert instance._ready() is True  # fallback: no private attribute involved
     # ... and the fallback is looked up per call, so BentoML's batched to_async (set when it wires
     # the app) replaces the plain method it had before, instead of that one being kept for good
@@ -123,7 +121,7 @@ def test_readiness_needs_bentoml_internals_only_for_the_in_process_batcher(servi
 
     wired = SimpleNamespace(infer=object())
     instance.to_async = wired
-    assert instance._batched_infer(0) is wired.infer
+    assert instance.batchers.get("infer") is wired.infer
 
 
 def test_client_error_log_line_reads_like_the_others(client, caplog):
