@@ -52,9 +52,9 @@ from train_throughput import BroadcastCapsNet, train_step_fn
 
 from export.inference_graph import InferenceGraph
 from export.onnx_export import export_onnx
-from export.onnx_io import CPU, CUDA, cuda_usable, open_session
+from export.onnx_io import open_session
 from export.parity_report import parity_summary
-from serving.runtime import cuda_unavailable_reason
+from serving.providers import CPU, CUDA, cuda_unavailable_reason, cuda_usable
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import PROFILES, TrainConfig, variant_config
 from training.data import DATA_DIR_HELP

@@ -1,5 +1,5 @@
 """ONNX file I/O in one place: reading a graph safely, its capsnet.* metadata both ways, and
-ONNX Runtime sessions. Torch-free (the GPU check imports torch only when called)."""
+ONNX Runtime sessions. Torch-free; which provider can work is serving/providers.py's question."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import onnxruntime as ort
 from training.errors import UserError
 
 METADATA_PREFIX = "capsnet."
-CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 
 class UnusableInputError(UserError, ValueError):
@@ -57,11 +56,3 @@ def open_session(path: str | Path, providers: list[str]) -> ort.InferenceSession
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as e:  # ORT raises its own Fail/InvalidGraph types
         raise UnusableInputError(f"{path}: ONNX Runtime cannot load it: {e}") from e
-
-
-def cuda_usable() -> bool:
-    """CUDA in ONNX Runtime is only tried where a GPU exists: onnxruntime-gpu lists the CUDA
-    provider everywhere and silently falls back to CPU without one."""
-    import torch
-
-    return torch.cuda.is_available() and CUDA in ort.get_available_providers()

@@ -23,7 +23,7 @@ import onnxruntime as ort
 import torch
 
 from export.inference_graph import DecoderGraph, InferenceGraph
-from export.onnx_io import CPU, CUDA, UnusableInputError, cuda_usable, load_checked, open_session
+from export.onnx_io import UnusableInputError, load_checked, open_session
 from export.parity_report import (
     BATCH_SIZES,
     FP16,
@@ -32,6 +32,7 @@ from export.parity_report import (
     Tolerance,
     parity_section,
 )
+from serving.providers import CPU, CUDA, cuda_usable
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.config import CapsNetConfig
 from training.data import SPLIT_FILES, load_split, resolve_data_dir, synthetic_digits

@@ -11,45 +11,13 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from serving.providers import CPU, CUDA, cuda_unavailable_reason
+
 log = logging.getLogger(__name__)
-
-CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
-
-
-def gpu_count() -> int:
-    """NVIDIA GPUs visible through NVML (nvidia-ml-py comes with BentoML); 0 when none or no driver."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return int(pynvml.nvmlDeviceGetCount())
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no library, no driver, no device: all mean "no usable GPU"
-        return 0
-
-
-def cuda_unavailable_reason() -> str | None:
-    """None when ONNX Runtime can try CUDA here; else why not, in words a user can act on.
-
-    onnxruntime-gpu 1.31 is built for CUDA 13 and cuDNN 9; `preload_dlls` loads them from the
-    nvidia-* wheels (onnxruntime-gpu's `cuda` and `cudnn` extras, or those torch's CUDA build brings)
-    when they are installed, before a session needs them.
-    """
-    if CUDA not in ort.get_available_providers():
-        return f"this ONNX Runtime build ({ort.get_device()}) has no CUDA provider: install onnxruntime-gpu"
-    if gpu_count() == 0:
-        return "no NVIDIA GPU is visible (NVML reports none, or no driver is loaded)"
-    try:
-        ort.preload_dlls()
-    except Exception as e:  # missing or mismatched libraries: say which
-        return f"the CUDA 13 / cuDNN 9 libraries failed to load ({e}); install onnxruntime-gpu[cuda,cudnn]"
-    return None
 
 
 class CapsNetRuntime:
-    """One ONNX Runtime session over an export folder (model.onnx, config.json, parity.json).
+    """One ONNX Runtime session over an export folder (model.onnx, config.json, decoder.onnx if exported).
 
     The CUDA provider is asked for only when it can work (`cuda_unavailable_reason`), and the provider
     actually in use is read back from the session: onnxruntime-gpu without a GPU, or without its CUDA
@@ -60,7 +28,6 @@ class CapsNetRuntime:
         """`intra_op_threads`: ONNX Runtime's CPU threads for one run; 0 lets it use every core."""
         model_dir = Path(model_dir)
         self.config: dict[str, Any] = json.loads((model_dir / "config.json").read_text())
-        self.parity: dict[str, Any] = json.loads((model_dir / "parity.json").read_text())
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = intra_op_threads

@@ -21,6 +21,7 @@ from torch import Tensor
 from training.errors import ConfigError, UserError
 from training.fileio import atomic_path
 from training.idx import IMAGE_MAGIC, LABEL_MAGIC, IDXError, read_idx
+from training.metrics import classification_metrics, to_float
 from training.task_registry import source_named
 
 log = logging.getLogger(__name__)
@@ -136,11 +137,6 @@ def train_val_split(images: Tensor, labels: Tensor, val_size: int
         raise ConfigError(f"val_size must be between 1 and {len(images) - 1}, got {val_size}")
     cut = len(images) - val_size
     return (images[:cut], labels[:cut]), (images[cut:], labels[cut:])
-
-
-def to_float(images: Tensor) -> Tensor:
-    """uint8 [B, 1, H, W] -> float32 in [0, 1]."""
-    return images.float().div_(255.0)
 
 
 def translate(images: Tensor, shifts: Tensor) -> Tensor:
@@ -275,8 +271,6 @@ class DigitData:
         return (lengths.argmax(dim=1) == labels).sum()
 
     def metrics(self, probabilities: Tensor, labels: Tensor) -> dict[str, Any]:
-        from training.metrics import classification_metrics  # metrics imports data: import here
-
         return classification_metrics(probabilities, labels, self.class_names)
 
 

@@ -22,12 +22,12 @@ import torch
 from training.affine import FULL_SIZE, affine_breakdown, affine_test_set
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import TrainConfig
-from training.data import DATA_DIR_HELP, FIXED_SHIFT_SEEDS, DigitData, load_split, place, to_float
+from training.data import DATA_DIR_HELP, FIXED_SHIFT_SEEDS, DigitData, load_split, place
 from training.distributed import resolve_device
 from training.errors import run_cli, setup_cli_logging
 from training.figures import pair_figure, pose_perturbation_grid, reconstruction_grid, save_png
 from training.fileio import sha256_file, write_json
-from training.metrics import classification_metrics, predict
+from training.metrics import classification_metrics, predict, to_float
 from training.model import CapsNet
 from training.multimnist import PairData, labels_found
 from training.tasks import training_data

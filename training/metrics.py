@@ -3,12 +3,18 @@ confusion matrix). One loop serves validation during training and `capsnet-evalu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from training.data import TrainingData, to_float
+if TYPE_CHECKING:  # data.py imports this module; the protocol is needed for the annotation only
+    from training.data import TrainingData
+
+
+def to_float(images: Tensor) -> Tensor:
+    """uint8 [B, 1, H, W] -> float32 in [0, 1]: what the network sees."""
+    return images.float().div_(255.0)
 
 
 @torch.no_grad()

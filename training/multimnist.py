@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from training.data import Batch, fixed_shifts, load_split, place, to_float
+from training.data import Batch, fixed_shifts, load_split, place
 from training.errors import ConfigError
+from training.metrics import to_float
 from training.task_registry import source_named
 
 CANVAS = 36  # 28 + 2 * 4: room for a +-4 px shift in every direction

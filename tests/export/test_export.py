@@ -11,10 +11,11 @@ from onnx import numpy_helper
 import export.onnx_export
 from export.onnx_export import CONTROL_FLOW, ParityError, export_onnx
 from export.onnx_export import main as export_main
-from export.onnx_io import cuda_usable, read_metadata
+from export.onnx_io import read_metadata
 from export.parity import degenerate_images, verify_parity
 from export.parity_report import failure_summary
 from export.verify import main as verify_main
+from serving.providers import cuda_usable
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import synthetic_digits
 

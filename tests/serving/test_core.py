@@ -89,16 +89,17 @@ def test_the_serving_core_imports_neither_torch_nor_training():
 def test_why_cuda_is_not_used_is_said_in_words(monkeypatch, registered, caplog, providers, gpus, preload_error, words):
     import logging
 
+    import serving.providers as providers_module
     import serving.runtime as runtime
 
     def preload() -> None:
         if preload_error:
             raise preload_error
 
-    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: providers)
-    monkeypatch.setattr(runtime, "gpu_count", lambda: gpus)
-    monkeypatch.setattr(runtime.ort, "preload_dlls", preload)
-    assert words in runtime.cuda_unavailable_reason()
+    monkeypatch.setattr(providers_module.ort, "get_available_providers", lambda: providers)
+    monkeypatch.setattr(providers_module, "gpu_count", lambda: gpus)
+    monkeypatch.setattr(providers_module.ort, "preload_dlls", preload)
+    assert words in providers_module.cuda_unavailable_reason()
     with caplog.at_level(logging.INFO, logger="serving.runtime"):
         served = runtime.CapsNetRuntime(registered.path)
     assert served.provider == "CPUExecutionProvider" and words in served.cuda_unavailable

@@ -251,7 +251,7 @@ def test_serve_without_a_registered_model_exits_with_instructions(tmp_path):
 
 
 def test_required_gpu_fails_readiness_on_cpu(registered):
-    from serving.runtime import gpu_count
+    from serving.providers import gpu_count
 
     if gpu_count() > 0:
         pytest.skip("a GPU is present: readiness would legitimately pass")

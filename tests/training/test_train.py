@@ -192,7 +192,8 @@ class InMemoryDigits:
         return self.n
 
     def train_batch(self, indices, generator):
-        from training.data import Batch, to_float
+        from training.data import Batch
+        from training.metrics import to_float
 
         x = to_float(self.images[indices])
         return Batch(x, self.labels[indices], torch.zeros_like(x))

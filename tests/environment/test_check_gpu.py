@@ -12,9 +12,9 @@ import sys
 import pytest
 import torch
 
+from environment.check_gpu import CUDA, GpuFacts, problems
 from export.bento import gpu_requirements as gpu_extra
 from tests.helpers import REPO
-from training.gpu_setup import CUDA, GpuFacts, problems
 
 WORKING = GpuFacts("2.13.0", "13.0", True, None, CUDA)
 
@@ -39,7 +39,7 @@ def test_each_failure_is_named_with_its_fix(change, expected):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_the_check_refuses_this_cpu_machine_in_one_message():
-    result = subprocess.run([sys.executable, "-c", "from training.gpu_setup import main; raise SystemExit(main())"],
+    result = subprocess.run([sys.executable, "-c", "from environment.check_gpu import main; raise SystemExit(main())"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and "is a CPU build" in result.stderr
