@@ -61,6 +61,21 @@ def tiny_pair_checkpoint(tmp_path_factory: pytest.TempPathFactory, synthetic_dat
     return out / "last.pt"
 
 
+@pytest.fixture(scope="session")
+def tiny_fashion_checkpoint(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> Path:
+    """A tiny Fashion-MNIST model (the fashion-quick profile's task) trained for 6 steps on synthetic images."""
+    import dataclasses
+
+    from training.config import PROFILES
+    from training.train import train
+
+    out = tmp_path_factory.mktemp("tiny-fashion-run")
+    config = dataclasses.replace(PROFILES["fashion-quick"], variant="tiny", epochs=1, batch_size=32, val_size=120,
+                                 device="cpu", max_steps=6)
+    train(config, out, synthetic_data_dir, progress=False)
+    return out / "last.pt"
+
+
 @pytest.fixture
 def tiny_train_config() -> TrainConfig:
     """A tiny model on synthetic data: a step takes milliseconds."""

@@ -35,6 +35,15 @@ def registered_pair(tiny_pair_checkpoint, synthetic_data_dir, tmp_path_factory) 
     return bentoml.models.get(register_export(out, "capsnet-multimnist"))
 
 
+@pytest.fixture(scope="session")
+def registered_fashion(tiny_fashion_checkpoint, synthetic_data_dir, tmp_path_factory) -> bentoml.Model:
+    """A tiny Fashion-MNIST model with the explorer's graphs, registered under its task's served name."""
+    out = tmp_path_factory.mktemp("serve-fashion-export")
+    result = export_onnx(tiny_fashion_checkpoint, out, data_dir=synthetic_data_dir, limit=16, with_reconstruction=True,
+                         with_routing=True, with_decoder=True)
+    return bentoml.models.get(register_export(out, result["config"]["task"]["served_name"]))
+
+
 @pytest.fixture(scope="module")
 def server(registered):
     yield from ready_server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_MAX_BATCH_SIZE": "16"})

@@ -1,5 +1,6 @@
-"""One `bentoml serve` with a single-digit and a two-digit model: each answers over HTTP and gRPC as
-direct ONNX Runtime does, and wrong sizes and unknown models get clear errors."""
+"""One `bentoml serve` with a single-digit, a two-digit and a Fashion-MNIST model: each answers over HTTP
+and gRPC as direct ONNX Runtime does, with its own class names, and wrong sizes and unknown models get
+clear errors."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from training.multimnist import fixed_pair_images
 
 
 @pytest.fixture(scope="module")
-def server(registered, registered_pair):
-    yield from ready_server({"CAPSNET_MODEL_TAG": f"{registered_pair.tag},{registered.tag}",
+def server(registered, registered_pair, registered_fashion):
+    yield from ready_server({"CAPSNET_MODEL_TAG": f"{registered_pair.tag},{registered.tag},{registered_fashion.tag}",
                              "CAPSNET_MAX_BATCH_SIZE": "8"})
 
 
@@ -63,6 +64,30 @@ def test_a_pair_comes_back_with_both_digits_over_http_and_grpc(server, registere
         assert result.as_numpy("reconstructions_top2").shape == (len(images), 2, 1, 36, 36)
         assert client.is_model_ready("capsnet-multimnist") and client.is_model_ready("capsnet-e2e")
         assert client.get_model_metadata("capsnet-multimnist").inputs[0].shape == [-1, 1, 36, 36]
+
+
+def test_the_fashion_model_answers_by_name_with_its_own_classes(server, registered_fashion, synthetic_data_dir):
+    from training.data import load_split
+    from training.task_registry import SOURCES
+
+    images = load_split("fashion-mnist", "test", synthetic_data_dir)[0][:5].numpy().astype(np.float32) / 255.0
+    expected = direct(registered_fashion, images)
+    fashion_classes = list(SOURCES["fashion-mnist"].class_names)
+    http = server.post("classify", json={"images": images.tolist(), "model": "capsnet-fashion-mnist"})
+    assert http.status_code == 200, http.text
+    for answer, p in zip(http.json(), expected["probabilities"], strict=True):
+        assert answer["label"] == int(p.argmax()) and answer["class_name"] == fashion_classes[answer["label"]]
+        np.testing.assert_allclose(answer["probabilities"], p, atol=1e-6)
+    with server.grpc() as client:
+        tensor = grpcclient.InferInput("image", list(images.shape), "FP32")
+        tensor.set_data_from_numpy(images)
+        result = client.infer("capsnet-fashion-mnist", [tensor], client_timeout=GRPC_TIMEOUT)
+        np.testing.assert_allclose(result.as_numpy("probabilities"), expected["probabilities"], atol=1e-6)
+    meta = {m["name"]: m for m in server.post("metadata", json={}).json()["models"]}
+    fashion = meta["capsnet-fashion-mnist"]
+    assert fashion["class_names"] == fashion_classes and fashion["explorer"]
+    assert fashion["task"]["name"] == "fashion-mnist" and fashion["task"]["source"] == "fashion-mnist"
+    assert registered_fashion.info.labels["dataset"] == "fashion-mnist"
 
 
 def test_the_single_digit_model_still_answers_by_default(server, registered):
