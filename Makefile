@@ -39,7 +39,7 @@ endif
 
 export BENTOML_DO_NOT_TRACK ?= True
 
-.PHONY: setup model pipeline serve test lint claims pretrained pretrained-model
+.PHONY: setup model pipeline serve test lint claims pretrained pretrained-model weights-present
 setup: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml
@@ -70,12 +70,17 @@ pipeline: model
 
 # A trained model from a float16 weights file instead of training (training/weights_file.py): the
 # SHA-256 is checked against the manifest beside it, then evaluate, export with parity, register and
-# verify as `model` does; `pretrained` serves it too. WEIGHTS: another NAME.safetensors.
-WEIGHTS ?= weights/capsnet-mnist-paper.safetensors
+# verify as `model` does; `pretrained` serves it too. Default: the cpu-best MNIST model shipped in
+# weights/ (the `cpu-best` profile); WEIGHTS=NAME.safetensors for another (NAME.json beside it).
+WEIGHTS ?= weights/capsnet-mnist-cpu-best.safetensors
 WEIGHTS_RUN ?= runs/$(basename $(notdir $(WEIGHTS)))
-pretrained-model: setup
-	@test -f "$(WEIGHTS)" || { echo "$(WEIGHTS): no such weights file. The paper-grade weights come from a GPU run" \
-	  "(benchmarks/gpu_check.py, README 'GPU check'); pass WEIGHTS=NAME.safetensors with NAME.json beside it." >&2; exit 2; }
+# Checked before any set-up, so a missing file costs no install.
+weights-present:
+	@test -f "$(WEIGHTS)" || { echo "$(WEIGHTS): no such weights file. The repository ships" \
+	  "weights/capsnet-mnist-cpu-best.safetensors; pass WEIGHTS=NAME.safetensors with NAME.json beside it" \
+	  "(capsnet-weights pack makes one from a run's best.pt)." >&2; exit 2; }
+
+pretrained-model: weights-present setup
 	$(BIN)/capsnet-weights unpack $(WEIGHTS) -o $(WEIGHTS_RUN)/best.pt
 	$(call evaluate_export_verify,$(WEIGHTS_RUN))
 

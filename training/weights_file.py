@@ -46,6 +46,7 @@ from training.distributed import resolve_device
 from training.errors import UserError, run_cli, setup_cli_logging
 from training.fileio import atomic_path, sha256_file, write_json
 from training.metrics import evaluate_on, scalar_metrics
+from training.run_dir import read_metrics
 from training.tasks import training_data
 
 log = logging.getLogger(__name__)
@@ -89,9 +90,13 @@ def checkpoint_fields(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {**{key: ckpt[key] for key in CHECKPOINT_KEYS if key != "model_kind"}, "model_kind": model_kind(ckpt)}
 
 
-def pack_weights(checkpoint: str | Path, name: str | Path) -> dict[str, Any]:
+def pack_weights(checkpoint: str | Path, name: str | Path, command: str | None = None,
+                 commit: str | None = None) -> dict[str, Any]:
     """Write NAME.safetensors (float16) from a checkpoint and its manifest NAME.json (without an
-    evaluation: see `evaluate_weights`); both atomically. Returns the manifest."""
+    evaluation: see `evaluate_weights`); both atomically. The manifest's `training` block holds how the
+    run was made (`command` and `commit` as given) and its per-epoch validation curve (the run folder's
+    metrics.jsonl beside the checkpoint, when there). Returns the manifest."""
+    checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint)
     weights_path, manifest_path = paths_of(name)
     tensors = half_state(ckpt["model_state"])
@@ -108,6 +113,9 @@ def pack_weights(checkpoint: str | Path, name: str | Path) -> dict[str, Any]:
         **{key: fields[key] for key in ("model_kind", "model_config", "train_config", "class_names")},
         "source_checkpoint": {"sha256": sha256_file(checkpoint), "epoch": ckpt["epoch"], "step": ckpt["step"],
                               "metrics": ckpt["metrics"], "versions": ckpt.get("versions")},
+        "training": {"command": command, "commit": commit, "seed": fields["train_config"].get("seed"),
+                     "validation_curve": [{"epoch": r["epoch"], "val_accuracy": r["val_accuracy"]}
+                                          for r in read_metrics(checkpoint.parent)]},
     }
     write_json(manifest_path, manifest)
     log.info("wrote %s (%.1f MB, %d parameters in float16) and %s", weights_path, manifest["bytes"] / 1e6,
@@ -196,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     pack.add_argument("checkpoint", help="a .pt written by capsnet-train (usually RUN/best.pt)")
     pack.add_argument("name", help="output path without suffix, e.g. weights/capsnet-mnist-paper")
     pack.add_argument("--data-dir", help=DATA_DIR_HELP)
+    pack.add_argument("--command", help="the command that trained the checkpoint, for the manifest")
+    pack.add_argument("--commit", help="the source commit it was trained at, for the manifest")
     pack.add_argument("--no-evaluate", action="store_true", help="skip scoring the float16 weights on the test set")
     pack.add_argument("--device", default="auto")
     unpack = sub.add_parser("unpack", help="NAME.safetensors -> a checkpoint for capsnet-evaluate/-export")
@@ -206,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         if args.command == "pack":
-            pack_weights(args.checkpoint, args.name)
+            pack_weights(args.checkpoint, args.name, args.command, args.commit)
             if not args.no_evaluate:
                 evaluate_weights(args.name, args.data_dir, device=args.device)
         else:

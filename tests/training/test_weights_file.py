@@ -109,6 +109,19 @@ def test_an_unpacked_file_is_the_float16_network_and_is_evaluated_as_loaded(pack
     assert all(torch.equal(model.state_dict()[k], t) for k, t in unpacked["model_state"].items())
 
 
+def test_the_manifest_says_how_the_run_was_made(synthetic_data_dir, tmp_path):
+    config = TrainConfig(variant="tiny", epochs=2, batch_size=32, val_size=120, device="cpu", seed=3)
+    train(config, tmp_path / "run", synthetic_data_dir, progress=False)
+    manifest = pack_weights(tmp_path / "run" / "best.pt", tmp_path / "w", command="capsnet-train --seed 3",
+                            commit="abc123")
+    curve = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert manifest["training"]["command"] == "capsnet-train --seed 3" and manifest["training"]["commit"] == "abc123"
+    assert manifest["training"]["seed"] == 3
+    assert manifest["training"]["validation_curve"] == [{"epoch": r["epoch"], "val_accuracy": r["val_accuracy"]}
+                                                        for r in curve] and len(curve) == 2
+    assert json.loads(paths_of(tmp_path / "w")[1].read_text())["training"] == manifest["training"]
+
+
 def test_an_unpacked_checkpoint_cannot_be_resumed(packed, synthetic_data_dir, tmp_path):
     name, _ = packed
     run = tmp_path / "run"
