@@ -27,6 +27,7 @@ from export.inference_graph import DecoderGraph, InferenceGraph
 from export.onnx_io import write_metadata
 from export.parity import check_parity, library_versions, quiet_third_party_loggers
 from export.parity_report import failure_summary, parity_summary
+from export.triton_repo import write_triton_repository
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, model_kind
 from training.config import TrainConfig
 from training.data import DATA_DIR_HELP
@@ -200,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--register", action=argparse.BooleanOptionalAction, default=True,
                    help="store the export in the BentoML model store (default: on)")
     p.add_argument("--name", help="BentoML model name (default: the task's, capsnet-<dataset>: capsnet-mnist, ...)")
+    p.add_argument("--triton-repo", metavar="DIR", help="also add the export to this Triton model repository "
+                                                        "(DIR/<name>/config.pbtxt + DIR/<name>/1/model.onnx)")
+    p.add_argument("--triton-instance", choices=("gpu", "cpu"), default="gpu",
+                   help="the Triton instance group's kind (default: gpu)")
     args = p.parse_args(argv)
 
     def body() -> int:
@@ -215,11 +220,14 @@ def main(argv: list[str] | None = None) -> int:
             log.error("parity FAILED, nothing written or registered:\n%s", e)
             return 1
         print(json.dumps(parity_summary(result["parity"]), indent=2))
+        name = args.name or result["config"]["task"]["served_name"]
         if args.register:
             from export.registry import register_export
 
-            name = args.name or result["config"]["task"]["served_name"]
             print(f"registered BentoML model {register_export(args.out, name)}")
+        if args.triton_repo:
+            folder = write_triton_repository(args.out, args.triton_repo, name, args.triton_instance)
+            print(f"wrote Triton model {folder}")
         return 0
 
     return run_cli(body)
