@@ -18,6 +18,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from serving.settings import ServingSettings
+from serving.triton_config import Tensor, model_config
 from serving.validation import InputError, validate_images
 
 log = logging.getLogger(__name__)
@@ -33,11 +34,18 @@ class GrpcModel:
     infer: Infer  # validated images [N, 1, S, S] -> {output name: [N, ...]}
     image_size: int
     output_dims: dict[str, list[int]]  # per output, the shape after the batch axis
+    on_gpu: bool = False  # ONNX Runtime runs it on CUDA (the ModelConfig's instance kind)
+
+    def inputs(self) -> list[Tensor]:
+        return [Tensor("image", "FP32", (1, self.image_size, self.image_size))]
+
+    def outputs(self) -> list[Tensor]:
+        return [Tensor(name, "FP32", tuple(dims)) for name, dims in self.output_dims.items()]
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """Implements ServerLive/Ready, ModelReady, Server/ModelMetadata and ModelInfer for every served
-    model (by the protocol's model name); the other methods of the service answer UNIMPLEMENTED
+    """Implements ServerLive/Ready, ModelReady, Server/ModelMetadata, ModelConfig and ModelInfer for every
+    served model (by the protocol's model name); the other methods of the service answer UNIMPLEMENTED
     (the generated base class does that)."""
 
     def __init__(self, models: dict[str, GrpcModel], is_ready: Callable[[], bool], max_images: int) -> None:
@@ -71,8 +79,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         T = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=request.name, versions=[model.version], platform="onnxruntime_onnx",
-            inputs=[T(name="image", datatype="FP32", shape=[-1, 1, model.image_size, model.image_size])],
-            outputs=[T(name=n, datatype="FP32", shape=[-1, *d]) for n, d in model.output_dims.items()])
+            inputs=[T(name=t.name, datatype=t.datatype, shape=[-1, *t.dims]) for t in model.inputs()],
+            outputs=[T(name=t.name, datatype=t.datatype, shape=[-1, *t.dims]) for t in model.outputs()])
+
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        model = await self._model(request.name, request.version, context)
+        return pb.ModelConfigResponse(config=model_config(
+            request.name, model.inputs(), model.outputs(), max_batch_size=self.max_images,
+            instance_kind="gpu" if model.on_gpu else "cpu"))
 
     def _images(self, request: Any, image_size: int) -> np.ndarray:
         """The request's one FP32 input as validated [N, 1, S, S]; InputError otherwise."""

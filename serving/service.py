@@ -42,6 +42,7 @@ from serving.batcher import Batchers
 from serving.core import Prediction, ServedModel, ServingCore, UnknownModelError
 from serving.explorer import Equivariance, Perturbation, Reconstructions
 from serving.grpc_server import GrpcModel, serve_over_grpc
+from serving.providers import CUDA
 from serving.served_models import MODELS, NAMES, settings
 from serving.validation import InputError
 
@@ -79,8 +80,8 @@ class _CapsNetService:
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
-        models = {m.name: GrpcModel(m.version, functools.partial(self._predict, model=m), m.image_size, m.output_dims)
-                  for m in self.core.models}
+        models = {m.name: GrpcModel(m.version, functools.partial(self._predict, model=m), m.image_size, m.output_dims,
+                                    on_gpu=m.runtime.provider == CUDA) for m in self.core.models}
         self.grpc_server = await serve_over_grpc(models, self._ready, settings)
 
     @bentoml.on_shutdown

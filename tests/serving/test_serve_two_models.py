@@ -64,6 +64,13 @@ def test_a_pair_comes_back_with_both_digits_over_http_and_grpc(server, registere
         assert result.as_numpy("reconstructions_top2").shape == (len(images), 2, 1, 36, 36)
         assert client.is_model_ready("capsnet-multimnist") and client.is_model_ready("capsnet-e2e")
         assert client.get_model_metadata("capsnet-multimnist").inputs[0].shape == [-1, 1, 36, 36]
+        for name, side in (("capsnet-multimnist", 36), ("capsnet-e2e", 28), ("capsnet-fashion-mnist", 28)):
+            config = client.get_model_config(name, client_timeout=GRPC_TIMEOUT).config  # Triton's ModelConfig
+            assert config.name == name and config.platform == "onnxruntime_onnx" and config.max_batch_size == 8
+            assert [(t.name, list(t.dims)) for t in config.input] == [("image", [1, side, side])]
+            assert [t.name for t in config.output][:2] == ["probabilities", "poses"]
+        pair_outputs = client.get_model_config("capsnet-multimnist", client_timeout=GRPC_TIMEOUT).config.output
+        assert [list(t.dims) for t in pair_outputs] == [[10], [10, 8], [2, 1, 36, 36]]
 
 
 def test_the_fashion_model_answers_by_name_with_its_own_classes(server, registered_fashion, synthetic_data_dir):
