@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     pack.add_argument("checkpoint", help="a .pt written by capsnet-train (usually RUN/best.pt)")
     pack.add_argument("name", help="output path without suffix, e.g. weights/capsnet-mnist-paper")
     pack.add_argument("--data-dir", help=DATA_DIR_HELP)
-    pack.add_argument("--command", help="the command that trained the checkpoint, for the manifest")
+    pack.add_argument("--command", dest="training_command", help="the command that trained the checkpoint, "
+                                                                  "for the manifest")
     pack.add_argument("--commit", help="the source commit it was trained at, for the manifest")
     pack.add_argument("--no-evaluate", action="store_true", help="skip scoring the float16 weights on the test set")
     pack.add_argument("--device", default="auto")
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         if args.command == "pack":
-            pack_weights(args.checkpoint, args.name, args.command, args.commit)
+            pack_weights(args.checkpoint, args.name, args.training_command, args.commit)
             if not args.no_evaluate:
                 evaluate_weights(args.name, args.data_dir, device=args.device)
         else:

@@ -135,9 +135,12 @@ def test_an_unpacked_checkpoint_cannot_be_resumed(packed, synthetic_data_dir, tm
 def test_pack_cli_then_make_pretrained_model_unpacks_exports_registers_and_verifies(tiny_checkpoint,
                                                                                      synthetic_data_dir, tmp_path):
     name = tmp_path / "weights" / "tiny"
-    pack = ["pack", str(tiny_checkpoint), str(name), "--data-dir", str(synthetic_data_dir), "--device", "cpu"]
+    pack = ["pack", str(tiny_checkpoint), str(name), "--data-dir", str(synthetic_data_dir), "--device", "cpu",
+            "--command", "capsnet-train --variant tiny", "--commit", "abc123"]
     assert main(pack) == 0
     manifest = json.loads(paths_of(name)[1].read_text())
+    assert manifest["training"]["command"] == "capsnet-train --variant tiny"
+    assert manifest["training"]["commit"] == "abc123"
     assert manifest["evaluation"]["num_images"] == 200
     venv = Path(sys.prefix)  # this venv, left as it is (-o: its set-up is not redone)
     make = ["make", "--no-print-directory", "-o", str(venv / ".installed-cpu"), f"VENV={venv}", "GPU=0",
