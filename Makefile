@@ -8,13 +8,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # GPU=1 on a host where nvidia-smi lists a GPU (override either way: make pipeline GPU=0 / GPU=1).
-# GPU=0: the CPU wheel of torch, found locally by pip on our machines; installing it first keeps pip
-#        from resolving "torch" to the multi-GB CUDA build.
-# GPU=1: the same pin from the package index, where PyPI's Linux wheel is the CUDA 13 build, plus the
-#        `gpu` extra (onnxruntime-gpu[cuda,cudnn]: the CUDA 13 / cuDNN 9 libraries ONNX Runtime loads);
-#        set-up ends with capsnet-check-gpu, which fails unless training and ONNX Runtime use the GPU.
+# GPU=0: torch from PyTorch's CPU wheel index (TORCH_CPU_INDEX), so no CUDA package is ever resolved;
+#        where that index is out of reach (our machines reach only PyPI, which holds a local CPU wheel
+#        for them), the plain pin from the configured index instead, saying so. Installing torch
+#        first keeps the project's `torch>=2.4` from resolving to PyPI's multi-GB CUDA build.
+# GPU=1: the same pin from PyPI, whose Linux wheel is the CUDA 13 build, plus the `gpu` extra
+#        (onnxruntime-gpu[cuda,cudnn]: the CUDA 13 / cuDNN 9 libraries ONNX Runtime loads); set-up
+#        ends with capsnet-check-gpu, which fails unless training and ONNX Runtime use the GPU.
 GPU ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 TORCH_SPEC ?= torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 ifeq ($(GPU),1)
 EXTRAS := dev,gpu
 else
@@ -39,14 +42,31 @@ endif
 
 export BENTOML_DO_NOT_TRACK ?= True
 
-.PHONY: setup model pipeline serve test lint claims pretrained pretrained-model weights-present
-setup: $(INSTALLED)
+.DEFAULT_GOAL := help
+help:  ## list the targets (this)
+	@grep -E '^[a-z-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | \
+	  sed -E 's/^([a-z-]+):.*## (.*)$$/\1\t\2/' | awk -F'\t' '{printf "  make %-17s %s\n", $$1, $$2}'
+
+.PHONY: help setup model pipeline serve test lint claims pretrained pretrained-model weights-present
+setup: $(INSTALLED)  ## create .venv and install the project (CPU torch; GPU=1: CUDA build + onnxruntime-gpu)
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+ifeq ($(GPU),1)
+	$(BIN)/python -m pip install "$(TORCH_SPEC)"
+else
+	@if $(BIN)/python -c "import urllib.request; urllib.request.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=15)" \
+	    2>/dev/null; then \
+	  echo "$(BIN)/python -m pip install --index-url $(TORCH_CPU_INDEX) \"$(TORCH_SPEC)\""; \
+	  $(BIN)/python -m pip install --index-url $(TORCH_CPU_INDEX) "$(TORCH_SPEC)"; \
+	else \
+	  echo "set-up: PyTorch's CPU wheel index ($(TORCH_CPU_INDEX)) is out of reach; installing $(TORCH_SPEC)" \
+	    "from the configured index instead (the CPU build only where that index holds it, as on our machines)"; \
+	  $(BIN)/python -m pip install "$(TORCH_SPEC)"; \
+	fi
+endif
+	$(BIN)/python -m pip install -e '.[$(EXTRAS)]'
 ifeq ($(GPU),1)
 	$(BIN)/capsnet-check-gpu
 endif
@@ -60,12 +80,12 @@ define evaluate_export_verify
 	$(BIN)/capsnet-verify $(1)/export/model.onnx --checkpoint $(1)/best.pt
 endef
 
-model: setup
+model: setup  ## train the quick model, evaluate, export with parity, register, verify (no serving)
 	$(BIN)/capsnet-train --profile quick --out $(RUN_DIR)
 	$(call evaluate_export_verify,$(RUN_DIR))
 
 # Serving starts only after the model is registered, also under `make -j`.
-pipeline: model
+pipeline: model  ## `model`, then serve it (HTTP on PORT=3000, gRPC on GRPC_PORT=8001) until Ctrl-C
 	$(MAKE) --no-print-directory serve
 
 # A trained model from a float16 weights file instead of training (training/weights_file.py): the
@@ -80,16 +100,16 @@ weights-present:
 	  "weights/capsnet-mnist-cpu-best.safetensors; pass WEIGHTS=NAME.safetensors with NAME.json beside it" \
 	  "(capsnet-weights pack makes one from a run's best.pt)." >&2; exit 2; }
 
-pretrained-model: weights-present setup
+pretrained-model: weights-present setup  ## the shipped weights file instead of training: unpack, evaluate, export, register, verify
 	$(BIN)/capsnet-weights unpack $(WEIGHTS) -o $(WEIGHTS_RUN)/best.pt
 	$(call evaluate_export_verify,$(WEIGHTS_RUN))
 
-pretrained: pretrained-model
+pretrained: pretrained-model  ## `pretrained-model`, then serve it until Ctrl-C
 	$(MAKE) --no-print-directory serve
 
 # Serve the registered models (CAPSNET_MODEL_TAG: comma-separated tags; default: the newest version
 # of every capsnet-* model, capsnet-mnist answering requests that name none) until Ctrl-C.
-serve: setup
+serve: setup  ## serve every registered capsnet-* model (newest version of each) until Ctrl-C
 	@$(BIN)/python -c "import serving.service" > /dev/null 2>/tmp/capsnet-serve-check.$$$$ || { \
 	  grep -v "^\s*$$" /tmp/capsnet-serve-check.$$$$ | tail -6 >&2; rm -f /tmp/capsnet-serve-check.$$$$; exit 2; }; \
 	  rm -f /tmp/capsnet-serve-check.$$$$
@@ -106,12 +126,12 @@ serve: setup
 # The talk's claims, measured against a CNN (benchmarks/capsule_claims.py): 49 min on this 2-core CPU,
 # resumable (runs in runs/claims/), the report in docs/claims/. CLAIMS_SCALE=paper: the paper's scale, for a GPU.
 CLAIMS_SCALE ?= cpu
-claims: setup
+claims: setup  ## the talk's claims against a CNN (49 min on a 2-core CPU, resumable)
 	$(BIN)/python benchmarks/capsule_claims.py --scale $(CLAIMS_SCALE)
 
-test: setup
+test: setup  ## ruff, then the test suite (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-lint: setup
+lint: setup  ## ruff only
 	$(BIN)/ruff check .
