@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory for last.pt, best.pt, metrics.jsonl")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick",
                    help="preset: quick = small model, short CPU run (default); cpu-best = the best this CPU "
-                        "trains in ~75 min; paper = full schedule, GPU; fashion-quick: quick on Fashion-MNIST; "
+                        "trains in ~2 h; paper = full schedule, GPU; fashion-quick: quick on Fashion-MNIST; "
                         "multimnist-quick / multimnist-paper: overlapping digit pairs")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--resume", action="store_true", help="continue OUT/last.pt exactly where it stopped")
