@@ -30,6 +30,7 @@ RUN_DIR := runs/quick-$(shell date +%Y%m%d-%H%M%S)
 endif
 PORT ?= 3000
 GRPC_PORT ?= $(or $(CAPSNET_GRPC_PORT),8001)
+OIP_HTTP_PORT ?= $(or $(CAPSNET_OIP_HTTP_PORT),8000)
 
 # Default data root (one folder per dataset: mnist/, fashion-mnist/): the shared datasets folder beside
 # the checkout when there is one; otherwise the loader uses ~/.cache/capsnet/<dataset> and downloads the
@@ -117,11 +118,12 @@ serve: setup  ## serve every registered capsnet-* model (newest version of each)
 	@echo "Serving $(or $(CAPSNET_MODEL_TAG),every capsnet-* model in the BentoML store (newest version of each)) (Ctrl-C stops):"
 	@echo "  HTTP  http://localhost:$(PORT)   (API docs: http://localhost:$(PORT)/docs, spec: /docs.json)"
 	@echo "  gRPC  localhost:$(GRPC_PORT)   (Open Inference Protocol v2, by model name, e.g. capsnet-mnist)"
+	@echo "  REST  http://localhost:$(OIP_HTTP_PORT)/v2   (Open Inference Protocol v2 over HTTP: JSON or binary tensors)"
 	@echo "Try, from another shell:"
 	@echo "  curl -s -F images=@serving/examples/seven.png http://localhost:$(PORT)/classify_image"
 	@echo "  curl -s -X POST http://localhost:$(PORT)/metadata -H 'content-type: application/json' -d '{}'"
 	@echo
-	CAPSNET_GRPC_PORT=$(GRPC_PORT) $(BIN)/bentoml serve --port $(PORT)
+	CAPSNET_GRPC_PORT=$(GRPC_PORT) CAPSNET_OIP_HTTP_PORT=$(OIP_HTTP_PORT) $(BIN)/bentoml serve --port $(PORT)
 
 # The talk's claims, measured against a CNN (benchmarks/capsule_claims.py): 49 min on this 2-core CPU,
 # resumable (runs in runs/claims/), the report in docs/claims/. CLAIMS_SCALE=paper: the paper's scale, for a GPU.

@@ -8,8 +8,7 @@ its validated images to the same batched model call as HTTP.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -17,43 +16,23 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from serving.oip import OipModel, image_tensor
 from serving.settings import ServingSettings
-from serving.triton_config import Tensor, model_config
-from serving.validation import InputError, validate_images
+from serving.validation import InputError
 
 log = logging.getLogger(__name__)
-
-Infer = Callable[[np.ndarray], Awaitable[dict[str, np.ndarray]]]
-
-
-@dataclass(frozen=True)
-class GrpcModel:
-    """What the servicer needs of one served model."""
-
-    version: str
-    infer: Infer  # validated images [N, 1, S, S] -> {output name: [N, ...]}
-    image_size: int
-    output_dims: dict[str, list[int]]  # per output, the shape after the batch axis
-    on_gpu: bool = False  # ONNX Runtime runs it on CUDA (the ModelConfig's instance kind)
-
-    def inputs(self) -> list[Tensor]:
-        return [Tensor("image", "FP32", (1, self.image_size, self.image_size))]
-
-    def outputs(self) -> list[Tensor]:
-        return [Tensor(name, "FP32", tuple(dims)) for name, dims in self.output_dims.items()]
-
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Implements ServerLive/Ready, ModelReady, Server/ModelMetadata, ModelConfig and ModelInfer for every
     served model (by the protocol's model name); the other methods of the service answer UNIMPLEMENTED
     (the generated base class does that)."""
 
-    def __init__(self, models: dict[str, GrpcModel], is_ready: Callable[[], bool], max_images: int) -> None:
+    def __init__(self, models: dict[str, OipModel], is_ready: Callable[[], bool], max_images: int) -> None:
         self.models = models
         self.is_ready = is_ready
         self.max_images = max_images
 
-    async def _model(self, name: str, version: str, context: grpc.aio.ServicerContext) -> GrpcModel:
+    async def _model(self, name: str, version: str, context: grpc.aio.ServicerContext) -> OipModel:
         model = self.models.get(name)
         if model is None or version not in ("", model.version):
             served = ", ".join(f"{n!r} version {m.version!r}" for n, m in self.models.items())
@@ -84,42 +63,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request: Any, context: Any) -> Any:
         model = await self._model(request.name, request.version, context)
-        return pb.ModelConfigResponse(config=model_config(
-            request.name, model.inputs(), model.outputs(), max_batch_size=self.max_images,
-            instance_kind="gpu" if model.on_gpu else "cpu"))
+        return pb.ModelConfigResponse(config=model.config(request.name, self.max_images))
 
     def _images(self, request: Any, image_size: int) -> np.ndarray:
-        """The request's one FP32 input as validated [N, 1, S, S]; InputError otherwise."""
-        if len(request.inputs) != 1 or request.inputs[0].name != "image":
+        """The request's one input as validated [N, 1, S, S]; InputError otherwise."""
+        if len(request.inputs) != 1:
             raise InputError(f"expected exactly one input named 'image', got {[i.name for i in request.inputs]}")
         tensor = request.inputs[0]
-        if tensor.datatype != "FP32":
-            raise InputError(f"input 'image' must be FP32, got {tensor.datatype}")
-        shape = list(tensor.shape)
-        count = int(np.prod(shape)) if shape else 0
-        if request.raw_input_contents:
-            raw = request.raw_input_contents[0]
-            if len(raw) != 4 * count:
-                raise InputError(f"raw_input_contents holds {len(raw)} bytes; shape {shape} FP32 needs {4 * count}")
-            flat = np.frombuffer(raw, dtype="<f4")
-        else:
-            flat = np.asarray(tensor.contents.fp32_contents, dtype=np.float32)
-            if flat.size != count:
-                raise InputError(f"fp32_contents holds {flat.size} values; shape {shape} needs {count}")
-        if any(d < 0 for d in shape):
-            raise InputError(f"shape {shape} has a negative dimension")
-        return validate_images(flat.reshape(shape), self.max_images, image_size)
+        values = request.raw_input_contents[0] if request.raw_input_contents else \
+            (tensor.contents.fp32_contents if tensor.datatype == "FP32" else tensor.contents.uint_contents)
+        return image_tensor(tensor.name, tensor.datatype, list(tensor.shape), values, self.max_images, image_size)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         model = await self._model(request.model_name, request.model_version, context)
         try:
             images = self._images(request, model.image_size)
+            wanted = model.wanted_outputs([o.name for o in request.outputs])
         except InputError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        wanted = [o.name for o in request.outputs] or list(model.output_dims)
-        unknown = set(wanted) - set(model.output_dims)
-        if unknown:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown outputs {sorted(unknown)}")
         try:
             outputs = await model.infer(images)
         except Exception:
@@ -156,7 +117,7 @@ async def start_grpc_server(servicer: InferenceServicer, port: int, max_message_
     return server
 
 
-async def serve_over_grpc(models: dict[str, GrpcModel], is_ready: Callable[[], bool], settings: ServingSettings
+async def serve_over_grpc(models: dict[str, OipModel], is_ready: Callable[[], bool], settings: ServingSettings
                           ) -> grpc.aio.Server:
     """The Open Inference Protocol server for `models` (name -> model), as the settings say."""
     servicer = InferenceServicer(models, is_ready=is_ready, max_images=settings.max_batch_size)

@@ -1,12 +1,12 @@
 """The BentoML shell behind `bentoml serve` (entry: `serving.service:CapsNetService`): declarations that
 delegate to serving/core.py (requests), serving/explorer.py (the explorer's APIs) and
-serving/grpc_server.py (the Open Inference Protocol over gRPC).
+serving/protocols.py (the Open Inference Protocol over gRPC and REST).
 
 One `bentoml serve` serves several registered models (serving/served_models.py), each with one
 `batchable=True` API (`infer`, `infer_<name>`: serving/api_types.py) whose adaptive batcher merges
-concurrent calls into one ONNX Runtime run. classify, classify_image and gRPC's ModelInfer validate
-per request, then hand the array to that batcher in-process (serving/batcher.py), so both protocols
-share batches. Settings: CAPSNET_* variables (serving/settings.py). No torch, no training code.
+concurrent calls into one ONNX Runtime run. classify, classify_image and the protocols' infer validate
+per request, then hand the array to that batcher in-process (serving/batcher.py), so every protocol
+shares batches. Settings: CAPSNET_* variables (serving/settings.py). No torch, no training code.
 """
 
 from __future__ import annotations
@@ -41,14 +41,14 @@ from serving.api_types import (
 from serving.batcher import Batchers
 from serving.core import Prediction, ServedModel, ServingCore, UnknownModelError
 from serving.explorer import Equivariance, Perturbation, Reconstructions
-from serving.grpc_server import GrpcModel, serve_over_grpc
+from serving.oip import OipModel
+from serving.protocols import ProtocolServers
 from serving.providers import CUDA
 from serving.served_models import MODELS, NAMES, settings
 from serving.validation import InputError
 
-log = logging.getLogger(__name__)
 # BentoML sets its own logger to INFO and the root to WARNING: without this, our INFO lines (the
-# provider in use, the gRPC port) would never reach `bentoml serve`'s output.
+# provider in use, the protocol ports) would never reach `bentoml serve`'s output.
 logging.getLogger("serving").setLevel(logging.getLogger("bentoml").getEffectiveLevel())
 
 
@@ -70,7 +70,7 @@ class _CapsNetService:
     def __init__(self) -> None:
         self.core = ServingCore.load([(str(m.tag), getattr(self, f"model_ref_{i}").path, m.info.metadata)
                                       for i, m in enumerate(MODELS)], settings)
-        self.grpc_server: Any = None
+        self.protocols: ProtocolServers | None = None
         self.batchers = Batchers(self, settings.in_process_batcher)  # serving/batcher.py says why
 
     async def _predict(self, images: np.ndarray, model: ServedModel) -> dict[str, np.ndarray]:
@@ -79,22 +79,22 @@ class _CapsNetService:
         return self.core.unpack(await self.batchers.get(api)(images), model)
 
     @bentoml.on_startup
-    async def start_grpc(self) -> None:
-        models = {m.name: GrpcModel(m.version, functools.partial(self._predict, model=m), m.image_size, m.output_dims,
-                                    on_gpu=m.runtime.provider == CUDA) for m in self.core.models}
-        self.grpc_server = await serve_over_grpc(models, self._ready, settings)
+    async def start_protocols(self) -> None:
+        """The Open Inference Protocol over gRPC and REST, each on its own port."""
+        models = {m.name: OipModel(m.version, functools.partial(self._predict, model=m), m.image_size, m.output_dims,
+                                   on_gpu=m.runtime.provider == CUDA) for m in self.core.models}
+        self.protocols = await ProtocolServers.start(models, self._ready, settings)
 
     @bentoml.on_shutdown
-    async def stop_grpc(self) -> None:
-        if self.grpc_server is not None:
-            await self.grpc_server.stop(grace=2)
+    async def stop_protocols(self) -> None:
+        if self.protocols is not None:
+            await self.protocols.stop()
 
     def _ready(self) -> bool:
-        """Ready = on the GPU if one is required, gRPC up, and, for the in-process batcher only, its
-        lookup answered for every model (BentoML wires the app after the startup hooks). The to_async
-        fallback needs no BentoML internals: it is looked up on every call."""
+        """Ready = on the GPU if one is required, the protocol servers up, and, for the in-process batcher
+        only, its lookup answered for every model (BentoML wires the app after the startup hooks)."""
         apis = [infer_api_name(i) for i in range(len(MODELS))]
-        return self.core.gpu_ok() and self.grpc_server is not None and self.batchers.ready(apis)
+        return self.core.gpu_ok() and self.protocols is not None and self.batchers.ready(apis)
 
     async def __is_ready__(self) -> bool:  # BentoML's /readyz
         return self._ready()

@@ -39,6 +39,7 @@ class ServingSettings:
     max_batch_size: int = 64  # CAPSNET_MAX_BATCH_SIZE: largest batch the model sees, and per request
     max_latency_ms: int = 1000  # CAPSNET_MAX_LATENCY_MS: requests queued longer are shed with 503
     grpc_port: int = 8001  # CAPSNET_GRPC_PORT
+    oip_http_port: int = 8000  # CAPSNET_OIP_HTTP_PORT: the Open Inference Protocol over REST
     require_gpu: bool = False  # CAPSNET_REQUIRE_GPU: readiness fails unless CUDA is in use
     max_request_bytes: int = 8 << 20  # CAPSNET_MAX_REQUEST_BYTES: larger bodies get 413
     workers: int = 1  # CAPSNET_WORKERS: server processes; each has its own model session and batcher
@@ -53,6 +54,7 @@ class ServingSettings:
             max_batch_size=int(env.get("CAPSNET_MAX_BATCH_SIZE", d.max_batch_size)),
             max_latency_ms=int(env.get("CAPSNET_MAX_LATENCY_MS", d.max_latency_ms)),
             grpc_port=int(env.get("CAPSNET_GRPC_PORT", d.grpc_port)),
+            oip_http_port=int(env.get("CAPSNET_OIP_HTTP_PORT", d.oip_http_port)),
             require_gpu=_flag(env.get("CAPSNET_REQUIRE_GPU", "false")),
             max_request_bytes=int(env.get("CAPSNET_MAX_REQUEST_BYTES", d.max_request_bytes)),
             workers=int(env.get("CAPSNET_WORKERS", d.workers)),

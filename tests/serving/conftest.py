@@ -59,9 +59,10 @@ def service(registered):
     """serving.service imported with this model and settings. The service reads them once, at import,
     so the environment is restored right after; one import per test session (BentoML registers its
     Prometheus metrics once per process: a second app in the same process cannot start)."""
-    saved = {k: os.environ.get(k) for k in [*IN_PROCESS_ENV, "CAPSNET_MODEL_TAG", "CAPSNET_GRPC_PORT"]}
+    saved = {k: os.environ.get(k) for k in [*IN_PROCESS_ENV, "CAPSNET_MODEL_TAG", "CAPSNET_GRPC_PORT",
+                                            "CAPSNET_OIP_HTTP_PORT"]}
     os.environ.update({**IN_PROCESS_ENV, "CAPSNET_MODEL_TAG": str(registered.tag),
-                       "CAPSNET_GRPC_PORT": str(free_port())})
+                       "CAPSNET_GRPC_PORT": str(free_port()), "CAPSNET_OIP_HTTP_PORT": str(free_port())})
     try:
         module = importlib.import_module("serving.service")
     finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 
 from tests.helpers import REPO, free_port
 
@@ -37,10 +38,11 @@ class Server:
     service in the source tree; else a built Bento's tag)."""
 
     def __init__(self, env: dict[str, str], target: str | None = None) -> None:
-        self.http_port, self.grpc_port = free_port(), free_port()
+        self.http_port, self.grpc_port, self.oip_port = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "CAPSNET_GRPC_PORT": str(self.grpc_port),
+                    "CAPSNET_OIP_HTTP_PORT": str(self.oip_port),
                     "CAPSNET_MAX_LATENCY_MS": TEST_LATENCY_CAP_MS, **env}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", *([target] if target else []), "--host", "127.0.0.1",
@@ -79,6 +81,10 @@ class Server:
 
     def grpc(self) -> grpcclient.InferenceServerClient:
         return grpcclient.InferenceServerClient(f"127.0.0.1:{self.grpc_port}")
+
+    def oip_http(self) -> httpclient.InferenceServerClient:
+        """A stock Triton HTTP client on the Open Inference Protocol REST port."""
+        return httpclient.InferenceServerClient(f"127.0.0.1:{self.oip_port}", network_timeout=REQUEST_TIMEOUT)
 
 
 def ready_server(env: dict[str, str]) -> Iterator[Server]:

@@ -110,7 +110,7 @@ def test_metadata_names_the_served_model(client, registered):
 
 def test_readiness_needs_bentoml_internals_only_for_the_in_process_batcher(service):
     instance = service.CapsNetService()  # a second instance, outside BentoML's app (never wired)
-    instance.grpc_server = object()  # pretend gRPC is up
+    instance.protocols = object()  # pretend the protocol servers are up
     assert not hasattr(instance, "__self_proxy__")
     assert instance._ready() is False  # in-process batcher: waits for BentoML's wiring
     instance.batchers.enabled = False  # CAPSNET_IN_PROCESS_BATCHER=false

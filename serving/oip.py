@@ -1,0 +1,76 @@
+"""The Open Inference Protocol v2 (KServe / Triton) pieces both transports share: what a served model
+looks like to the protocol, and the one input tensor turned into validated images. serving/grpc_server.py
+speaks it over gRPC, serving/oip_http.py over REST; both hand images to the same batcher."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving.triton_config import Tensor, model_config
+from serving.validation import InputError, validate_images
+
+Infer = Callable[[np.ndarray], Awaitable[dict[str, np.ndarray]]]
+# datatype -> (numpy dtype of its raw little-endian bytes, scale to [0, 1]): UINT8 images are MNIST's bytes
+IMAGE_DATATYPES = {"FP32": (np.dtype("<f4"), 1.0), "UINT8": (np.dtype("u1"), 1 / 255)}
+PLATFORM = "onnxruntime_onnx"
+
+
+@dataclass(frozen=True)
+class OipModel:
+    """What the protocol servers need of one served model."""
+
+    version: str
+    infer: Infer  # validated images [N, 1, S, S] -> {output name: [N, ...]}
+    image_size: int
+    output_dims: dict[str, list[int]]  # per output, the shape after the batch axis
+    on_gpu: bool = False  # ONNX Runtime runs it on CUDA (the ModelConfig's instance kind)
+
+    def inputs(self) -> list[Tensor]:
+        return [Tensor("image", "FP32", (1, self.image_size, self.image_size))]
+
+    def outputs(self) -> list[Tensor]:
+        return [Tensor(name, "FP32", tuple(dims)) for name, dims in self.output_dims.items()]
+
+    def config(self, name: str, max_batch_size: int) -> Any:
+        """Triton's ModelConfig message of this model as served."""
+        return model_config(name, self.inputs(), self.outputs(), max_batch_size=max_batch_size,
+                            instance_kind="gpu" if self.on_gpu else "cpu")
+
+    def wanted_outputs(self, names: list[str]) -> list[str]:
+        """The outputs a request asks for (none named: all); InputError for one the model lacks."""
+        unknown = sorted(set(names) - set(self.output_dims))
+        if unknown:
+            raise InputError(f"unknown outputs {unknown}; this model has {list(self.output_dims)}")
+        return names or list(self.output_dims)
+
+
+def image_tensor(name: str, datatype: str, shape: list[int], values: bytes | np.ndarray, max_images: int,
+                 image_size: int) -> np.ndarray:
+    """The request's input tensor as validated float32 images [N, 1, S, S]: `values` are its raw bytes
+    (binary data) or its numbers. InputError names what is wrong."""
+    if name != "image":
+        raise InputError(f"expected one input named 'image', got {name!r}")
+    if datatype not in IMAGE_DATATYPES:
+        raise InputError(f"input 'image' must be FP32 (or UINT8 pixels 0-255), got {datatype}")
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise InputError(f"shape {shape} must be non-negative integers")
+    dtype, scale = IMAGE_DATATYPES[datatype]
+    count = int(np.prod(shape)) if shape else 0
+    if isinstance(values, bytes | bytearray | memoryview):
+        if len(values) != dtype.itemsize * count:
+            raise InputError(f"input 'image' holds {len(values)} bytes; shape {shape} {datatype} needs "
+                             f"{dtype.itemsize * count}")
+        flat = np.frombuffer(values, dtype=dtype)
+    else:
+        try:
+            flat = np.asarray(values).reshape(-1)
+        except ValueError as e:  # ragged nesting
+            raise InputError(f"input 'image' data must be a rectangular array of numbers: {e}") from None
+        if flat.size != count:
+            raise InputError(f"input 'image' holds {flat.size} values; shape {shape} needs {count}")
+    images = flat.reshape(shape).astype(np.float32) * np.float32(scale) if scale != 1.0 else flat.reshape(shape)
+    return validate_images(images, max_images, image_size)
