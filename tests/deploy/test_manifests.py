@@ -1,0 +1,72 @@
+"""deploy/: the Kubernetes manifests validate against the Kubernetes schemas offline (strict: no
+unknown fields), and every manifest agrees with the Bento it deploys: image name, ports, health paths."""
+
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from export.bento import GPU_BENTO_NAME
+from serving.settings import ServingSettings
+from tests.helpers import REPO
+
+DEPLOY = REPO / "deploy"
+BENTO_NAME = yaml.safe_load((REPO / "bentofile.yaml").read_text())["name"]
+SETTINGS = ServingSettings()
+PORTS = {"http": 3000, "oip-http": SETTINGS.oip_http_port, "grpc": SETTINGS.grpc_port}  # 3000: bentoml serve's
+
+
+def documents(path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def kinds(path) -> dict[str, dict]:
+    return {d["kind"]: d for d in documents(path)}
+
+
+@pytest.mark.parametrize("name", ["capsnet.yaml", "capsnet-gpu.yaml"])
+def test_kubernetes_manifests_validate_strictly(name):
+    for document in documents(DEPLOY / "kubernetes" / name):
+        kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_a_manifest_with_an_unknown_field_is_refused():  # the validator is not a no-op
+    deployment = kinds(DEPLOY / "kubernetes" / "capsnet.yaml")["Deployment"]
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
+
+
+@pytest.mark.parametrize("name,image,gpus", [("capsnet.yaml", BENTO_NAME, None),
+                                             ("capsnet-gpu.yaml", GPU_BENTO_NAME, 1)])
+def test_each_deployment_matches_its_bento(name, image, gpus):
+    container = kinds(DEPLOY / "kubernetes" / name)["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"].split(":")[0] == image
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == PORTS
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert int(env["CAPSNET_GRPC_PORT"]) == PORTS["grpc"] and int(env["CAPSNET_OIP_HTTP_PORT"]) == PORTS["oip-http"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert container["resources"]["limits"].get("nvidia.com/gpu") == gpus
+    assert (env.get("CAPSNET_REQUIRE_GPU") == "true") == bool(gpus)
+
+
+def test_the_service_and_autoscaler_reach_every_port_of_the_deployment():
+    manifests = kinds(DEPLOY / "kubernetes" / "capsnet.yaml")
+    deployment, service, hpa = manifests["Deployment"], manifests["Service"], manifests["HorizontalPodAutoscaler"]
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == PORTS
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == set(PORTS)
+    assert next(p for p in service["spec"]["ports"] if p["name"] == "grpc")["appProtocol"] == "kubernetes.io/h2c"
+    assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+
+
+def test_the_kserve_inference_service_speaks_v2_grpc_on_an_h2c_port():
+    isvc = documents(DEPLOY / "kserve" / "inferenceservice.yaml")[0]
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    assert container["image"].split(":")[0] == BENTO_NAME
+    assert container["ports"] == [{"name": "h2c", "containerPort": PORTS["grpc"], "protocol": "TCP"}]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert int(env["CAPSNET_GRPC_PORT"]) == PORTS["grpc"] and env["PROTOCOL"] == "v2"
