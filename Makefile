@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 #        first keeps the project's `torch>=2.4` from resolving to PyPI's multi-GB CUDA build.
 # GPU=1: the same pin from PyPI, whose Linux wheel is the CUDA 13 build, plus the `gpu` extra
 #        (onnxruntime-gpu[cuda,cudnn]: the CUDA 13 / cuDNN 9 libraries ONNX Runtime loads); set-up
-#        ends with capsnet-check-gpu, which fails unless training and ONNX Runtime use the GPU.
+#        ends with capsnet check-gpu, which fails unless training and ONNX Runtime use the GPU.
 GPU ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 TORCH_SPEC ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -69,20 +69,20 @@ else
 endif
 	$(BIN)/python -m pip install -e '.[$(EXTRAS)]'
 ifeq ($(GPU),1)
-	$(BIN)/capsnet-check-gpu
+	$(BIN)/capsnet check-gpu
 endif
 	touch $@
 
 # What follows training, for a run folder holding best.pt ($(1)): evaluate, export with the explorer's
 # graphs and parity (which registers it), verify. `model` and `pretrained-model` both end with it.
 define evaluate_export_verify
-	$(BIN)/capsnet-evaluate $(1)/best.pt
-	$(BIN)/capsnet-export $(1)/best.pt -o $(1)/export --with-explorer
-	$(BIN)/capsnet-verify $(1)/export/model.onnx --checkpoint $(1)/best.pt
+	$(BIN)/capsnet evaluate $(1)/best.pt
+	$(BIN)/capsnet export $(1)/best.pt -o $(1)/export --with-explorer
+	$(BIN)/capsnet verify $(1)/export/model.onnx $(1)/best.pt
 endef
 
 model: setup  ## train the quick model, evaluate, export with parity, register, verify (no serving)
-	$(BIN)/capsnet-train --profile quick --out $(RUN_DIR)
+	$(BIN)/capsnet train --profile quick --out $(RUN_DIR)
 	$(call evaluate_export_verify,$(RUN_DIR))
 
 # Serving starts only after the model is registered, also under `make -j`.
@@ -99,10 +99,10 @@ WEIGHTS_RUN ?= runs/$(basename $(notdir $(WEIGHTS)))
 weights-present:
 	@test -f "$(WEIGHTS)" || { echo "$(WEIGHTS): no such weights file. The repository ships" \
 	  "weights/capsnet-mnist-cpu-best.safetensors; pass WEIGHTS=NAME.safetensors with NAME.json beside it" \
-	  "(capsnet-weights pack makes one from a run's best.pt)." >&2; exit 2; }
+	  "(capsnet weights pack makes one from a run's best.pt)." >&2; exit 2; }
 
 pretrained-model: weights-present setup  ## the shipped weights file instead of training: unpack, evaluate, export, register, verify
-	$(BIN)/capsnet-weights unpack $(WEIGHTS) -o $(WEIGHTS_RUN)/best.pt
+	$(BIN)/capsnet weights unpack $(WEIGHTS) -o $(WEIGHTS_RUN)/best.pt
 	$(call evaluate_export_verify,$(WEIGHTS_RUN))
 
 pretrained: pretrained-model  ## `pretrained-model`, then serve it until Ctrl-C

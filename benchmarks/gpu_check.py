@@ -9,7 +9,7 @@ rewritten atomically after every section, so a killed check still leaves what it
   training_throughput  training images/s of the paper network, ours vs the broadcast reference of
                        benchmarks/train_throughput.py, same batch: fp32 (TF32 on) and bf16 autocast;
                        the epoch time they imply
-  paper_run            the paper profile through capsnet-train's own loop, as many of its 50 epochs
+  paper_run            the paper profile through capsnet train's own loop, as many of its 50 epochs
                        as the budget leaves (resumable: run the check again to go on), then the
                        val-selected checkpoint's test accuracy
   export               that checkpoint exported with parity proven, on ONNX Runtime's CUDA provider
@@ -94,7 +94,7 @@ def check_size(tiny: bool, train_batch: int, device: str) -> Size:
         config = TrainConfig(variant="tiny", epochs=2, batch_size=32, val_size=120, train_limit=256,
                              eval_batch_size=100, device=device)
         return Size("tiny", "tiny", 32, config, (1, 8, 32), 64)
-    # The paper profile as capsnet-train runs it; another batch would need its own learning-rate
+    # The paper profile as capsnet train runs it; another batch would need its own learning-rate
     # scaling and evidence that accuracy holds, so the run keeps the paper's 128.
     return Size("full", "paper", train_batch, dataclasses.replace(PROFILES["paper"], device=device),
                 (1, 64, 1024), 1024)

@@ -45,7 +45,7 @@ def train_step_fn(model: CapsNet, x: Tensor, y: Tensor, *, bf16: bool = False,
                   compile_backend: str | None = None) -> Callable[[], None]:
     """One Adam step of the training loss on images x [B, 1, H, W] and labels y [B] (on the model's
     device), as a function that restores the weights afterwards so every call times the same step.
-    `bf16`: autocast as `capsnet-train --bf16`; `compile_backend`: torch.compile the step's forward."""
+    `bf16`: autocast as `capsnet train --bf16`; `compile_backend`: torch.compile the step's forward."""
     module = TrainingModule(model, training_loss(TrainConfig()))
     if compile_backend:
         module = torch.compile(module, backend=compile_backend)

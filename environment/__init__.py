@@ -1,1 +1,1 @@
-"""Checks of the machine a user runs us on (capsnet-check-gpu), apart from any stage."""
+"""Checks of the machine a user runs us on (capsnet check-gpu), apart from any stage."""

@@ -1,4 +1,4 @@
-"""`capsnet-check-gpu`: does this environment train and serve on the GPU? The last step of the GPU
+"""`capsnet check-gpu`: does this environment train and serve on the GPU? The last step of the GPU
 set-up (`make setup GPU=1`, which `make` picks by itself where `nvidia-smi` finds a GPU).
 
 It checks, and names the first thing that fails with what to do about it:
@@ -93,7 +93,7 @@ def check_gpu() -> GpuFacts:
 
 def main(argv: list[str] | None = None) -> int:
     setup_cli_logging()
-    argparse.ArgumentParser(prog="capsnet-check-gpu", description=__doc__,
+    argparse.ArgumentParser(prog="capsnet check-gpu", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
 
     def run() -> int:

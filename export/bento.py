@@ -1,4 +1,4 @@
-"""`capsnet-bento [--gpu]`: build the Bento from bentofile.yaml, or its GPU variant.
+"""`capsnet bento [--gpu]`: build the Bento from bentofile.yaml, or its GPU variant.
 
 The GPU variant (`capsnet-gpu`) is the same service and models; only its Python requirements differ:
 onnxruntime-gpu with its `cuda` and `cudnn` extras (the project's `gpu` extra in pyproject.toml), so
@@ -59,7 +59,7 @@ def build_bento(gpu: bool, repo: Path = REPO) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     setup_cli_logging()
-    p = argparse.ArgumentParser(prog="capsnet-bento", description=__doc__,
+    p = argparse.ArgumentParser(prog="capsnet bento", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", action="store_true", help=f"build {GPU_BENTO_NAME}, which carries CUDA 13 and cuDNN 9")
     args = p.parse_args(argv)

@@ -1,4 +1,4 @@
-"""`capsnet-export CHECKPOINT -o DIR`: ONNX export with routing unrolled, parity proven, registered.
+"""`capsnet export CHECKPOINT -o DIR`: ONNX export with routing unrolled, parity proven, registered.
 
 `export_onnx` writes model.onnx (and model.fp16.onnx with --fp16), parity.json and config.json
 into DIR. It builds everything in a staging folder inside DIR and moves the files in only after
@@ -95,7 +95,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
     (and decoder.onnx with `with_decoder`: poses + class -> image, for redrawing edited poses).
 
     `routing_iters` unrolls a different number of iterations than the checkpoint was trained with
-    (parity is then proven against the checkpoint's weights at that depth, and capsnet-verify
+    (parity is then proven against the checkpoint's weights at that depth, and capsnet verify
     against the checkpoint itself will fail, as it should).
     The checkpoint file is read once and hashed once; parity compares each graph with the model
     rebuilt from that one load. Raises ParityError (nothing written) when any parity section fails.
@@ -175,9 +175,9 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
 def main(argv: list[str] | None = None) -> int:
     setup_cli_logging()
     quiet_third_party_loggers()
-    p = argparse.ArgumentParser(prog="capsnet-export", description=__doc__,
+    p = argparse.ArgumentParser(prog="capsnet export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a .pt written by capsnet-train (usually RUN/best.pt)")
+    p.add_argument("checkpoint", help="a .pt written by capsnet train (usually RUN/best.pt)")
     p.add_argument("-o", "--out", required=True, help="folder for model.onnx, parity.json, config.json")
     p.add_argument("--with-reconstruction", action="store_true",
                    help="add output 'reconstruction' [batch,1,S,S] (decoder masked by the predicted class)")

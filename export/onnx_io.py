@@ -32,7 +32,7 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, Any]:
 
 
 def load_checked(path: str | Path) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """A graph written by capsnet-export and its metadata; UnusableInputError if it is missing,
+    """A graph written by capsnet export and its metadata; UnusableInputError if it is missing,
     unreadable, invalid or carries no capsnet metadata."""
     path = Path(path)
     if not path.is_file():
@@ -44,7 +44,7 @@ def load_checked(path: str | Path) -> tuple[onnx.ModelProto, dict[str, Any]]:
     except Exception as e:  # onnx raises DecodeError, ValidationError, ...: all mean "unusable"
         raise UnusableInputError(f"{path}: not a readable ONNX model (truncated or corrupt?): {e}") from e
     if "model_config" not in meta:
-        raise UnusableInputError(f"{path}: no capsnet metadata; was it written by capsnet-export?")
+        raise UnusableInputError(f"{path}: no capsnet metadata; was it written by capsnet export?")
     return model, meta
 
 

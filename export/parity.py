@@ -1,7 +1,7 @@
 """Numerical parity of an exported ONNX graph against the PyTorch model it came from.
 
 `check_parity` is the core: a loaded model against a graph file, returning the report that becomes
-parity.json. `verify_parity` is the path-based wrapper that `capsnet-verify` (export/verify.py)
+parity.json. `verify_parity` is the path-based wrapper that `capsnet verify` (export/verify.py)
 calls: it loads the checkpoint once and checks that it fits the graph first.
 
 Compared: the MNIST test images when they are on disk (else fixed-seed synthetic digits) plus

@@ -32,7 +32,7 @@ def register_export(export_dir: str | Path, name: str = DEFAULT_NAME) -> str:
     export_dir = Path(export_dir)
     for required in ("model.onnx", "parity.json", "config.json"):
         if not (export_dir / required).is_file():
-            raise RegistrationError(f"{export_dir / required} missing: run capsnet-export first")
+            raise RegistrationError(f"{export_dir / required} missing: run capsnet export first")
     parity = json.loads((export_dir / "parity.json").read_text())
     if not parity.get("passed"):
         raise RegistrationError(f"{export_dir}/parity.json says parity failed; refusing to register")

@@ -41,7 +41,7 @@ class CapsNetRuntime:
             log.warning("running on %s: %s", self.provider, self.cuda_unavailable)
         log.info("ONNX Runtime %s on %s (asked for %s)%s", ort.__version__, self.provider, wanted,
                  f"; CUDA not used: {self.cuda_unavailable}" if self.cuda_unavailable else "")
-        # decoder.onnx (capsnet-export --with-decoder): redraws poses the explorer edits
+        # decoder.onnx (capsnet export --with-decoder): redraws poses the explorer edits
         decoder = self.config.get("decoder")
         self.decoder = ort.InferenceSession(str(model_dir / decoder["file"]), options, providers=wanted) \
             if decoder else None

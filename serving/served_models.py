@@ -49,7 +49,7 @@ def resolve_models(tags: tuple[str, ...]) -> list[bentoml.Model]:
             f"\nNo model {', '.join(repr(m) for m in missing)} in the BentoML model store. Create one with\n"
             "    make pipeline\n"
             "or, from an existing checkpoint,\n"
-            "    capsnet-export RUN/best.pt -o RUN/export\n"
+            "    capsnet export RUN/best.pt -o RUN/export\n"
             "(or point CAPSNET_MODEL_TAG at registered models, comma-separated: `bentoml models list`).\n\n")
         raise SystemExit(2)
     return sorted(found, key=lambda m: (objects_of(m) != 1, m.tag.name != f"{MODEL_PREFIX}mnist", m.tag.name))

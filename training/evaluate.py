@@ -1,4 +1,4 @@
-"""`capsnet-evaluate CHECKPOINT`: the test-set score, per-class numbers and figures of a checkpoint.
+"""`capsnet evaluate CHECKPOINT`: the test-set score, per-class numbers and figures of a checkpoint.
 
 Single digits: accuracy, per-class accuracy, confusion matrix, reconstructions.png and
 pose_perturbations.png (the paper's Figure 4). Overlapping pairs (MultiMNIST): exact-pair and
@@ -119,11 +119,11 @@ def figure_pairs(images: torch.Tensor, labels: torch.Tensor, probabilities: torc
 
 def main(argv: list[str] | None = None) -> int:
     setup_cli_logging()
-    p = argparse.ArgumentParser(prog="capsnet-evaluate", description=__doc__,
+    p = argparse.ArgumentParser(prog="capsnet evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a .pt written by capsnet-train (best.pt for the selected model)")
+    p.add_argument("checkpoint", help="a .pt written by capsnet train (best.pt for the selected model)")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
-    p.add_argument("--out", help="folder for evaluation.json and the PNGs (default: beside the checkpoint)")
+    p.add_argument("-o", "--out", help="folder for evaluation.json and the PNGs (default: beside the checkpoint)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default="auto")
     p.add_argument("--affine-digits", type=int, default=FULL_SIZE,

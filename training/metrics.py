@@ -1,5 +1,5 @@
 """Batched inference over a dataset and the metrics derived from it (accuracy, per-class accuracy,
-confusion matrix). One loop serves validation during training and `capsnet-evaluate`."""
+confusion matrix). One loop serves validation during training and `capsnet evaluate`."""
 
 from __future__ import annotations
 

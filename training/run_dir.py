@@ -1,4 +1,4 @@
-"""A run folder: what `capsnet-train` writes and every later stage reads.
+"""A run folder: what `capsnet train` writes and every later stage reads.
 
     RUN/last.pt        the newest checkpoint (resume from here)
     RUN/best.pt        the checkpoint with the best validation accuracy (evaluate and export this)

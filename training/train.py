@@ -1,4 +1,4 @@
-"""The training loop: `train(...)` does the work, `main()` is the `capsnet-train` CLI over it.
+"""The training loop: `train(...)` does the work, `main()` is the `capsnet train` CLI over it.
 
 Determinism: the epoch's shuffle and each step's random shifts come from generators seeded by
 (seed, epoch) and (seed, step, rank), so a resumed run draws exactly the batches the
@@ -323,8 +323,8 @@ def record_test_metrics(best_path: Path, data: TrainingData, batch_size: int, de
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="capsnet-train", description="Train a CapsNet (Sabour et al. 2017).")
-    p.add_argument("--out", required=True, help="run directory for last.pt, best.pt, metrics.jsonl")
+    p = argparse.ArgumentParser(prog="capsnet train", description="Train a CapsNet (Sabour et al. 2017).")
+    p.add_argument("-o", "--out", required=True, help="run directory for last.pt, best.pt, metrics.jsonl")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick",
                    help="preset: quick = small model, short CPU run (default); cpu-best = the best this CPU "
                         "trains in ~2 h; paper = full schedule, GPU; fashion-quick: quick on Fashion-MNIST; "

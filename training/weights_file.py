@@ -12,10 +12,10 @@ float16 are 16.4 MB; its training checkpoint with Adam state is ~100 MB). Two fi
 Loading always checks the SHA-256 (the manifest's, or one given explicitly) and refuses a file that
 does not match, so a truncated download or a swapped file never serves. `unpack` turns a weights file
 back into a checkpoint of the pipeline's contract (training/checkpoint.py, float32, no optimizer
-state), which capsnet-evaluate, capsnet-export and capsnet-verify take as they take any best.pt.
+state), which capsnet evaluate, capsnet export and capsnet verify take as they take any best.pt.
 
-    capsnet-weights pack RUN/best.pt weights/capsnet-mnist-paper     # + manifest, evaluated
-    capsnet-weights unpack weights/capsnet-mnist-paper.safetensors -o runs/paper-weights/best.pt
+    capsnet weights pack RUN/best.pt -o weights/capsnet-mnist-paper  # + manifest, evaluated
+    capsnet weights unpack weights/capsnet-mnist-paper.safetensors -o runs/paper-weights/best.pt
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from training.tasks import training_data
 
 log = logging.getLogger(__name__)
 
-FORMAT = "capsnet-weights"
+FORMAT = "capsnet weights"
 WEIGHTS_FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
 # The metadata keys that rebuild a checkpoint (values are JSON in the safetensors header).
@@ -197,19 +197,20 @@ def unpack_weights(path: str | Path, out: str | Path, sha256: str | None = None)
 
 def main(argv: list[str] | None = None) -> int:
     setup_cli_logging()
-    p = argparse.ArgumentParser(prog="capsnet-weights", description=__doc__,
+    p = argparse.ArgumentParser(prog="capsnet weights", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     pack = sub.add_parser("pack", help="checkpoint -> NAME.safetensors (float16) + NAME.json, evaluated")
-    pack.add_argument("checkpoint", help="a .pt written by capsnet-train (usually RUN/best.pt)")
-    pack.add_argument("name", help="output path without suffix, e.g. weights/capsnet-mnist-paper")
+    pack.add_argument("checkpoint", help="a .pt written by capsnet train (usually RUN/best.pt)")
+    pack.add_argument("-o", "--out", dest="name", required=True,
+                      help="output path without suffix, e.g. weights/capsnet-mnist-cpu-best")
     pack.add_argument("--data-dir", help=DATA_DIR_HELP)
     pack.add_argument("--command", dest="training_command", help="the command that trained the checkpoint, "
                                                                   "for the manifest")
     pack.add_argument("--commit", help="the source commit it was trained at, for the manifest")
     pack.add_argument("--no-evaluate", action="store_true", help="skip scoring the float16 weights on the test set")
     pack.add_argument("--device", default="auto")
-    unpack = sub.add_parser("unpack", help="NAME.safetensors -> a checkpoint for capsnet-evaluate/-export")
+    unpack = sub.add_parser("unpack", help="NAME.safetensors -> a checkpoint for capsnet evaluate/-export")
     unpack.add_argument("weights", help="NAME.safetensors (its manifest NAME.json beside it)")
     unpack.add_argument("-o", "--out", required=True, help="the checkpoint to write, e.g. runs/paper-weights/best.pt")
     unpack.add_argument("--sha256", help="the expected SHA-256 (default: the manifest's)")

@@ -108,8 +108,8 @@ def test_fp16_export_has_its_own_looser_section(tiny_checkpoint, synthetic_data_
 
 
 def test_verify_cli_passes_on_a_good_export(exported, tiny_checkpoint, synthetic_data_dir, tmp_path):
-    code = verify_main([str(exported / "model.onnx"), "--checkpoint", str(tiny_checkpoint),
-                        "--data-dir", str(synthetic_data_dir), "--report", str(tmp_path / "r.json")])
+    code = verify_main([str(exported / "model.onnx"), str(tiny_checkpoint),
+                        "--data-dir", str(synthetic_data_dir), "-o", str(tmp_path / "r.json")])
     assert code == 0
     assert json.loads((tmp_path / "r.json").read_text())["passed"]
 
@@ -117,7 +117,7 @@ def test_verify_cli_passes_on_a_good_export(exported, tiny_checkpoint, synthetic
 def test_verify_fails_for_other_routing_depth(tiny_checkpoint, synthetic_data_dir, tmp_path):
     export_onnx(tiny_checkpoint, tmp_path, routing_iters=2, data_dir=synthetic_data_dir, limit=32)
     assert read_metadata(onnx.load(str(tmp_path / "model.onnx")))["routing_iters"] == 2
-    code = verify_main([str(tmp_path / "model.onnx"), "--checkpoint", str(tiny_checkpoint),
+    code = verify_main([str(tmp_path / "model.onnx"), str(tiny_checkpoint),
                         "--data-dir", str(synthetic_data_dir), "--limit", "32"])
     assert code == 1
 
@@ -127,7 +127,7 @@ def test_verify_fails_when_one_weight_changed(exported, tiny_checkpoint, synthet
     report = verify_parity(tmp_path / "tampered.onnx", tiny_checkpoint, data_dir=synthetic_data_dir, limit=64)
     assert not report["passed"]
     assert "outside rtol" in failure_summary(report)
-    assert verify_main([str(tmp_path / "tampered.onnx"), "--checkpoint", str(tiny_checkpoint),
+    assert verify_main([str(tmp_path / "tampered.onnx"), str(tiny_checkpoint),
                         "--data-dir", str(synthetic_data_dir), "--limit", "64"]) == 1
 
 
@@ -142,10 +142,10 @@ def test_verify_unusable_inputs_exit_2(exported, tiny_checkpoint, synthetic_data
     torch.save(other, tmp_path / "other.pt")
     args = ["--data-dir", str(synthetic_data_dir), "--limit", "8"]
     onnx_file, good_ckpt = str(exported / "model.onnx"), str(tiny_checkpoint)
-    assert verify_main([str(tmp_path / "cut.onnx"), "--checkpoint", good_ckpt, *args]) == 2
-    assert verify_main([onnx_file, "--checkpoint", str(tmp_path / "cut.pt"), *args]) == 2
-    assert verify_main([str(tmp_path / "missing.onnx"), "--checkpoint", good_ckpt, *args]) == 2
-    assert verify_main([onnx_file, "--checkpoint", str(tmp_path / "other.pt"), *args]) == 2
+    assert verify_main([str(tmp_path / "cut.onnx"), good_ckpt, *args]) == 2
+    assert verify_main([onnx_file, str(tmp_path / "cut.pt"), *args]) == 2
+    assert verify_main([str(tmp_path / "missing.onnx"), good_ckpt, *args]) == 2
+    assert verify_main([onnx_file, str(tmp_path / "other.pt"), *args]) == 2
 
 
 def test_failed_parity_leaves_nothing_and_registers_nothing(tiny_checkpoint, synthetic_data_dir, tmp_path,
@@ -262,7 +262,7 @@ def test_a_two_digit_model_exports_with_parity_on_pairs_and_registers_as_multimn
     assert outputs[2].shape == (3, 2, 1, 36, 36)
     stored = bentoml.models.get(tag)
     assert stored.info.labels["task"] == "overlapping-digit-pairs" and stored.info.metadata["task"]["objects"] == 2
-    assert verify_main([str(tmp_path / "model.onnx"), "--checkpoint", str(tiny_pair_checkpoint),
+    assert verify_main([str(tmp_path / "model.onnx"), str(tiny_pair_checkpoint),
                         "--data-dir", str(synthetic_data_dir), "--limit", "24"]) == 0
 
 

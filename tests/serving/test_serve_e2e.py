@@ -245,7 +245,7 @@ def test_serve_without_a_registered_model_exits_with_instructions(tmp_path):
     try:
         s.process.wait(timeout=START_TIMEOUT)
         assert s.process.returncode != 0
-        assert "make pipeline" in s.output() and "capsnet-export" in s.output()
+        assert "make pipeline" in s.output() and "capsnet export" in s.output()
     finally:
         s.stop()
 

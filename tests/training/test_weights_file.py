@@ -84,13 +84,13 @@ def test_a_corrupt_or_foreign_file_is_a_clear_error(packed, tmp_path):
     weights = paths_of(name)[0]
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(weights.read_bytes()[:300])
-    with pytest.raises(WeightsFileError, match="not a readable capsnet-weights file"):
+    with pytest.raises(WeightsFileError, match="not a readable capsnet weights file"):
         load_weights(truncated, sha256=sha256_file(truncated))
     header = json.dumps({"w": {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]},
                          "__metadata__": {"format": "something-else"}}).encode()
     foreign = tmp_path / "foreign.safetensors"
     foreign.write_bytes(struct.pack("<Q", len(header)) + header + b"\x00\x00")
-    with pytest.raises(WeightsFileError, match="not a capsnet-weights file"):
+    with pytest.raises(WeightsFileError, match="not a capsnet weights file"):
         load_weights(foreign, sha256=sha256_file(foreign))
     with pytest.raises(WeightsFileError, match="not found"):
         load_weights(tmp_path / "missing.safetensors")
@@ -112,10 +112,10 @@ def test_an_unpacked_file_is_the_float16_network_and_is_evaluated_as_loaded(pack
 def test_the_manifest_says_how_the_run_was_made(synthetic_data_dir, tmp_path):
     config = TrainConfig(variant="tiny", epochs=2, batch_size=32, val_size=120, device="cpu", seed=3)
     train(config, tmp_path / "run", synthetic_data_dir, progress=False)
-    manifest = pack_weights(tmp_path / "run" / "best.pt", tmp_path / "w", command="capsnet-train --seed 3",
+    manifest = pack_weights(tmp_path / "run" / "best.pt", tmp_path / "w", command="capsnet train --seed 3",
                             commit="abc123")
     curve = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert manifest["training"]["command"] == "capsnet-train --seed 3" and manifest["training"]["commit"] == "abc123"
+    assert manifest["training"]["command"] == "capsnet train --seed 3" and manifest["training"]["commit"] == "abc123"
     assert manifest["training"]["seed"] == 3
     assert manifest["training"]["validation_curve"] == [{"epoch": r["epoch"], "val_accuracy": r["val_accuracy"]}
                                                         for r in curve] and len(curve) == 2
@@ -135,11 +135,11 @@ def test_an_unpacked_checkpoint_cannot_be_resumed(packed, synthetic_data_dir, tm
 def test_pack_cli_then_make_pretrained_model_unpacks_exports_registers_and_verifies(tiny_checkpoint,
                                                                                      synthetic_data_dir, tmp_path):
     name = tmp_path / "weights" / "tiny"
-    pack = ["pack", str(tiny_checkpoint), str(name), "--data-dir", str(synthetic_data_dir), "--device", "cpu",
-            "--command", "capsnet-train --variant tiny", "--commit", "abc123"]
+    pack = ["pack", str(tiny_checkpoint), "-o", str(name), "--data-dir", str(synthetic_data_dir), "--device", "cpu",
+            "--command", "capsnet train --variant tiny", "--commit", "abc123"]
     assert main(pack) == 0
     manifest = json.loads(paths_of(name)[1].read_text())
-    assert manifest["training"]["command"] == "capsnet-train --variant tiny"
+    assert manifest["training"]["command"] == "capsnet train --variant tiny"
     assert manifest["training"]["commit"] == "abc123"
     assert manifest["evaluation"]["num_images"] == 200
     venv = Path(sys.prefix)  # this venv, left as it is (-o: its set-up is not redone)

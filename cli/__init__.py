@@ -1,0 +1,1 @@
+"""The `capsnet` command: one entry point whose subcommands are the pipeline's CLIs."""
