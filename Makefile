@@ -77,7 +77,7 @@ endif
 # graphs and parity (which registers it), verify. `model` and `pretrained-model` both end with it.
 define evaluate_export_verify
 	$(BIN)/capsnet evaluate $(1)/best.pt
-	$(BIN)/capsnet export $(1)/best.pt -o $(1)/export --with-explorer
+	$(BIN)/capsnet export $(1)/best.pt -o $(1)/export
 	$(BIN)/capsnet verify $(1)/export/model.onnx $(1)/best.pt
 endef
 

@@ -9,7 +9,7 @@ a 0.1 threshold and 1 % every dimension counted, though only one visibly changed
 
     python benchmarks/pose_dimensions.py EXPORT_DIR [EXPORT_DIR ...] [--digits 200]
 
-EXPORT_DIR: a capsnet export folder made with --with-explorer (model.onnx, decoder.onnx).
+EXPORT_DIR: a capsnet export folder made with the explorer's graphs (the default) (model.onnx, decoder.onnx).
 """
 
 from __future__ import annotations

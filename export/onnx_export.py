@@ -88,6 +88,7 @@ def graph_description(graph: InferenceGraph | DecoderGraph) -> str:
 
 def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruction: bool = False,
                 with_routing: bool = False, with_top2: bool = False, with_decoder: bool = False,
+                with_explorer: bool = False,
                 fp16: bool = False, routing_iters: int | None = None,
                 data_dir: str | Path | None = None, limit: int | None = None,
                 opset: int = OPSET) -> dict[str, Any]:
@@ -111,6 +112,10 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
     if routing_iters is not None:
         ckpt = {**ckpt, "model_config": {**ckpt["model_config"], "routing_iters": routing_iters}}
     size = ckpt["model_config"]["image_size"]
+    task = TrainConfig.from_dict(ckpt["train_config"]).task
+    if with_explorer:  # what the explorer page and its APIs use; a pair model also redraws both objects
+        with_reconstruction = with_routing = with_decoder = True
+        with_top2 = with_top2 or task.multi_label
     outputs = ("probabilities", "poses") + (("reconstruction",) if with_reconstruction else ()) \
         + (("routing", "primary_lengths") if with_routing else ()) + (("reconstructions_top2",) if with_top2 else ())
     config = {
@@ -124,7 +129,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
         "input": {"name": "image", "dtype": "float32", "shape": ["batch", 1, size, size], "range": [0.0, 1.0]},
         # the task record: what one input holds (the served answer lists `objects` longest capsules),
         # the served name, what the test set is made of; serving and verify read it from here
-        "task": TrainConfig.from_dict(ckpt["train_config"]).task.to_dict(),
+        "task": task.to_dict(),
         "outputs": list(outputs),
         # the decoder graph, when exported: redraws edited poses without the encoder
         "decoder": {"file": "decoder.onnx", "input": decoder_input(ckpt["model_config"]),
@@ -189,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                         "the two longest capsules (what a two-digit model redraws)")
     p.add_argument("--with-decoder", action="store_true",
                    help="also write decoder.onnx: poses [batch,10,16] + label [batch] -> image, with parity")
-    p.add_argument("--with-explorer", action="store_true",
-                   help="everything the explorer page needs: --with-reconstruction --with-routing --with-decoder")
+    p.add_argument("--no-explorer", action="store_true",
+                   help="leave out what the explorer page needs (by default exported: --with-reconstruction "
+                        "--with-routing --with-decoder, and --with-top2-reconstructions for a pair model)")
     p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (float16 inside, "
                                                        "float32 in/out) with its own parity section")
     p.add_argument("--routing-iters", type=int, help="unroll this many routing iterations instead of "
@@ -209,13 +215,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         try:
-            explorer = args.with_explorer
-            result = export_onnx(args.checkpoint, args.out,
-                                 with_reconstruction=args.with_reconstruction or explorer,
-                                 with_routing=args.with_routing or explorer, with_top2=args.with_top2_reconstructions,
-                                 with_decoder=args.with_decoder or explorer, fp16=args.fp16,
-                                 routing_iters=args.routing_iters, data_dir=args.data_dir, limit=args.limit,
-                                 opset=args.opset)
+            result = export_onnx(args.checkpoint, args.out, with_explorer=not args.no_explorer,
+                                 with_reconstruction=args.with_reconstruction, with_routing=args.with_routing,
+                                 with_top2=args.with_top2_reconstructions, with_decoder=args.with_decoder,
+                                 fp16=args.fp16, routing_iters=args.routing_iters, data_dir=args.data_dir,
+                                 limit=args.limit, opset=args.opset)
         except ParityError as e:
             log.error("parity FAILED, nothing written or registered:\n%s", e)
             return 1

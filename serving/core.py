@@ -106,7 +106,7 @@ class ServedModel:
                 "class_names": self.class_names, "outputs": self.output_dims,
                 "reconstructions": "reconstructions_top2" in self.output_dims,
                 "pose_dims": self.runtime.pose_dim,
-                # explain/reconstruct/perturb work (export --with-explorer); equivariance works always
+                # explain/reconstruct/perturb work (capsnet export's default); equivariance works always
                 "explorer": self.runtime.decoder is not None
                 and {"reconstruction", "routing", "primary_lengths"} <= set(self.runtime.graph_outputs)}
 

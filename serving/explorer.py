@@ -104,7 +104,7 @@ def explain(core: ServingCore, model: ServedModel, images: Any) -> list[Explanat
     missing = [name for name in EXPLAIN_OUTPUTS if name not in model.runtime.graph_outputs]
     if missing:
         raise InputError(f"model {model.name} was exported without the explorer's outputs ({', '.join(missing)}); "
-                         "export it with capsnet export --with-explorer")
+                         "export it again without --no-explorer")
     batch = core.validate(images, model)
     outputs = model.runtime.run([*model.runtime.outputs, *EXPLAIN_OUTPUTS], batch)
     require_finite(*outputs.values())
@@ -125,7 +125,7 @@ def require_decoder(model: ServedModel) -> None:
     """InputError unless `model` was exported with its decoder graph."""
     if model.runtime.decoder is None:
         raise InputError(f"model {model.name} was exported without a decoder graph; "
-                         "export it with capsnet export --with-explorer")
+                         "export it again without --no-explorer")
 
 
 def reconstruct(core: ServingCore, model: ServedModel, poses: Any, label: int | None) -> Reconstructions:

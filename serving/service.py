@@ -137,7 +137,7 @@ class _CapsNetService:
         """What classify returns for each image, plus the reconstruction from the longest capsule and
         the part-whole map: for each class capsule, how much of every primary capsule (part) was
         routed to it, by capsule type and grid cell, with each cell's receptive field in the input.
-        Needs a model exported with `capsnet export --with-explorer`."""
+        Needs a model exported with the explorer's graphs (capsnet export's default)."""
         with client_errors():
             return explorer.explain(self.core, self.core.model_named(model), images)
 

@@ -59,7 +59,7 @@ async function loadModels() {
   select.innerHTML = "";
   for (const m of state.models) select.add(new Option(`${m.name} (${m.input_size[1]}×${m.input_size[2]})`, m.name));
   if (!state.models.length) {
-    status("No served model was exported for the explorer (capsnet-export --with-explorer).");
+    status("No served model was exported for the explorer (capsnet export without --no-explorer).");
     return;
   }
   const preferred = state.models.find((m) => m.name === meta.default_model) || state.models[0];

@@ -72,7 +72,7 @@ def test_writing_again_replaces_the_model_and_a_broken_export_writes_nothing(exp
 @pytest.mark.slow
 def test_capsnet_export_adds_a_pair_model_to_a_cpu_repository(tiny_pair_checkpoint, synthetic_data_dir, tmp_path):
     assert main([str(tiny_pair_checkpoint), "-o", str(tmp_path / "export"), "--no-register", "--limit", "8",
-                 "--data-dir", str(synthetic_data_dir), "--with-top2-reconstructions",
+                 "--data-dir", str(synthetic_data_dir), "--no-explorer", "--with-top2-reconstructions",
                  "--triton-repo", str(tmp_path / "repo"), "--triton-instance", "cpu"]) == 0
     folder = tmp_path / "repo" / "capsnet-multimnist"
     config = parsed(folder)
