@@ -121,7 +121,7 @@ serve: setup  ## serve every registered capsnet-* model (newest version of each)
 	@echo "  REST  http://localhost:$(OIP_HTTP_PORT)/v2   (Open Inference Protocol v2 over HTTP: JSON or binary tensors)"
 	@echo "Try, from another shell:"
 	@echo "  curl -s -F images=@serving/examples/seven.png http://localhost:$(PORT)/classify_image"
-	@echo "  curl -s -X POST http://localhost:$(PORT)/metadata -H 'content-type: application/json' -d '{}'"
+	@echo "  curl -s http://localhost:$(PORT)/metadata"
 	@echo
 	CAPSNET_GRPC_PORT=$(GRPC_PORT) CAPSNET_OIP_HTTP_PORT=$(OIP_HTTP_PORT) $(BIN)/bentoml serve --port $(PORT)
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from serving.preprocess import preprocess_encoded
 from serving.runtime import CUDA, CapsNetRuntime
 from serving.settings import ServingSettings
-from serving.validation import InputError, validate_images
+from serving.validation import CapabilityError, InputError, validate_images
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class ServingCore:
         the `objects` longest capsules (with their reconstructions if asked and exported)."""
         model = model or self.default
         if reconstructions and "reconstructions_top2" not in outputs:
-            raise InputError(f"model {model.name} was exported without reconstructions "
+            raise CapabilityError(f"model {model.name} was exported without reconstructions "
                              "(capsnet export --with-top2-reconstructions)")
         names, probabilities, poses = model.class_names, outputs["probabilities"], outputs["poses"]
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :model.objects]  # [N, objects], longest first
@@ -207,8 +207,9 @@ class ServingCore:
     def gpu_ok(self) -> bool:
         return not self.settings.require_gpu or all(m.runtime.provider == CUDA for m in self.models)
 
-    def metadata(self, batcher_in_process: bool) -> dict[str, Any]:
-        """The `metadata` API's answer: the default model's details at the top, every model under `models`."""
+    def metadata(self, batcher_in_process: bool, server_versions: dict[str, str] | None = None) -> dict[str, Any]:
+        """The `metadata` API's answer: the default model's details at the top, every model under `models`;
+        `server_versions` join the library versions (the serving framework's, which this module does not import)."""
         model, s = self.default, self.settings
         config = model.runtime.config
         return {
@@ -233,6 +234,6 @@ class ServingCore:
                          "in_process": batcher_in_process,  # false: the slower to_async fallback
                          **model.runtime.stats()},
             "grpc_port": s.grpc_port,
-            "versions": {"onnxruntime": ort.__version__, "numpy": np.__version__,
+            "versions": {**(server_versions or {}), "onnxruntime": ort.__version__, "numpy": np.__version__,
                          "python": platform.python_version(), "exported_with": config.get("versions", {})},
         }

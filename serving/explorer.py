@@ -15,7 +15,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from serving.core import Prediction, ServedModel, ServingCore, require_finite
-from serving.validation import InputError, validate_images, validate_label, validate_poses
+from serving.validation import CapabilityError, InputError, validate_images, validate_label, validate_poses
 
 EXPLAIN_OUTPUTS = ("reconstruction", "routing", "primary_lengths")
 # The paper's Fig. 4: each pose dimension moved from -0.25 to +0.25 in steps of 0.05 (11 columns).
@@ -103,7 +103,7 @@ def explain(core: ServingCore, model: ServedModel, images: Any) -> list[Explanat
     """Images -> per image, what classify returns plus the reconstruction and the part-whole map."""
     missing = [name for name in EXPLAIN_OUTPUTS if name not in model.runtime.graph_outputs]
     if missing:
-        raise InputError(f"model {model.name} was exported without the explorer's outputs ({', '.join(missing)}); "
+        raise CapabilityError(f"model {model.name} was exported without the explorer's outputs ({', '.join(missing)}); "
                          "export it again without --no-explorer")
     batch = core.validate(images, model)
     outputs = model.runtime.run([*model.runtime.outputs, *EXPLAIN_OUTPUTS], batch)
@@ -124,7 +124,7 @@ def explain(core: ServingCore, model: ServedModel, images: Any) -> list[Explanat
 def require_decoder(model: ServedModel) -> None:
     """InputError unless `model` was exported with its decoder graph."""
     if model.runtime.decoder is None:
-        raise InputError(f"model {model.name} was exported without a decoder graph; "
+        raise CapabilityError(f"model {model.name} was exported without a decoder graph; "
                          "export it again without --no-explorer")
 
 

@@ -11,6 +11,8 @@
   JSON or form body as a URL to download).
 - `/docs` redirects to the API docs BentoML serves at `/` (spec at `/docs.json`), and the spec says
   what BentoML leaves out: which request bodies are required, and the 413/503 answers.
+- Read-only APIs (`/metadata`) are GETs: BentoML's APIs are all POSTs, so a GET is handed to the
+  API as a POST of `{}` (a POST gets 405), and the spec documents the GET.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
+READ_ONLY = ("/metadata",)  # APIs that only read: served and documented as GET
 # BentoML logs every exception of an API call here ("Exception on /path [POST]" + traceback).
 BENTOML_REQUEST_LOGGER = "bentoml._internal.server.http_app"
 
@@ -235,6 +238,33 @@ class ApiDocs:
             await self.app(scope, receive, send)
 
 
+class ReadOnlyRoutes:
+    """GET on a READ_ONLY route runs its BentoML API (a POST) with an empty JSON object; POST is 405."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] not in READ_ONLY:
+            await self.app(scope, receive, send)
+        elif scope["method"] == "GET":
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-type", b"content-length")]
+            scope = {**scope, "method": "POST",
+                     "headers": [*headers, (b"content-type", b"application/json"), (b"content-length", b"2")]}
+            sent = False
+
+            async def empty_object() -> dict[str, Any]:
+                nonlocal sent
+                if sent:  # later reads wait for the client to go away, as the real receive does
+                    return await receive()
+                sent = True
+                return {"type": "http.request", "body": b"{}", "more_body": False}
+
+            await self.app(scope, empty_object, send)
+        else:
+            await send_error(send, 405, f"{scope['path']} is read-only: use GET", [(b"allow", b"GET")])
+
+
 class BufferedJsonRewrite:
     """An ASGI `send` that collects a 200 JSON response and sends `rewrite(parsed body)` instead."""
 
@@ -263,6 +293,11 @@ def complete_openapi(spec: dict[str, Any]) -> dict[str, Any]:
     """Say what BentoML's generated document leaves out: a request body with required fields is
     itself required, and every API can answer 413 (body too large) and 503 (overloaded)."""
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/InternalServerError"}}}}
+    for route in READ_ONLY:  # served as GET, without a body (ReadOnlyRoutes)
+        operations = spec.get("paths", {}).get(route, {})
+        if "post" in operations:
+            operations["get"] = operations.pop("post")
+            operations["get"].pop("requestBody", None)
     for path in spec.get("paths", {}).values():
         operation = path.get("post")
         if not operation or "x-bentoml-name" not in operation:
@@ -313,6 +348,7 @@ def install(service: Any, max_request_bytes: int, uploads: dict[str, str]) -> No
     """
     service.add_asgi_middleware(ErrorShape)
     service.add_asgi_middleware(ApiDocs)
+    service.add_asgi_middleware(ReadOnlyRoutes)
     service.add_asgi_middleware(BodySizeLimit, max_bytes=max_request_bytes)
     service.add_asgi_middleware(RequestGuard, uploads=uploads)
     bentoml_logger = logging.getLogger(BENTOML_REQUEST_LOGGER)

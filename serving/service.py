@@ -20,7 +20,7 @@ from typing import Any
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import InvalidArgument, NotFound
+from bentoml.exceptions import InvalidArgument, NotFound, UnprocessableEntity
 
 from serving import explorer, http_app
 from serving.api_types import (
@@ -45,7 +45,7 @@ from serving.oip import OipModel
 from serving.protocols import ProtocolServers
 from serving.providers import CUDA
 from serving.served_models import MODELS, NAMES, settings
-from serving.validation import InputError
+from serving.validation import CapabilityError, InputError
 
 # BentoML sets its own logger to INFO and the root to WARNING: without this, our INFO lines (the
 # provider in use, the protocol ports) would never reach `bentoml serve`'s output.
@@ -54,9 +54,12 @@ logging.getLogger("serving").setLevel(logging.getLogger("bentoml").getEffectiveL
 
 @contextmanager
 def client_errors() -> Iterator[None]:
-    """A client's mistake becomes BentoML's 400 (InputError) or 404 (an unknown model), with the message."""
+    """A client's mistake becomes 400 (InputError), 422 (a capability the model lacks) or 404 (an unknown
+    model), with the message."""
     try:
         yield
+    except CapabilityError as e:
+        raise UnprocessableEntity(str(e)) from None
     except InputError as e:
         raise InvalidArgument(str(e)) from None
     except UnknownModelError as e:
@@ -176,20 +179,16 @@ class _CapsNetService:
         with client_errors():
             return explorer.equivariance(self.core.model_named(model), image, max_shift, max_rotation)
 
-    @bentoml.api(route="/metadata")
+    @bentoml.api(route="/metadata")  # read with GET (serving/http_app.py: ReadOnlyRoutes)
     async def metadata(self) -> dict[str, Any]:
         """The served models (each with its input size and task; the default one's details at the top
         level), the ONNX Runtime provider in use, batching settings and statistics, versions."""
-        answer = self.core.metadata(batcher_in_process=self.batchers.in_process("infer"))
-        answer["versions"]["bentoml"] = bentoml.__version__
-        return answer
+        return self.core.metadata(self.batchers.in_process("infer"), {"bentoml": bentoml.__version__})
 
 
 # The per-model store references and infer APIs join the declared ones as class attributes.
-# runner_connection: for the fallback path only (serving/batcher.py). BentoML's client behind
-# self.to_async replaces its HTTP session every 100 requests by default and closes the old one under
-# requests still in flight (BentoML issue #5540: "Server disconnected" under load). The in-process
-# connection has nothing to go stale: keep it.
+# runner_connection (the fallback path only, serving/batcher.py): BentoML's self.to_async client replaces
+# its HTTP session every 100 requests and closes the old one under requests in flight (BentoML #5540).
 CapsNetService = bentoml.service(name="capsnet", workers=settings.workers, traffic={"timeout": 60},
                                  runner_connection={"max_requests": 1_000_000_000, "max_age": 1e9})(
     type("CapsNetService", (_CapsNetService,), per_model_attributes()))

@@ -14,6 +14,11 @@ class InputError(ValueError):
     """The request is wrong; the message says how, in terms a client can act on."""
 
 
+class CapabilityError(InputError):
+    """The request is well formed, but the model it names cannot do it (exported without the outputs
+    it needs): HTTP 422, not 400."""
+
+
 def no_booleans(value: Any) -> Any:
     """Reject true/false anywhere in a nested JSON array (numpy would read them as 1.0 and 0.0; the
     schema says numbers). Arrays already decoded pass unchanged. Raises InputError."""

@@ -10,9 +10,10 @@ window.explorer = state;
 
 function status(message) { $("status").textContent = message || ""; }
 
-async function postJSON(path, body) {
-  const response = await fetch(path, { method: "POST", headers: { "content-type": "application/json" },
-    body: JSON.stringify(body) });
+// GET without a body (the read-only /metadata), else a POST of `body` as JSON
+async function callJSON(path, body) {
+  const response = await fetch(path, body === undefined ? {} : { method: "POST",
+    headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
   const data = await response.json();
   if (!response.ok) throw new Error(data.error || response.statusText);
   return data;
@@ -53,7 +54,7 @@ const twoColours = (a, b) => [Math.min(255, 255 * a), Math.min(255, 140 * a + 20
 
 // ---- models ----
 async function loadModels() {
-  const meta = await postJSON("/metadata", {});
+  const meta = await callJSON("/metadata");
   state.models = meta.models.filter((m) => m.explorer);
   const select = $("model");
   select.innerHTML = "";
@@ -266,7 +267,7 @@ async function redraw() {
   const poses = e.poses.map((row) => row.slice());
   poses[e.label] = state.pose.slice();
   try {
-    const answer = await postJSON("/reconstruct", { poses: [poses], label: e.label, model: state.model.name });
+    const answer = await callJSON("/reconstruct", { poses: [poses], label: e.label, model: state.model.name });
     paint($("recon"), [answer.images[0][0]], gray);
     state.redraws += 1;
   } catch (error) {
@@ -291,7 +292,7 @@ async function interpolate() {
   const poses = e.poses.map((row) => row.map(() => 0));
   poses[other] = state.pose.map((v, d) => (1 - t) * v + t * e.poses[other][d]);
   try {
-    const answer = await postJSON("/reconstruct", { poses: [poses], label: other, model: state.model.name });
+    const answer = await callJSON("/reconstruct", { poses: [poses], label: other, model: state.model.name });
     paint($("interp"), [answer.images[0][0]], gray);
   } catch (error) {
     status(error.message);
@@ -305,7 +306,7 @@ $("show-perturb").addEventListener("click", async () => {
   const e = state.explanation;
   if (!e) { status("draw a digit first"); return; }
   try {
-    const grid = await postJSON("/perturb", { image: e.input, label: e.label, model: state.model.name });
+    const grid = await callJSON("/perturb", { image: e.input, label: e.label, model: state.model.name });
     const box = $("perturb-grid");
     box.innerHTML = "";
     for (const row of grid.images) {
@@ -325,7 +326,7 @@ $("show-equivariance").addEventListener("click", async () => {
   const e = state.explanation;
   if (!e) { status("draw a digit first"); return; }
   try {
-    const answer = await postJSON("/equivariance", { image: e.input, max_shift: 3, max_rotation: 30,
+    const answer = await callJSON("/equivariance", { image: e.input, max_shift: 3, max_rotation: 30,
       model: state.model.name });
     const box = $("strips");
     box.innerHTML = `<p class="legend">class kept in ${(100 * answer.class_kept).toFixed(0)} % of the views</p>`;

@@ -79,6 +79,9 @@ class Server:
     def post(self, api: str, **kwargs) -> httpx.Response:
         return httpx.post(self.url + "/" + api, timeout=REQUEST_TIMEOUT, **kwargs)
 
+    def get(self, api: str, **kwargs) -> httpx.Response:
+        return httpx.get(self.url + "/" + api, timeout=REQUEST_TIMEOUT, **kwargs)
+
     def grpc(self) -> grpcclient.InferenceServerClient:
         return grpcclient.InferenceServerClient(f"127.0.0.1:{self.grpc_port}")
 

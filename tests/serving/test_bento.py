@@ -39,7 +39,7 @@ def test_a_built_bento_serves_its_own_model(registered):
     s = Server({}, target=bento_tag)
     try:
         s.wait()
-        assert s.post("metadata", json={}).json()["model_tag"] == built_with
+        assert s.get("metadata").json()["model_tag"] == built_with
         assert f"serving model {built_with}" in s.output(tail=10**7)
     finally:
         s.stop()

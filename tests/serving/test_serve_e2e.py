@@ -57,7 +57,7 @@ def send_single_images_concurrently(server: Server, model: bentoml.Model, images
 
 
 def stats(server: Server) -> dict:
-    return server.post("metadata", json={}).json()["batching"]
+    return server.get("metadata").json()["batching"]
 
 
 def test_http_grpc_and_direct_onnx_runtime_agree(server, registered, images):
@@ -97,7 +97,7 @@ def test_classify_image_preprocesses_like_mnist(server, images):
 
 
 def test_metadata_and_builtin_endpoints(server, registered):
-    meta = server.post("metadata", json={}).json()
+    meta = server.get("metadata").json()
     assert meta["model_tag"] == str(registered.tag)
     assert meta["provider"] == ("CUDAExecutionProvider" if meta["require_gpu"] else meta["providers"][0])
     assert meta["routing_iters"] == 3 and meta["class_names"] == [str(d) for d in range(10)]

@@ -103,9 +103,17 @@ def test_docs_url_answers_and_the_spec_states_what_is_valid(client):
 
 
 def test_metadata_names_the_served_model(client, registered):
-    meta = client.post("/metadata", json={}).json()
+    meta = client.get("/metadata").json()
     assert meta["model_tag"] == str(registered.tag) and meta["batching"]["max_batch_size"] == 16
     assert meta["parity"]["passed"] is True
+
+
+def test_metadata_is_a_get_in_the_server_and_in_its_openapi_document(client):
+    posted = client.post("/metadata", json={})
+    assert posted.status_code == 405 and posted.headers["allow"] == "GET" and "use GET" in posted.json()["error"]
+    operations = client.get("/docs.json").json()["paths"]["/metadata"]
+    assert set(operations) == {"get"} and "requestBody" not in operations["get"]
+    assert operations["get"]["responses"]["200"]  # the answer's schema stays documented
 
 
 def test_readiness_needs_bentoml_internals_only_for_the_in_process_batcher(service):
