@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
@@ -55,11 +56,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         model = await self._model(request.name, request.version, context)
-        T = pb.ModelMetadataResponse.TensorMetadata
-        return pb.ModelMetadataResponse(
-            name=request.name, versions=[model.version], platform="onnxruntime_onnx",
-            inputs=[T(name=t.name, datatype=t.datatype, shape=[-1, *t.dims]) for t in model.inputs()],
-            outputs=[T(name=t.name, datatype=t.datatype, shape=[-1, *t.dims]) for t in model.outputs()])
+        return json_format.ParseDict(model.metadata(request.name), pb.ModelMetadataResponse())
 
     async def ModelConfig(self, request: Any, context: Any) -> Any:
         model = await self._model(request.name, request.version, context)

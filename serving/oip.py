@@ -10,13 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from serving.triton_config import Tensor, model_config
+from serving.triton_config import PLATFORM, Tensor, model_config
 from serving.validation import InputError, validate_images
 
 Infer = Callable[[np.ndarray], Awaitable[dict[str, np.ndarray]]]
 # datatype -> (numpy dtype of its raw little-endian bytes, scale to [0, 1]): UINT8 images are MNIST's bytes
 IMAGE_DATATYPES = {"FP32": (np.dtype("<f4"), 1.0), "UINT8": (np.dtype("u1"), 1 / 255)}
-PLATFORM = "onnxruntime_onnx"
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,14 @@ class OipModel:
 
     def outputs(self) -> list[Tensor]:
         return [Tensor(name, "FP32", tuple(dims)) for name, dims in self.output_dims.items()]
+
+    def metadata(self, name: str) -> dict[str, Any]:
+        """The protocol's model metadata (JSON form; the gRPC reply is parsed from it): tensor shapes
+        lead with -1, the batch axis of any size."""
+        def tensors(ts: list[Tensor]) -> list[dict[str, Any]]:
+            return [{"name": t.name, "datatype": t.datatype, "shape": [-1, *t.dims]} for t in ts]
+        return {"name": name, "versions": [self.version], "platform": PLATFORM,
+                "inputs": tensors(self.inputs()), "outputs": tensors(self.outputs())}
 
     def config(self, name: str, max_batch_size: int) -> Any:
         """Triton's ModelConfig message of this model as served."""

@@ -29,7 +29,7 @@ import numpy as np
 import uvicorn
 from google.protobuf import json_format
 
-from serving.oip import PLATFORM, OipModel, image_tensor
+from serving.oip import OipModel, image_tensor
 from serving.settings import ServingSettings
 from serving.validation import InputError
 
@@ -91,7 +91,7 @@ class OipHttpApp:
         action = rest[0] if len(rest) == 1 else ("" if not rest else None)
         if action == "":
             expect(method, "GET")
-            return ok(self.metadata(name, model))
+            return ok(model.metadata(name))
         if action == "ready":
             expect(method, "GET")
             return readiness(self.is_ready())
@@ -109,12 +109,6 @@ class OipHttpApp:
             served = ", ".join(f"{n!r} version {m.version!r}" for n, m in self.models.items())
             raise HttpError(404, f"unknown model {name!r} version {version!r}; this server has {served}")
         return model
-
-    def metadata(self, name: str, model: OipModel) -> dict[str, Any]:
-        def tensors(ts: list[Any]) -> list[dict[str, Any]]:
-            return [{"name": t.name, "datatype": t.datatype, "shape": [-1, *t.dims]} for t in ts]
-        return {"name": name, "versions": [model.version], "platform": PLATFORM,
-                "inputs": tensors(model.inputs()), "outputs": tensors(model.outputs())}
 
     async def body(self, scope: dict[str, Any], receive: Callable) -> bytes:
         chunks, size = [], 0

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+PLATFORM = "onnxruntime_onnx"  # what Triton calls a model it runs with ONNX Runtime
 MAX_BATCH_SIZE = 64
 PREFERRED_BATCH_SIZES = (32, 64)
 MAX_QUEUE_DELAY_US = 2_000  # how long Triton may hold a request to fill a preferred batch
@@ -37,7 +38,7 @@ def model_config(name: str, inputs: Iterable[Tensor], outputs: Iterable[Tensor],
     """The ModelConfig of an ONNX model with a leading batch axis on every tensor: platform
     onnxruntime_onnx, dims without the batch axis, dynamic batching preferring PREFERRED_BATCH_SIZES
     (those up to max_batch_size), one instance of `instance_kind` ("gpu", "cpu"; None: Triton's default)."""
-    config = mc.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=max_batch_size)
+    config = mc.ModelConfig(name=name, platform=PLATFORM, max_batch_size=max_batch_size)
     for group, tensors in ((config.input, inputs), (config.output, outputs)):
         for t in tensors:
             group.add(name=t.name, data_type=DATA_TYPES[t.datatype], dims=list(t.dims))
