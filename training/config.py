@@ -175,6 +175,9 @@ class TrainConfig:
     bf16: bool = False  # bf16 autocast, CUDA only
     max_steps: int | None = None  # stop early after this many optimizer steps (resume continues)
     time_limit_s: float | None = None  # stop early after this many seconds of one invocation (resumable)
+    # Stop after the first epoch whose validation accuracy reaches this (a finished run: best.pt is
+    # scored on the test set). For runs compared at a given accuracy, e.g. the claims report's affine test.
+    target_val_accuracy: float | None = None
     eval_batch_size: int = 500
     # Train data limit (None = all). For tests and smoke runs only.
     train_limit: int | None = None
@@ -215,7 +218,7 @@ class TrainConfig:
 
 
 # Fields that may differ between a run and its resumption (they only say how far to go).
-RESUMABLE_OVERRIDES = ("epochs", "max_steps", "time_limit_s", "device", "eval_batch_size")
+RESUMABLE_OVERRIDES = ("epochs", "max_steps", "time_limit_s", "target_val_accuracy", "device", "eval_batch_size")
 
 PROFILES: dict[str, TrainConfig] = {
     # The README's main job: a CPU run of a few minutes that still clears 98.5% on MNIST. Reconstruction

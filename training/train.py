@@ -248,6 +248,12 @@ def end_of_epoch(state: RunState, stats: EpochStats, data: TrainingData, config:
     save_checkpoint(out_dir / LAST, ckpt)
 
 
+def reached_target(state: RunState, config: TrainConfig, ctx: DistributedContext, device: torch.device) -> bool:
+    """Whether validation has reached config.target_val_accuracy (rank 0 validates; every rank learns it)."""
+    target = config.target_val_accuracy
+    return target is not None and any_rank(ctx.is_main and state.best_val >= target, ctx, device)
+
+
 def checkpoint_of(state: RunState, config: TrainConfig, data: TrainingData, metrics: dict[str, Any]) -> dict[str, Any]:
     return build_checkpoint(state.model, config.to_dict(), data.class_names, state.optimizer, state.epoch,
                             state.step, {**metrics, "best_val_accuracy": state.best_val})
@@ -287,7 +293,7 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     stop = StopRequest(config.time_limit_s)
     interrupted = False
     with stop.installed():
-        while state.epoch < config.epochs and not interrupted:
+        while state.epoch < config.epochs and not interrupted and not reached_target(state, config, ctx, device):
             stats = run_epoch(module, state, data, config, steps_per_epoch, ctx, device, stop, progress)
             interrupted = stats is None
             if stats is not None:
@@ -354,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (resumable)")
     o.add_argument("--time-limit", dest="time_limit_s", type=float, metavar="SECONDS",
                    help="stop after this many seconds of this invocation, saving last.pt (resumable)")
+    o.add_argument("--target-val-accuracy", type=float, metavar="FRACTION",
+                   help="stop after the first epoch whose validation accuracy reaches this, e.g. 0.99")
     o.add_argument("--train-limit", type=int, help="use only the first N training images (smoke runs)")
     o.add_argument("--train-fraction", type=float, help="train on a seeded random subset of the training split")
     o.add_argument("--epoch-size", type=int, help="examples per epoch (validation period; default: the split once)")

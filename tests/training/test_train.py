@@ -76,6 +76,18 @@ def test_a_time_limit_stops_resumably_and_resume_finishes(tiny_train_config, syn
     assert not second["interrupted"] and second["steps"] == 520 // 32 and 0.0 <= second["test_accuracy"] <= 1.0
 
 
+def test_a_target_validation_accuracy_ends_the_run_early_and_finished(tiny_train_config, synthetic_data_dir,
+                                                                       tmp_path):
+    # any accuracy reaches 0.0: the run stops after its first epoch, as a finished run (scored on test)
+    reached = run_train(dataclasses.replace(tiny_train_config, epochs=3, target_val_accuracy=0.0),
+                        tmp_path / "run", synthetic_data_dir)
+    assert reached["epochs"] == 1 and not reached["interrupted"] and 0.0 <= reached["test_accuracy"] <= 1.0
+    # a target no run can reach leaves the epoch count in charge; the target may change on resume
+    rest = run_train(dataclasses.replace(tiny_train_config, epochs=3, target_val_accuracy=1.01),
+                     tmp_path / "run", synthetic_data_dir, resume=True)
+    assert rest["epochs"] == 3 and not rest["interrupted"]
+
+
 def test_resume_refuses_a_different_run_config(tiny_train_config, synthetic_data_dir, tmp_path):
     run_train(dataclasses.replace(tiny_train_config, max_steps=2), tmp_path / "run", synthetic_data_dir)
     with pytest.raises(ValueError, match="cannot resume.*lr="):
