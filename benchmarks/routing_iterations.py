@@ -42,6 +42,7 @@ def train_run(run_dir: Path, config: TrainConfig, data_dir: str | None) -> dict[
     summary = train(config, run_dir, data_dir, resume=has_run(run_dir), progress=False)
     curve = read_metrics(run_dir)
     return {"variant": config.variant, "seed": config.seed, "epochs": summary["epochs"], "steps": summary["steps"],
+            "interrupted": summary["interrupted"],
             "parameters": sum(p.numel() for p in build_network(config.model_config()).parameters()),
             "best_val_accuracy": summary["best_val_accuracy"], "test_accuracy": summary.get("test_accuracy"),
             "test_metrics": summary.get("test_metrics", {}), "val_curve": [e["val_accuracy"] for e in curve],
@@ -51,13 +52,15 @@ def train_run(run_dir: Path, config: TrainConfig, data_dir: str | None) -> dict[
 def run_one(out: Path, config: TrainConfig, data_dir: str | None) -> dict:
     """Train `config` into `out` (resuming there), export best.pt, time ONNX Runtime -> one table row."""
     trained = train_run(out, config, data_dir)
+    if trained["interrupted"]:  # stopped by a time limit: nothing to export yet
+        return trained
     export_onnx(out / BEST, out / "export", data_dir=data_dir, limit=500)
     session = ort.InferenceSession(str(out / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
     side = config.model_config().image_size
     one, batch = np.random.default_rng(0).random((1, 1, side, side), np.float32), \
         np.random.default_rng(1).random((64, 1, side, side), np.float32)
     return {"routing_iters": config.routing_iters, "reconstruction": config.recon_weight > 0,
-            "recon_weight": config.recon_weight,
+            "recon_weight": config.recon_weight, "interrupted": False,
             **{k: trained[k] for k in ("epochs", "best_val_accuracy", "test_accuracy", "train_images_per_sec")},
             "onnx_p50_latency_ms_batch_1": median_latency_ms(lambda: session.run(None, {"image": one}), 200),
             "onnx_images_per_sec_batch_64": median_rate(lambda: session.run(None, {"image": batch}), 64)}

@@ -21,7 +21,9 @@ def pct(x: float | None, digits: int = 2) -> str:
 
 def affine_section(result: dict[str, Any], scale: Scale) -> list[str]:
     models = result["models"]
-    lines = [f"Trained on MNIST within ±6 px on a 40×40 canvas, {scale.affine_epochs} epoch(s) of "
+    budget = f"{scale.affine_epochs} epoch(s)" if scale.affine_target_val is None else \
+        f"until validation reached {pct(scale.affine_target_val, 1)} (at most {scale.affine_epochs} epochs)"
+    lines = [f"Trained on MNIST within ±6 px on a 40×40 canvas, {budget}, validated after every epoch of "
              f"{epoch_words(scale)}; tested on {scale.affine_digits:,} MNIST test digits × 32 seeded affine "
              f"transforms (rotation ±20°, shear ±0.2, scale 0.8–1.2, translation anywhere the ink fits). "
              f"Matched stop: each model's first epoch at ≥ {pct(result['matched_val_accuracy'])} validation "

@@ -59,3 +59,31 @@ def test_the_tiny_report_has_every_claim_and_a_rerun_reuses_the_runs(synthetic_d
     refused = run_report(*args)
     assert refused.returncode == 2 and "made with other settings" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_a_used_up_time_box_stops_cleanly_and_writes_no_report(synthetic_data_dir, tmp_path):
+    result = run_report("--scale", "tiny", "--data-dir", str(synthetic_data_dir), "--out", str(tmp_path / "runs"),
+                        "--report", str(tmp_path / "report"), "--time-limit", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "time box used up" in result.stderr and "run the same command again" in result.stderr
+    assert not (tmp_path / "report").exists() and "Traceback" not in result.stderr
+
+
+def test_the_time_box_hands_each_run_what_is_left_and_stops_at_an_interrupted_one(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from claims.experiments import OutOfTime, TimeBox
+
+    from training.config import TrainConfig
+
+    seen = []
+
+    def run(run_dir, config, data_dir, interrupted=False):
+        seen.append(config.time_limit_s)
+        return {"interrupted": interrupted}
+
+    box = TimeBox(100.0)
+    assert box.train(tmp_path, TrainConfig(variant="tiny"), None, run) == {"interrupted": False}
+    assert 99.0 < seen[0] <= 100.0
+    with pytest.raises(OutOfTime, match="saved its last.pt"):
+        box.train(tmp_path, TrainConfig(variant="tiny"), None, lambda *a: run(*a, interrupted=True))
+    assert TimeBox(None).train(tmp_path, TrainConfig(variant="tiny"), None, run) and seen[-1] is None
