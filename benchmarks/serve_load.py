@@ -1,15 +1,21 @@
 """Load a running `bentoml serve` with single-image requests and compare with direct ONNX Runtime.
 
-For each protocol (HTTP classify, gRPC ModelInfer) and concurrency level, `level` clients send
-one image per request for a fixed time. Per level: requests/s, p50/p95/p99 latency, errors, and the
-mean batch size the model saw (BentoML's batch-size histogram in /metrics, before and after, summed
-over server workers). In the same run: direct ONNX Runtime throughput at batch 64 on the served
-model file, and the ratio.
+For each protocol and concurrency level, `level` clients send one image per request for a fixed
+time. Protocols: `http` (the BentoML JSON API, /classify), `grpc` (Open Inference Protocol ModelInfer),
+`oip-json` and `oip-binary` (Open Inference Protocol REST on its own port, the image as JSON numbers or
+as raw FP32 bytes with the binary tensor data extension, outputs asked for as binary too). Per level:
+requests/s, p50/p95/p99 latency, errors, and the mean batch size the model saw (BentoML's batch-size
+histogram in /metrics, before and after, summed over server workers). In the same run: direct ONNX
+Runtime throughput at batch 64 on the served model file, and the ratio.
 
     bentoml serve &   # from the repository root
-    python benchmarks/serve_load.py [--url http://127.0.0.1:3000] [--grpc 127.0.0.1:8001]
+    python benchmarks/serve_load.py [--url http://127.0.0.1:3000] [--grpc 127.0.0.1:8001] \
+        [--oip-url http://127.0.0.1:8000] [--profile oip-binary --server-pid PID]
 
-The load generator shares the machine with the server; on a 2-core machine it takes a real share.
+--profile samples the server's CPU with py-spy (all its processes) during that protocol's highest
+level and splits it into where the time goes: ONNX Runtime, batching, our protocol code (parsing,
+validation, encoding), the HTTP/gRPC framework and event loop, other. The load generator shares the
+machine with the server; on a 2-core machine it takes a real share.
 """
 
 from __future__ import annotations
@@ -18,7 +24,11 @@ import argparse
 import asyncio
 import json
 import platform
+import subprocess
+import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import bentoml
@@ -31,9 +41,22 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from export.onnx_io import open_session
 from training.data import synthetic_digits
 
+PROTOCOLS = ["http", "grpc", "oip-json", "oip-binary"]
+
+
+@dataclass(frozen=True)
+class HttpLoad:
+    """One HTTP protocol's requests, encoded before the clock starts: where they go and what a good
+    answer starts with."""
+
+    base_url: str
+    path: str
+    bodies: list[bytes]
+    headers: list[dict[str, str]]
+    answer_starts: bytes
 
 async def metadata(url: str) -> dict:
-    async with aiohttp.ClientSession() as session, session.post(url + "/metadata", json={}) as r:
+    async with aiohttp.ClientSession() as session, session.get(url + "/metadata") as r:
         return await r.json()
 
 
@@ -51,24 +74,44 @@ async def batch_totals(url: str) -> tuple[float, float]:
     return totals["_sum"], totals["_count"]
 
 
-def encoded_requests(images: np.ndarray, model: str) -> tuple[list[bytes], list[pb.ModelInferRequest]]:
-    """Each image as a ready HTTP JSON body for /classify and a ready gRPC ModelInferRequest.
+def encoded_requests(images: np.ndarray, model: str, args: argparse.Namespace
+                     ) -> tuple[dict[str, HttpLoad], list[pb.ModelInferRequest]]:
+    """Each image as a ready body for every HTTP protocol and a ready gRPC ModelInferRequest.
 
     Encoded once, before the clock starts: on a 2-core machine the load generator shares the CPU
     with the server, and re-encoding 784 floats per request would be load-generator work counted
     against the server."""
-    bodies = [json.dumps({"images": image[None].tolist()}).encode() for image in images]
+    shape = [1, 1, *images.shape[-2:]]
+    raw = [np.ascontiguousarray(image[None], "<f4").tobytes() for image in images]
+    json_headers = [{"Content-Type": "application/json"}] * len(images)
+    binary_headers, binary_bodies = [], []
+    for data in raw:
+        header = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": shape,
+                                         "parameters": {"binary_data_size": len(data)}}],
+                             "parameters": {"binary_data_output": True}}).encode()
+        binary_headers.append({"Content-Type": "application/octet-stream",
+                               "Inference-Header-Content-Length": str(len(header))})
+        binary_bodies.append(header + data)
+    infer = f"/v2/models/{model}/infer"
+    http = {
+        "http": HttpLoad(args.url, "/classify", [json.dumps({"images": image[None].tolist()}).encode()
+                                                 for image in images], json_headers, b"[{"),
+        "oip-json": HttpLoad(args.oip_url, infer, [json.dumps({"inputs": [
+            {"name": "image", "datatype": "FP32", "shape": shape, "data": image.reshape(-1).tolist()}]}).encode()
+            for image in images], json_headers, b"{"),
+        "oip-binary": HttpLoad(args.oip_url, infer, binary_bodies, binary_headers, b"{"),
+    }
     requests = []
-    for image in images:
+    for data in raw:
         request = pb.ModelInferRequest(model_name=model)
-        request.inputs.add(name="image", datatype="FP32", shape=[1, 1, 28, 28])
-        request.raw_input_contents.append(np.ascontiguousarray(image[None], "<f4").tobytes())
+        request.inputs.add(name="image", datatype="FP32", shape=shape)
+        request.raw_input_contents.append(data)
         requests.append(request)
-    return bodies, requests
+    return http, requests
 
 
-async def run_level(protocol: str, level: int, seconds: float, bodies: list[bytes],
-                    grpc_requests: list[pb.ModelInferRequest], args) -> dict:
+async def run_level(protocol: str, level: int, seconds: float, http: dict[str, HttpLoad],
+                    grpc_requests: list[pb.ModelInferRequest], args: argparse.Namespace) -> dict:
     latencies: list[float] = []
     errors = 0
     kinds: dict[str, int] = {}  # what went wrong, so an error count can be explained
@@ -80,14 +123,14 @@ async def run_level(protocol: str, level: int, seconds: float, bodies: list[byte
 
     deadline = time.perf_counter() + seconds
 
-    async def http_worker(session: aiohttp.ClientSession, k: int) -> None:
+    async def http_worker(session: aiohttp.ClientSession, load: HttpLoad, k: int) -> None:
         while time.perf_counter() < deadline:
             t = time.perf_counter()
+            i = k % len(load.bodies)
             try:
-                async with session.post("/classify", data=bodies[k % len(bodies)],
-                                        headers={"Content-Type": "application/json"}) as r:
+                async with session.post(load.path, data=load.bodies[i], headers=load.headers[i]) as r:
                     body = await r.read()
-                if r.status == 200 and body.startswith(b"[{"):
+                if r.status == 200 and body.startswith(load.answer_starts):
                     latencies.append(time.perf_counter() - t)
                 else:
                     failed(f"HTTP {r.status}")
@@ -110,11 +153,12 @@ async def run_level(protocol: str, level: int, seconds: float, bodies: list[byte
 
     before = await batch_totals(args.url)
     start = time.perf_counter()
-    if protocol == "http":
+    if protocol in http:
+        load = http[protocol]
         connector = aiohttp.TCPConnector(limit=level)
-        async with aiohttp.ClientSession(args.url, connector=connector,
+        async with aiohttp.ClientSession(load.base_url, connector=connector,
                                          timeout=aiohttp.ClientTimeout(total=30)) as session:
-            await asyncio.gather(*(http_worker(session, k) for k in range(level)))
+            await asyncio.gather(*(http_worker(session, load, k) for k in range(level)))
     else:
         # a connection per client, as independent clients would have (gRPC would otherwise share one
         # TCP connection between channels, and with several server workers reach only one of them)
@@ -145,23 +189,76 @@ def direct_throughput(model_path: str, images: np.ndarray, batch: int = 64, repe
     return median_rate(lambda: session.run(None, {"image": x}), batch, repeats)
 
 
+# Where a sampled stack's CPU time goes: the first category any of its frames names (ONNX Runtime first,
+# so a model call made from our code counts as the model's).
+PROFILE_CATEGORIES = [
+    ("ONNX Runtime", ("onnxruntime",)),
+    ("batching", ("serving/batcher.py", "marshal/dispatcher.py")),
+    ("our protocol code (parse, validate, encode)", ("serving/",)),
+    ("framework + event loop", ("uvicorn", "h11", "httptools", "starlette", "grpc", "asyncio", "bentoml",
+                                "uvloop", "selectors")),
+]
+SAMPLES_PER_SEC = 250
+
+
+def start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen:
+    """py-spy sampling every process of the server (the BentoML arbiter and its workers) for `seconds`,
+    without pausing them, as collapsed stacks ("frame;frame;... count" per line)."""
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
+                             "--rate", str(SAMPLES_PER_SEC), "--duration", str(round(seconds)),
+                             "--format", "raw", "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def profile_breakdown(collapsed: str, requests: int) -> dict[str, dict[str, float]]:
+    """Per category: its share of the sampled server CPU and its CPU milliseconds per request."""
+    samples = dict.fromkeys([name for name, _ in PROFILE_CATEGORIES] + ["other"], 0)
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        category = next((name for name, marks in PROFILE_CATEGORIES if any(m in stack for m in marks)), "other")
+        samples[category] += int(count)
+    total = sum(samples.values()) or 1
+    return {name: {"share": n / total, "cpu_ms_per_request": 1000 * n / SAMPLES_PER_SEC / max(requests, 1)}
+            for name, n in samples.items()}
+
+
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default="http://127.0.0.1:3000")
     p.add_argument("--grpc", default="127.0.0.1:8001")
     p.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--protocols", nargs="+", default=["http", "grpc"], choices=["http", "grpc"])
+    p.add_argument("--oip-url", default="http://127.0.0.1:8000", help="Open Inference Protocol REST")
+    p.add_argument("--protocols", nargs="+", default=PROTOCOLS, choices=PROTOCOLS)
+    p.add_argument("--profile", choices=PROTOCOLS, help="sample the server's CPU (py-spy) during this "
+                   "protocol's highest level; needs --server-pid")
+    p.add_argument("--server-pid", type=int, help="the `bentoml serve` process (its workers are included)")
     args = p.parse_args()
+    if args.profile and not args.server_pid:
+        p.error("--profile needs --server-pid (the pid of `bentoml serve`)")
 
     images = synthetic_digits(256, seed=5)[0][:, None].astype(np.float32) / 255.0
     meta = await metadata(args.url)
-    bodies, grpc_requests = encoded_requests(images, meta["model_tag"].split(":")[0])
+    http, grpc_requests = encoded_requests(images, meta["model_tag"].split(":")[0], args)
     # Levels in rising order, both protocols at each: BentoML's batcher learns from recent traffic how
     # long to hold requests, and after a 64-client level it holds lone requests for ~40 ms for minutes,
     # which would distort a low-concurrency level that came after it.
-    rows = [await run_level(proto, level, args.seconds, bodies, grpc_requests, args)
-            for level in sorted(args.levels) for proto in args.protocols]
+    rows, profile = [], None
+    for level in sorted(args.levels):
+        for proto in args.protocols:
+            profiling = proto == args.profile and level == max(args.levels)
+            if profiling:
+                out = Path(tempfile.mkdtemp()) / "server.collapsed"
+                sampler = start_profile(args.server_pid, args.seconds, out)
+            rows.append(await run_level(proto, level, args.seconds, http, grpc_requests, args))
+            if profiling:
+                _, error = sampler.communicate(timeout=args.seconds + 60)
+                if sampler.returncode or not out.exists():
+                    raise SystemExit(f"py-spy failed ({sampler.returncode}): {error.strip()[-400:]}")
+                profile = {"protocol": proto, "concurrency": level,
+                           "categories": profile_breakdown(out.read_text(), rows[-1]["requests"])}
     rows.sort(key=lambda r: args.protocols.index(r["protocol"]))
     direct = direct_throughput(bentoml.models.get(meta["model_tag"]).path_of("model.onnx"), images)
 
@@ -177,8 +274,12 @@ async def main() -> None:
         if r["errors"]:
             print(f"{r['protocol']} at {r['concurrency']}: errors {r['error_kinds']}")
     print(f"direct ONNX Runtime (CPU) at batch 64: {direct:.1f} images/s")
+    if profile:
+        print(f"server CPU per request, {profile['protocol']} at {profile['concurrency']} clients (py-spy):")
+        for name, part in profile["categories"].items():
+            print(f"  {name:<45}{100 * part['share']:>6.1f} %{part['cpu_ms_per_request']:>8.3f} ms")
     print(json.dumps({"model": meta["model_tag"], "provider": meta["provider"], "direct_batch64_images_per_sec": direct,
-                      "rows": rows}))
+                      "machine": platform.node(), "rows": rows, "profile": profile}))
 
 
 if __name__ == "__main__":
