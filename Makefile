@@ -97,10 +97,9 @@ WEIGHTS ?= weights/capsnet-mnist-cpu-best.safetensors
 WEIGHTS_RUN ?= runs/$(basename $(notdir $(WEIGHTS)))
 # Checked before any set-up, so a missing file costs no install.
 weights-present:
-	@test -f "$(WEIGHTS)" || { echo "$(WEIGHTS): no such weights file. The cpu-best MNIST weights are not" \
-	  "in the repository yet (their training run is not finished: README, 'weights files'); pass" \
+	@test -f "$(WEIGHTS)" || { echo "$(WEIGHTS): no such weights file. Pass" \
 	  "WEIGHTS=NAME.safetensors with NAME.json beside it (capsnet weights pack -o NAME makes one from a run's" \
-	  "best.pt)." >&2; exit 2; }
+	  "best.pt; the repository ships weights/capsnet-mnist-cpu-best.safetensors)." >&2; exit 2; }
 
 pretrained-model: weights-present setup  ## the shipped weights file instead of training: unpack, evaluate, export, register, verify
 	$(BIN)/capsnet weights unpack $(WEIGHTS) -o $(WEIGHTS_RUN)/best.pt
