@@ -51,6 +51,8 @@ class PairSet:
 def draw_pairs(first: Tensor, labels: Tensor, max_shift: int, generator: torch.Generator) -> PairSet:
     """For each index in `first`, a partner of another class from the same pool (uniform among
     them) and two shifts uniform in [-max_shift, max_shift]^2. Deterministic in `generator`."""
+    if len(first) and labels.unique().numel() < 2:  # no partner of another class exists: redrawing never ends
+        raise ValueError(f"a pool of {len(labels)} digit(s) of one class has no partner of another class")
     partner = torch.randint(0, len(labels), (len(first),), generator=generator)
     while True:  # redraw the partners that share the first digit's class (about 1 in 10 each round)
         same = labels[partner] == labels[first]

@@ -122,3 +122,10 @@ def test_pairs_train_through_the_same_loop_and_evaluate(synthetic_data_dir, tmp_
     resumed = train(dataclasses.replace(config, epochs=2, max_steps=18), tmp_path / "run", synthetic_data_dir,
                     resume=True, progress=False)
     assert resumed["steps"] == 18
+
+
+def test_a_pool_of_one_class_is_refused_instead_of_redrawing_forever():
+    with pytest.raises(ValueError, match="no partner of another class"):
+        fixed_pairs(torch.tensor([7]), 1, 4, seed=0)
+    with pytest.raises(ValueError, match="no partner of another class"):
+        draw_pairs(torch.tensor([0, 1]), torch.tensor([3, 3]), 4, torch.Generator().manual_seed(0))
