@@ -25,6 +25,7 @@ import asyncio
 import json
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -204,7 +205,9 @@ SAMPLES_PER_SEC = 250
 def start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen:
     """py-spy sampling every process of the server (the BentoML arbiter and its workers) for `seconds`,
     without pausing them, as collapsed stacks ("frame;frame;... count" per line)."""
-    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
+    py_spy = Path(sys.executable).with_name("py-spy")  # the venv's, whether or not it is activated
+    py_spy = str(py_spy) if py_spy.exists() else "py-spy"
+    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
                              "--rate", str(SAMPLES_PER_SEC), "--duration", str(round(seconds)),
                              "--format", "raw", "--output", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
