@@ -1,7 +1,7 @@
 """The Open Inference Protocol v2 over REST (KServe / Triton HTTP), on a port of its own beside gRPC's,
 the way Triton serves HTTP on 8000 and gRPC on 8001.
 
-BentoML's HTTP path costs more per request than a small CapsNet does (README, "Load"), so this is a
+BentoML's HTTP path costs more per request than a small CapsNet does (docs/performance.md, "Load"), so this is a
 lean ASGI app run by its own uvicorn server inside the service's process: no middleware, no schema
 work, one route table. It feeds the same per-model batchers as the BentoML APIs and gRPC.
 

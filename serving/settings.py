@@ -1,4 +1,4 @@
-"""Serving settings, read once from the environment (documented in the README)."""
+"""Serving settings, read once from the environment (documented in docs/serving.md)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 (export/triton_repo.py) writes it as config.pbtxt, and the Open Inference Protocol servers answer
 `ModelConfig` requests with it. Built from the tensors the graph declares, never written by hand.
 
-Batching defaults come from our measurements (README, "Performance"): ONNX Runtime's CPU throughput of
+Batching defaults come from our measurements (docs/performance.md): ONNX Runtime's CPU throughput of
 the small model is flat beyond batch 32 (6,975 images/s at 32, 7,045 at 256 on this 2-core CPU), and
 the service batches up to 64 (CAPSNET_MAX_BATCH_SIZE), so Triton prefers 32 and 64.
 """

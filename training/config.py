@@ -224,7 +224,7 @@ PROFILES: dict[str, TrainConfig] = {
     # The README's main job: a CPU run of a few minutes that still clears 98.5% on MNIST. Reconstruction
     # weight 6x the paper's so that the served demo model's poses mean something: 13 of 16 dimensions
     # visibly change its drawing instead of 3 (benchmarks/pose_dimensions.py), same time, test 99.06 %
-    # against 99.09 % (one seed each; README, "The capsule explorer").
+    # against 99.09 % (one seed each; docs/explorer.md).
     "quick": TrainConfig(variant="small", epochs=5, lr_decay=0.6, recon_weight=0.003),
     # Fashion-MNIST with the quick profile's network and budget (the task registry's fifth task).
     "fashion-quick": TrainConfig(variant="small", dataset="fashion-mnist", epochs=5, lr_decay=0.6, recon_weight=0.003),
@@ -239,7 +239,7 @@ PROFILES: dict[str, TrainConfig] = {
     "paper": TrainConfig(variant="paper", epochs=50, lr_decay=0.96),
     # Overlapping digits (training/multimnist.py): shifts of +-4 px are part of making a pair. An
     # epoch is 50,000 fresh pairs (one per training digit). Quick: this 2-core CPU in under 20 minutes.
-    # lr 2e-3 decayed 0.8 per epoch: of three 4-5 epoch runs here the best (README, "Overlapping digits").
+    # lr 2e-3 decayed 0.8 per epoch: of three 4-5 epoch runs here the best (docs/crowded-scenes.md).
     "multimnist-quick": TrainConfig(variant="small", dataset="multimnist", epochs=4, lr=2e-3, lr_decay=0.8,
                                     max_shift=4, val_size=10_000),
     # The paper: decay 0.96 every 20,000 steps, 60 M training pairs (1,200 epochs), for a GPU.
