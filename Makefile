@@ -86,7 +86,7 @@ model: setup  ## train the quick model, evaluate, export with parity, register, 
 	$(call evaluate_export_verify,$(RUN_DIR))
 
 # Serving starts only after the model is registered, also under `make -j`.
-pipeline: model  ## `model`, then serve it (HTTP on PORT=3000, gRPC on GRPC_PORT=8001) until Ctrl-C
+pipeline: model  ## `model`, then serve it (HTTP :3000, OIP REST :8000, gRPC :8001) until Ctrl-C
 	$(MAKE) --no-print-directory serve
 
 # A trained model from a float16 weights file instead of training (training/weights_file.py): the
