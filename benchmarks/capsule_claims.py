@@ -18,10 +18,10 @@ optimizer steps, and every model is selected on validation before the test set i
 Resumable: each run trains in OUT/<experiment>/<run>/ (resumed from last.pt) and writes result.json
 there when done; a rerun skips finished runs. The report (report.md and PNG plots) is written into
 REPORT (default docs/claims/<scale>) from the experiments that finished. `--scale cpu` fits this
-2-core CPU in well under an hour; `--scale cpu-long` is the affine experiment only, both models trained
-until 99.0 % validation (~90 minutes here); `--scale paper` is the paper's networks and schedules, for
-a GPU, in 13-minute pieces; `--scale tiny` is for the tests. --time-limit stops an invocation cleanly
-(the run in progress saves last.pt) and the next one resumes.
+2-core CPU in well under an hour; `--scale cpu-long` is the affine experiment only, both models
+trained until 99.0 % validation (~2 hours here, in 90-minute invocations); `--scale paper` is the
+paper's networks and schedules, for a GPU, in 13-minute pieces; `--scale tiny` is for the tests.
+--time-limit stops an invocation cleanly (the run in progress saves last.pt) and the next resumes.
 """
 
 from __future__ import annotations
