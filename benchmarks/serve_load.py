@@ -56,6 +56,7 @@ class HttpLoad:
     headers: list[dict[str, str]]
     answer_starts: bytes
 
+
 async def metadata(url: str) -> dict:
     async with aiohttp.ClientSession() as session, session.get(url + "/metadata") as r:
         return await r.json()

@@ -192,7 +192,7 @@ class ServingCore:
         model = model or self.default
         if reconstructions and "reconstructions_top2" not in outputs:
             raise CapabilityError(f"model {model.name} was exported without reconstructions "
-                             "(capsnet export --with-top2-reconstructions)")
+                                  "(capsnet export --with-top2-reconstructions)")
         names, probabilities, poses = model.class_names, outputs["probabilities"], outputs["poses"]
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :model.objects]  # [N, objects], longest first
         answers = []

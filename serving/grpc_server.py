@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from serving.oip import OipModel, image_tensor
+from serving.oip import SERVER_NAME, SERVER_VERSION, OipModel, image_tensor
 from serving.settings import ServingSettings
 from serving.validation import InputError
 
@@ -52,7 +52,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=self.is_ready())
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        return pb.ServerMetadataResponse(name="capsnet-pipeline", version="0.1.0", extensions=[])
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         model = await self._model(request.name, request.version, context)

@@ -16,6 +16,9 @@ from serving.validation import InputError, validate_images
 Infer = Callable[[np.ndarray], Awaitable[dict[str, np.ndarray]]]
 # datatype -> (numpy dtype of its raw little-endian bytes, scale to [0, 1]): UINT8 images are MNIST's bytes
 IMAGE_DATATYPES = {"FP32": (np.dtype("<f4"), 1.0), "UINT8": (np.dtype("u1"), 1 / 255)}
+# What both transports answer to server metadata (a Bento carries serving/ without the installed
+# package, so the version is written here, as in pyproject.toml).
+SERVER_NAME, SERVER_VERSION = "capsnet-pipeline", "0.1.0"
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import numpy as np
 import uvicorn
 from google.protobuf import json_format
 
-from serving.oip import OipModel, image_tensor
+from serving.oip import SERVER_NAME, SERVER_VERSION, OipModel, image_tensor
 from serving.settings import ServingSettings
 from serving.validation import InputError
 
@@ -79,7 +79,7 @@ class OipHttpApp:
         if rest in ([], ["health", "live"], ["health", "ready"]):
             expect(method, "GET")
             if not rest:
-                return ok({"name": "capsnet-pipeline", "version": "0.1.0", "extensions": EXTENSIONS})
+                return ok({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
             return readiness(rest[1] == "live" or self.is_ready())
         if len(rest) < 2 or rest[0] != "models":
             raise HttpError(404, f"no route {scope['path']}")
