@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
 READ_ONLY = ("/metadata",)  # APIs that only read: served and documented as GET
+# APIs whose answer needs something the named model may have been exported without (reconstructions,
+# the explorer's graphs): they can answer 422 (serving/validation.py: CapabilityError)
+CAPABILITY_ROUTES = ("/classify", "/classify_image", "/explain", "/explain_image", "/reconstruct", "/perturb")
 # BentoML logs every exception of an API call here ("Exception on /path [POST]" + traceback).
 BENTOML_REQUEST_LOGGER = "bentoml._internal.server.http_app"
 
@@ -291,14 +294,15 @@ class BufferedJsonRewrite:
 
 def complete_openapi(spec: dict[str, Any]) -> dict[str, Any]:
     """Say what BentoML's generated document leaves out: a request body with required fields is
-    itself required, and every API can answer 413 (body too large) and 503 (overloaded)."""
+    itself required, every API can answer 413 (body too large) and 503 (overloaded), and those that need
+    a capability of the named model 422."""
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/InternalServerError"}}}}
     for route in READ_ONLY:  # served as GET, without a body (ReadOnlyRoutes)
         operations = spec.get("paths", {}).get(route, {})
         if "post" in operations:
             operations["get"] = operations.pop("post")
             operations["get"].pop("requestBody", None)
-    for path in spec.get("paths", {}).values():
+    for route, path in spec.get("paths", {}).items():
         operation = path.get("post")
         if not operation or "x-bentoml-name" not in operation:
             continue
@@ -307,6 +311,9 @@ def complete_openapi(spec: dict[str, Any]) -> dict[str, Any]:
             body["required"] = True
         responses = operation.setdefault("responses", {})
         responses.setdefault("413", {"description": "Request body over CAPSNET_MAX_REQUEST_BYTES", **error})
+        if route in CAPABILITY_ROUTES:
+            responses.setdefault("422", {"description": "The named model was exported without what this "
+                                                        "needs (reconstructions, the explorer's graphs)", **error})
         responses.setdefault("503", {"description": "Overloaded: the request waited longer than "
                                                     "CAPSNET_MAX_LATENCY_MS for the model", **error})
     return spec
