@@ -89,23 +89,31 @@ model: setup  ## train the quick model, evaluate, export with parity, register, 
 pipeline: model  ## `model`, then serve it (HTTP :3000, OIP REST :8000, gRPC :8001) until Ctrl-C
 	$(MAKE) --no-print-directory serve
 
-# A trained model from a float16 weights file instead of training (training/weights_file.py): the
+# Trained models from float16 weights files instead of training (training/weights_file.py): each file's
 # SHA-256 is checked against the manifest beside it, then evaluate, export with parity, register and
-# verify as `model` does; `pretrained` serves it too. Default: the cpu-best MNIST model shipped in
-# weights/ (the `cpu-best` profile); WEIGHTS=NAME.safetensors for another (NAME.json beside it).
-WEIGHTS ?= weights/capsnet-mnist-cpu-best.safetensors
-WEIGHTS_RUN ?= runs/$(basename $(notdir $(WEIGHTS)))
+# verify as `model` does, one run folder per file ($(PRETRAINED_RUNS)/NAME); `pretrained` serves them
+# all. Default: every weights file shipped in weights/ (the cpu-best MNIST model, and each further
+# task's model once it is shipped); WEIGHTS="A.safetensors B.safetensors" for others (NAME.json beside each).
+WEIGHTS ?= $(sort $(wildcard weights/*.safetensors))
+PRETRAINED_RUNS ?= runs
+pretrained_run = $(PRETRAINED_RUNS)/$(basename $(notdir $(1)))
+# The blank line before endef ends each file's commands with a newline, so `foreach` keeps them apart.
+define unpack_evaluate_export_verify
+	$(BIN)/capsnet weights unpack $(1) -o $(call pretrained_run,$(1))/best.pt
+	$(call evaluate_export_verify,$(call pretrained_run,$(1)))
+
+endef
 # Checked before any set-up, so a missing file costs no install.
 weights-present:
-	@test -f "$(WEIGHTS)" || { echo "$(WEIGHTS): no such weights file. Pass" \
+	@test -n "$(strip $(WEIGHTS))" || { echo "no weights files: weights/ holds none and WEIGHTS is empty; pass WEIGHTS=NAME.safetensors" >&2; exit 2; }
+	@for w in $(WEIGHTS); do test -f "$$w" || { echo "$$w: no such weights file. Pass" \
 	  "WEIGHTS=NAME.safetensors with NAME.json beside it (capsnet weights pack -o NAME makes one from a run's" \
-	  "best.pt; the repository ships weights/capsnet-mnist-cpu-best.safetensors)." >&2; exit 2; }
+	  "best.pt; the repository ships weights/capsnet-mnist-cpu-best.safetensors)." >&2; exit 2; }; done
 
-pretrained-model: weights-present setup  ## the shipped weights file instead of training: unpack, evaluate, export, register, verify
-	$(BIN)/capsnet weights unpack $(WEIGHTS) -o $(WEIGHTS_RUN)/best.pt
-	$(call evaluate_export_verify,$(WEIGHTS_RUN))
+pretrained-model: weights-present setup  ## the shipped weights files instead of training: unpack, evaluate, export, register, verify each
+	$(foreach w,$(WEIGHTS),$(call unpack_evaluate_export_verify,$(w)))
 
-pretrained: pretrained-model  ## `pretrained-model`, then serve it until Ctrl-C
+pretrained: pretrained-model  ## `pretrained-model`, then serve them until Ctrl-C
 	$(MAKE) --no-print-directory serve
 
 # Serve the registered models (CAPSNET_MODEL_TAG: comma-separated tags; default: the newest version

@@ -181,8 +181,9 @@ def evaluate_weights(name: str | Path, data_dir: str | Path | None = None, batch
                   "device": str(dev), **scalar_metrics(metrics)}
     manifest = json.loads(manifest_path.read_text())
     write_json(manifest_path, {**manifest, "evaluation": evaluation})
+    examples = evaluation.get("num_images", evaluation.get("num_pairs"))  # digits, or two-digit pairs
     log.info("float16 weights: test accuracy %.4f on %d examples (the checkpoint: %s)", evaluation["accuracy"],
-             evaluation["num_images"], manifest["source_checkpoint"]["metrics"].get("test_accuracy"))
+             examples, manifest["source_checkpoint"]["metrics"].get("test_accuracy"))
     return evaluation
 
 

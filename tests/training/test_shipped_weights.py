@@ -17,6 +17,11 @@ from training.weights_file import WeightsFileError, load_weights, paths_of
 SHIPPED = sorted((REPO / "weights").glob("*.safetensors"))
 
 
+# A shipped model must beat what a user trains in minutes on this CPU: MNIST's quick profile (99.04 %
+# over three seeds) and the 12-epoch MultiMNIST run (79.5 % exact pairs; docs/crowded-scenes.md).
+TRAINED_IN_MINUTES = {"mnist": 0.99, "multimnist": 0.795}
+
+
 def test_the_cpu_best_mnist_weights_are_shipped():
     assert REPO / "weights" / "capsnet-mnist-cpu-best.safetensors" in SHIPPED
 
@@ -31,13 +36,15 @@ def test_a_shipped_file_matches_its_manifest(weights):
     assert [r["epoch"] for r in curve] == list(range(1, len(curve) + 1))
     best = max(r["val_accuracy"] for r in curve)
     assert manifest["source_checkpoint"]["metrics"]["best_val_accuracy"] == best  # selected on validation
-    # scored as users load it (float16) on the whole test set, within a few images of the checkpoint,
-    # and better than the quick model a user trains in minutes (99.06 %); the 99.5 % aim is
-    # reported in docs/weights.md, not assumed here
+    # scored as users load it (float16) on the whole test set, within a few examples of the checkpoint,
+    # and better than a model trained in minutes; the aims (99.5 %, the paper's 5.2 % pair
+    # error) are reported in docs/weights.md, not assumed here
     evaluation = manifest["evaluation"]
-    assert evaluation["num_images"] == 10_000 and evaluation["split"] == "test"
+    assert evaluation["split"] == "test" and evaluation["dataset"] == manifest["train_config"]["dataset"]
+    examples = evaluation.get("num_images", evaluation.get("num_pairs"))  # MNIST digits, or two-digit pairs
+    assert examples == {"mnist": 10_000, "multimnist": 100_000}[evaluation["dataset"]]
     assert abs(evaluation["accuracy"] - manifest["source_checkpoint"]["metrics"]["test_accuracy"]) <= 5e-4
-    assert evaluation["accuracy"] >= 0.99
+    assert evaluation["accuracy"] >= TRAINED_IN_MINUTES[evaluation["dataset"]]
     assert load_weights(weights)["epoch"] == manifest["source_checkpoint"]["epoch"]
 
 
@@ -57,3 +64,10 @@ def test_the_cpu_best_profile_resolves():
     config = PROFILES["cpu-best"]
     assert config.variant == "small" and config.dataset == "mnist" and config.epochs == 50
     assert config.model_config().image_size == 28
+
+
+def test_the_multimnist_cpu_best_profile_resolves():
+    config = PROFILES["multimnist-cpu-best"]
+    assert config.variant == "small" and config.dataset == "multimnist" and config.val_size == 10_000
+    assert config.model_config().image_size == 36
+    assert config.lr * config.lr_decay ** config.epochs <= 0.05 * config.lr  # ends decayed, as cpu-best does

@@ -122,6 +122,16 @@ def test_the_manifest_says_how_the_run_was_made(synthetic_data_dir, tmp_path):
     assert json.loads(paths_of(tmp_path / "w")[1].read_text())["training"] == manifest["training"]
 
 
+def test_a_two_digit_model_is_packed_and_scored_on_its_test_pairs(tiny_pair_checkpoint, synthetic_data_dir,
+                                                                   tmp_path):
+    name = tmp_path / "weights" / "pairs"
+    pack_weights(tiny_pair_checkpoint, name)
+    evaluation = evaluate_weights(name, synthetic_data_dir, device="cpu")
+    assert evaluation["dataset"] == "multimnist" and evaluation["num_pairs"] > 0
+    assert evaluation["exact_pair_error"] == pytest.approx(1 - evaluation["accuracy"])
+    assert load_weights(paths_of(name)[0])["train_config"]["dataset"] == "multimnist"
+
+
 def test_an_unpacked_checkpoint_cannot_be_resumed(packed, synthetic_data_dir, tmp_path):
     name, _ = packed
     run = tmp_path / "run"
@@ -144,23 +154,53 @@ def test_pack_cli_then_make_pretrained_model_unpacks_exports_registers_and_verif
     assert manifest["evaluation"]["num_images"] == 200
     venv = Path(sys.prefix)  # this venv, left as it is (-o: its set-up is not redone)
     make = ["make", "--no-print-directory", "-o", str(venv / ".installed-cpu"), f"VENV={venv}", "GPU=0",
-            "pretrained-model", f"WEIGHTS_RUN={tmp_path / 'run'}"]
+            "pretrained-model", f"PRETRAINED_RUNS={tmp_path / 'runs'}"]
     env = {**os.environ, "CAPSNET_DATA_DIR": str(synthetic_data_dir)}
     done = subprocess.run([*make, f"WEIGHTS={paths_of(name)[0]}"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     log = done.stdout + done.stderr
     assert "registered capsnet-mnist:" in log and "export.verify: parity passed" in log
-    evaluation = json.loads((tmp_path / "run" / "evaluation.json").read_text())
-    assert evaluation["num_images"] == 200 and (tmp_path / "run" / "export" / "decoder.onnx").is_file()
-    assert load_checkpoint(tmp_path / "run" / "best.pt")["weights_file"]["sha256"] == manifest["sha256"]
+    run = tmp_path / "runs" / "tiny"  # one run folder per weights file, named after it
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation["num_images"] == 200 and (run / "export" / "decoder.onnx").is_file()
+    assert load_checkpoint(run / "best.pt")["weights_file"]["sha256"] == manifest["sha256"]
 
     missing = subprocess.run([*make, f"WEIGHTS={tmp_path / 'none.safetensors'}"], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "no such weights file" in missing.stderr
     paths_of(name)[0].write_bytes(paths_of(name)[0].read_bytes()[:-2])  # a truncated copy
-    refused = subprocess.run([*make, f"WEIGHTS={paths_of(name)[0]}", f"WEIGHTS_RUN={tmp_path / 'bad'}"], cwd=REPO,
+    refused = subprocess.run([*make, f"WEIGHTS={paths_of(name)[0]}", f"PRETRAINED_RUNS={tmp_path / 'bad'}"], cwd=REPO,
                              env=env, capture_output=True, text=True, timeout=120)
     errors = [line for line in refused.stderr.splitlines() if " ERROR " in line]
     assert refused.returncode == 2 and len(errors) == 1 and "does not match" in errors[0]
     assert not (tmp_path / "bad").exists()
+
+
+def _pretrained_commands(*make_args: str) -> list[str]:
+    """The commands `make pretrained-model` would run (make -n: nothing runs, set-up left as it is)."""
+    venv = Path(sys.prefix)
+    done = subprocess.run(["make", "-n", "--no-print-directory", "-o", str(venv / ".installed-cpu"), f"VENV={venv}",
+                           "GPU=0", "pretrained-model", *make_args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [line.split(f"{venv}/bin/", 1)[1] for line in done.stdout.splitlines() if f"{venv}/bin/capsnet" in line]
+
+
+def test_make_pretrained_model_takes_every_weights_file_in_turn(tmp_path):
+    files = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    for f in files:
+        f.touch()
+    runs = tmp_path / "runs"
+    commands = _pretrained_commands(f"WEIGHTS={files[0]} {files[1]}", f"PRETRAINED_RUNS={runs}")
+    assert commands == [c for name in "ab" for c in (
+        f"capsnet weights unpack {tmp_path / name}.safetensors -o {runs / name}/best.pt",
+        f"capsnet evaluate {runs / name}/best.pt",
+        f"capsnet export {runs / name}/best.pt -o {runs / name}/export",
+        f"capsnet verify {runs / name}/export/model.onnx {runs / name}/best.pt")]
+
+
+def test_make_pretrained_model_defaults_to_every_shipped_weights_file():
+    shipped = sorted((REPO / "weights").glob("*.safetensors"))
+    unpacked = [c.split()[3] for c in _pretrained_commands() if c.startswith("capsnet weights unpack")]
+    assert unpacked == [f"weights/{p.name}" for p in shipped] and shipped
