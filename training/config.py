@@ -243,9 +243,10 @@ PROFILES: dict[str, TrainConfig] = {
     "multimnist-quick": TrainConfig(variant="small", dataset="multimnist", epochs=4, lr=2e-3, lr_decay=0.8,
                                     max_shift=4, val_size=10_000),
     # The longest MultiMNIST run that fits about two hours of this 2-core CPU (issue 20): 32 epochs of
-    # ~200 s (1.6 M pairs), quick's rate 2e-3 decayed 0.91 per epoch, so it ends at 5 % of it as cpu-best
-    # does (0.91^32 = 0.049). Quick's schedule for 12 epochs was still gaining 0.5 points of validation
-    # per epoch when its rate had fallen to 7 % (docs/crowded-scenes.md): slower decay, longer run.
+    # ~160 s measured alone (1.6 M pairs, 85 min: the shipped weights/capsnet-multimnist-cpu-best),
+    # quick's rate 2e-3 decayed 0.91 per epoch, so it ends at 5 % of it as cpu-best does (0.91^32 = 0.049).
+    # Quick's schedule for 12 epochs was still gaining 0.5 points of validation per epoch when its rate
+    # had fallen to 7 % (docs/crowded-scenes.md): slower decay, longer run.
     "multimnist-cpu-best": TrainConfig(variant="small", dataset="multimnist", epochs=32, lr=2e-3, lr_decay=0.91,
                                        max_shift=4, val_size=10_000),
     # The paper: decay 0.96 every 20,000 steps, 60 M training pairs (1,200 epochs), for a GPU.
