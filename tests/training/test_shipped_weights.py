@@ -5,12 +5,13 @@ images is a benchmark, not a test: `make pretrained-model` does it.)"""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
 
 from tests.helpers import REPO
-from training.config import PROFILES
+from training.config import PROFILES, RESUMABLE_OVERRIDES
 from training.fileio import sha256_file
 from training.weights_file import WeightsFileError, load_weights, paths_of
 
@@ -46,6 +47,19 @@ def test_a_shipped_file_matches_its_manifest(weights):
     assert abs(evaluation["accuracy"] - manifest["source_checkpoint"]["metrics"]["test_accuracy"]) <= 5e-4
     assert evaluation["accuracy"] >= TRAINED_IN_MINUTES[evaluation["dataset"]]
     assert load_weights(weights)["epoch"] == manifest["source_checkpoint"]["epoch"]
+
+
+@pytest.mark.parametrize("weights", SHIPPED, ids=lambda p: p.name)
+def test_the_profile_a_shipped_file_names_trains_it_today(weights):
+    # `capsnet train --profile NAME` must still reproduce the file: a profile edited after its weights
+    # were packed would make the README's recipe and the shipped model disagree
+    manifest = json.loads(paths_of(weights)[1].read_text())
+    profile = re.search(r"--profile (\S+)", manifest["training"]["command"])
+    assert profile, "the manifest's command names no profile"
+    today = PROFILES[profile.group(1)].to_dict()
+    recorded = manifest["train_config"]
+    differ = {k for k in today.keys() | recorded.keys() if today.get(k) != recorded.get(k)}
+    assert differ <= set(RESUMABLE_OVERRIDES), f"profile {profile.group(1)} changed since packing: {sorted(differ)}"
 
 
 @pytest.mark.parametrize("weights", SHIPPED, ids=lambda p: p.name)
