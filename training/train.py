@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     o = p.add_argument_group("overrides of the profile's settings")
     o.add_argument("--variant", choices=[*VARIANTS, *CNN_VARIANTS],
-                   help="the network: a CapsNet (paper, small, tiny) or a baseline CNN (cnn-...)")
+                   help="the network: a CapsNet (paper, medium, small, tiny) or a baseline CNN (cnn-...)")
     o.add_argument("--dataset", choices=sorted(TASKS),
                    help="translated-mnist: MNIST on a 40x40 canvas within +-max-shift (train for affine tests)")
     o.add_argument("--routing-iters", type=int)
