@@ -76,7 +76,7 @@ def test_a_tampered_copy_is_refused(weights, tmp_path):
 
 def test_the_cpu_best_profile_resolves():
     config = PROFILES["cpu-best"]
-    assert config.variant == "small" and config.dataset == "mnist" and config.epochs == 50
+    assert config.variant == "medium" and config.dataset == "mnist" and config.epochs == 40
     assert config.model_config().image_size == 28
 
 
