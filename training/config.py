@@ -231,7 +231,7 @@ PROFILES: dict[str, TrainConfig] = {
     # The best MNIST model this 2-core CPU trains in about two hours (issue 20): the `medium` network
     # (3.5 M parameters), 40 epochs of ~137 s measured with nothing beside it (91 min in one piece,
     # 2026-12-02), resumable in pieces with --time-limit. It replaced the `small` network's 50 epochs (decay
-    # 0.94) by a rule written before either ran to the end and judged on validation only: over the last ten
+    # 0.94) by a rule written before the medium run ended and judged on validation only: over the last ten
     # epochs medium averaged 99.63 % (best 99.68 %) against small's 99.52 % (best 99.60 %). A short
     # equal-time search (benchmarks/cpu_best_search.py: 7 minutes each) had favoured small, which learns
     # faster at first; medium is ahead once both have two hours. lr 2e-3 learned faster than 1e-3 and
