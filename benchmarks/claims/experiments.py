@@ -66,7 +66,7 @@ SCALES = {
                  fractions=(0.01, 0.1, 1.0), seeds=(0, 1), routing_iters=(1, 2, 3, 5), routing_epochs=3,
                  crowded_epochs=5, test_partners=2),
     # The affine claim at the paper's operating point on this CPU (50 minutes on 2026-12-02: the CapsNet
-    # 33 to reach 99.0 %, the CNN 13, the scores 4; the same CapsNet run took 52 minutes in 2026-11, as
+    # 33 to reach 99.0 %, the CNN 13, the scores 4; the same CapsNet run took 52 minutes on 2026-12-01, as
     # this machine's speed varies; the 90-minute time box lets a slow day resume): two matched networks
     # on translated MNIST until validation reaches 99.0 % (the paper compared at 99.23 %), validated
     # every 300 steps (38,400 images) so the matched checkpoints are close; the learning rate decays
