@@ -2,7 +2,9 @@
 speak it), so existing Triton/KServe clients work unchanged.
 
 The message classes come from tritonclient's generated code of the same .proto. ModelInfer hands
-its validated images to the same batched model call as HTTP.
+its validated images to the same batched model call as HTTP, once the model's admission (serving/
+admission.py) has let it in; a full model answers UNAVAILABLE with `retry-after` (seconds) and gRPC's
+`grpc-retry-pushback-ms` in the trailing metadata.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from serving.admission import Admission, Overloaded
 from serving.oip import SERVER_NAME, SERVER_VERSION, OipModel, image_tensor
 from serving.settings import ServingSettings
 from serving.validation import InputError
@@ -28,10 +31,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     served model (by the protocol's model name); the other methods of the service answer UNIMPLEMENTED
     (the generated base class does that)."""
 
-    def __init__(self, models: dict[str, OipModel], is_ready: Callable[[], bool], max_images: int) -> None:
+    def __init__(self, models: dict[str, OipModel], is_ready: Callable[[], bool], max_images: int,
+                 admission: Admission) -> None:
         self.models = models
         self.is_ready = is_ready
         self.max_images = max_images
+        self.admission = admission
 
     async def _model(self, name: str, version: str, context: grpc.aio.ServicerContext) -> OipModel:
         model = self.models.get(name)
@@ -67,22 +72,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if len(request.inputs) != 1:
             raise InputError(f"expected exactly one input named 'image', got {[i.name for i in request.inputs]}")
         tensor = request.inputs[0]
+        if len(request.raw_input_contents) > 1:  # one raw content per input, or none (typed contents)
+            raise InputError(f"{len(request.raw_input_contents)} raw_input_contents for 1 input; send one "
+                             "(or none, with the values in the input's contents)")
         values = request.raw_input_contents[0] if request.raw_input_contents else \
             (tensor.contents.fp32_contents if tensor.datatype == "FP32" else tensor.contents.uint_contents)
         return image_tensor(tensor.name, tensor.datatype, list(tensor.shape), values, self.max_images, image_size)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         model = await self._model(request.model_name, request.model_version, context)
+        # context.abort raises, so every abort is outside the try blocks that catch exceptions
+        problem: tuple[grpc.StatusCode, str] | None = None
         try:
-            images = self._images(request, model.image_size)
-            wanted = model.wanted_outputs([o.name for o in request.outputs])
+            with self.admission.admit(request.model_name):
+                images = self._images(request, model.image_size)
+                wanted = model.wanted_outputs([o.name for o in request.outputs])
+                outputs = await model.infer(images)
         except InputError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        try:
-            outputs = await model.infer(images)
+            problem = grpc.StatusCode.INVALID_ARGUMENT, str(e)
+        except Overloaded as e:  # counted and summarised by the admission; no line per request
+            context.set_trailing_metadata((("retry-after", str(e.retry_after_s)),
+                                           ("grpc-retry-pushback-ms", str(1000 * e.retry_after_s))))
+            problem = grpc.StatusCode.UNAVAILABLE, str(e)
         except Exception:
             log.exception("inference failed")
-            await context.abort(grpc.StatusCode.INTERNAL, "inference failed; see the server log")
+            problem = grpc.StatusCode.INTERNAL, "inference failed; see the server log"
+        if problem is not None:
+            await context.abort(*problem)
         response = pb.ModelInferResponse(model_name=request.model_name, model_version=model.version,
                                          id=request.id)
         for name in wanted:
@@ -114,9 +130,9 @@ async def start_grpc_server(servicer: InferenceServicer, port: int, max_message_
     return server
 
 
-async def serve_over_grpc(models: dict[str, OipModel], is_ready: Callable[[], bool], settings: ServingSettings
-                          ) -> grpc.aio.Server:
+async def serve_over_grpc(models: dict[str, OipModel], is_ready: Callable[[], bool], settings: ServingSettings,
+                          admission: Admission) -> grpc.aio.Server:
     """The Open Inference Protocol server for `models` (name -> model), as the settings say."""
-    servicer = InferenceServicer(models, is_ready=is_ready, max_images=settings.max_batch_size)
+    servicer = InferenceServicer(models, is_ready=is_ready, max_images=settings.max_batch_size, admission=admission)
     return await start_grpc_server(servicer, settings.grpc_port, settings.max_request_bytes,
                                    shared_port=settings.workers > 1)

@@ -4,7 +4,9 @@
   for its own 4xx and a pydantic error list under `detail`; the OpenAPI document declares the
   object with a string).
 - Limits before BentoML parses a body: 413 over CAPSNET_MAX_REQUEST_BYTES; 400 for a text value in
-  a file field (BentoML would take it for a URL and fetch it, or fail with a 500).
+  a file field (BentoML would take it for a URL and fetch it, or fail with a 500); 503 with
+  Retry-After when the model a request names is full (serving/admission.py), and the same answer
+  for a request BentoML's batcher shed after the latency budget, with no traceback in the log.
 - A client's mistake is logged as one WARNING line, not as an ERROR with a traceback.
 - Requests BentoML would parse the wrong way get a 400: a JSON API sent a form (BentoML parses it
   as multipart and fails with a 500), an upload API sent anything but multipart (BentoML reads a
@@ -19,12 +21,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.staticfiles import StaticFiles
+
+from serving.admission import PAST_BUDGET, Admission, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +156,87 @@ class BodySizeLimit:
                 await send_error(send, 413, reject)
 
 
+# Where the `model` field of a request body names its model: a JSON string value, or a multipart form
+# field. Scanned in the raw bytes so that a refusal costs no parse; a body that names none (or hides the
+# name, e.g. with escapes) counts against the default model, and BentoML still parses it properly.
+JSON_MODEL_FIELD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
+FORM_MODEL_FIELD = re.compile(rb'name="model"[^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n([^\r\n]{1,200})\r\n')
+
+
+def model_named_in(body: bytes, multipart: bool) -> str | None:
+    """The model a JSON or multipart body names in its `model` field, or None."""
+    found = (FORM_MODEL_FIELD if multipart else JSON_MODEL_FIELD).search(body)
+    return found.group(1).decode("utf-8", "replace") if found else None
+
+
+async def read_body(receive: Any) -> tuple[bytes, Any]:
+    """The whole request body, and a receive that replays it to the app."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # the client went away; the app sees an empty body
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return body, replay
+
+
+class AdmissionGate:
+    """Admission control for the APIs that feed a model's batcher, before BentoML parses anything.
+
+    `routes`: path -> the model it feeds (BentoML's own batchable `infer` APIs), or None for the APIs
+    whose body names the model (`classify`, `classify_image`; none named: `default_model`). A request
+    the model's admission refuses gets 503 + Retry-After at once. A 503 from inside (BentoML's batcher
+    shed the request after the latency budget) is answered the same way; on the body-named routes
+    the service counted it already (serving/service.py), on the others it is counted here."""
+
+    def __init__(self, app: Any, admission: Admission, routes: dict[str, str | None], default_model: str) -> None:
+        self.app, self.admission, self.routes, self.default_model = app, admission, routes, default_model
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.routes:
+            await self.app(scope, receive, send)
+            return
+        model = self.routes[scope["path"]]
+        counted_inside = model is None
+        if model is None:
+            body, receive = await read_body(receive)
+            model = model_named_in(body, media_type(scope) == "multipart/form-data") or self.default_model
+        try:
+            with self.admission.admit(model):
+                await self.app(scope, receive, ShedAnswer(send, lambda: self.admission.refuse(
+                    model, PAST_BUDGET, count=not counted_inside)))
+        except Overloaded as e:
+            await send_overloaded(send, e)
+
+
+async def send_overloaded(send: Any, e: Overloaded) -> None:
+    await send_error(send, 503, str(e), [(b"retry-after", str(e.retry_after_s).encode())])
+
+
+class ShedAnswer:
+    """An ASGI `send` that replaces a 503 response with `shed()`'s Overloaded answer (Retry-After, and
+    a message that says which setting governs it); every other response passes unchanged."""
+
+    def __init__(self, send: Any, shed: Any) -> None:
+        self.send, self.shed, self.replacing = send, shed, False
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 503:
+            self.replacing = True
+            return
+        if not self.replacing:
+            await self.send(message)
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            await send_overloaded(self.send, self.shed())
+
+
 def media_type(scope: Scope) -> str:
     """The request's Content-Type without parameters, lower case ('' when absent)."""
     value = dict(scope.get("headers", [])).get(b"content-type", b"").decode("latin-1")
@@ -198,19 +284,7 @@ class RequestGuard:
     @staticmethod
     async def _check_files(scope: Scope, receive: Any, field: str) -> tuple[Any, str | None]:
         """Read the body, check every value of `field` is a file; return a replaying receive and the problem."""
-        chunks = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break  # the client went away; the app sees an empty body
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-
-        async def replay() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
+        _, replay = await read_body(receive)
         try:
             async with Request(scope, replay).form() as form:
                 values = form.getlist(field)
@@ -314,17 +388,24 @@ def complete_openapi(spec: dict[str, Any]) -> dict[str, Any]:
         if route in CAPABILITY_ROUTES:
             responses.setdefault("422", {"description": "The named model was exported without what this "
                                                         "needs (reconstructions, the explorer's graphs)", **error})
-        responses.setdefault("503", {"description": "Overloaded: the request waited longer than "
-                                                    "CAPSNET_MAX_LATENCY_MS for the model", **error})
+        responses.setdefault("503", {"description": "Overloaded: the model already had CAPSNET_MAX_QUEUE "
+                                                    "requests, or this one waited longer than "
+                                                    "CAPSNET_MAX_LATENCY_MS; retry after Retry-After seconds",
+                                     **error})
     return spec
 
 
 class ClientErrorsAsOneLine(logging.Filter):
     """Turns BentoML's "Exception on /path" ERROR + traceback into one WARNING line when the exception
-    is the client's fault (invalid input: a 4xx); server faults keep their traceback."""
+    is the client's fault (invalid input: a 4xx), and drops it for a request shed as overloaded (503:
+    the admission counts those and logs one summary line per interval); server faults keep their traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from bentoml.exceptions import ServiceUnavailable
+
         exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ServiceUnavailable):
+            return False
         status = client_error_status(exc)
         if status is not None:
             # BentoML's message is "Exception on %s [%s]" % (path, method): say it as our own lines do
@@ -348,15 +429,18 @@ def client_error_status(exc: BaseException | None) -> int | None:
     return None
 
 
-def install(service: Any, max_request_bytes: int, uploads: dict[str, str]) -> None:
+def install(service: Any, max_request_bytes: int, uploads: dict[str, str], admission: Admission,
+            gated: dict[str, str | None], default_model: str) -> None:
     """Add the middleware to a BentoML service (outermost first) and the log filter.
 
-    `uploads`: route -> the multipart field that must hold files (see RequestGuard).
+    `uploads`: route -> the multipart field that must hold files (see RequestGuard); `gated`: the
+    routes under admission control and the model each feeds (see AdmissionGate).
     """
     service.add_asgi_middleware(ErrorShape)
     service.add_asgi_middleware(ApiDocs)
     service.add_asgi_middleware(ReadOnlyRoutes)
     service.add_asgi_middleware(BodySizeLimit, max_bytes=max_request_bytes)
+    service.add_asgi_middleware(AdmissionGate, admission=admission, routes=gated, default_model=default_model)
     service.add_asgi_middleware(RequestGuard, uploads=uploads)
     bentoml_logger = logging.getLogger(BENTOML_REQUEST_LOGGER)
     if not any(isinstance(f, ClientErrorsAsOneLine) for f in bentoml_logger.filters):

@@ -14,6 +14,8 @@ work, one route table. It feeds the same per-model batchers as the BentoML APIs 
 
 Errors are `{"error": "..."}`: 400 for a bad request or tensor, 404 for an unknown model, version or
 route, 405 for a wrong method, 413 for a body over CAPSNET_MAX_REQUEST_BYTES; one log line each.
+503 with Retry-After when the model is full (serving/admission.py), decided before the body is read;
+those are counted and summarised, not logged one by one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 import uvicorn
 from google.protobuf import json_format
 
+from serving.admission import Admission, Overloaded
 from serving.oip import SERVER_NAME, SERVER_VERSION, OipModel, image_tensor
 from serving.settings import ServingSettings
 from serving.validation import InputError
@@ -49,9 +52,10 @@ class OipHttpApp:
     """The ASGI app: `models` by name, `is_ready` for the health and readiness routes."""
 
     def __init__(self, models: dict[str, OipModel], is_ready: Callable[[], bool], max_images: int,
-                 max_request_bytes: int) -> None:
+                 max_request_bytes: int, admission: Admission) -> None:
         self.models, self.is_ready = models, is_ready
         self.max_images, self.max_request_bytes = max_images, max_request_bytes
+        self.admission = admission
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -62,6 +66,8 @@ class OipHttpApp:
         except HttpError as e:
             log.warning("%s %s: %d %s", method, path, e.status, e)
             status, body, headers = e.status, json.dumps({"error": str(e)}).encode(), {}
+        except Overloaded as e:  # counted and summarised by the admission; no line per request
+            status, body, headers = 503, json.dumps({"error": str(e)}).encode(), {"retry-after": e.retry_after_s}
         except Exception:
             log.exception("%s %s failed", method, path)
             status, body, headers = 500, b'{"error": "inference failed; see the server log"}', {}
@@ -100,7 +106,8 @@ class OipHttpApp:
             return ok(config_json(model.config(name, self.max_images)))
         if action == "infer":
             expect(method, "POST")
-            return await self.infer(name, model, scope, await self.body(scope, receive))
+            with self.admission.admit(name):  # before the body is read: refusing costs next to nothing
+                return await self.infer(name, model, scope, await self.body(scope, receive))
         raise HttpError(404, f"no route {scope['path']}")
 
     def model(self, name: str, version: str) -> OipModel:
@@ -192,6 +199,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         request = json.loads(body[:cut])
     except ValueError as e:  # a bad header value, or JSON that does not parse
         raise HttpError(400, f"the request is not a JSON inference request: {e}") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise HttpError(400, "the request is not a JSON inference request: nested too deeply") from None
     if not isinstance(request, dict):
         raise HttpError(400, "the request must be a JSON object")
     return request, body[cut:]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from serving.admission import Admission
 from serving.grpc_server import serve_over_grpc
 from serving.oip import OipModel
 from serving.oip_http import OipHttpApp, serve_over_http
@@ -19,9 +20,9 @@ class ProtocolServers:
 
     @classmethod
     async def start(cls, models: dict[str, OipModel], is_ready: Callable[[], bool],
-                    settings: ServingSettings) -> ProtocolServers:
-        grpc_server = await serve_over_grpc(models, is_ready, settings)
-        app = OipHttpApp(models, is_ready, settings.max_batch_size, settings.max_request_bytes)
+                    settings: ServingSettings, admission: Admission) -> ProtocolServers:
+        grpc_server = await serve_over_grpc(models, is_ready, settings, admission)
+        app = OipHttpApp(models, is_ready, settings.max_batch_size, settings.max_request_bytes, admission)
         return cls(grpc_server, *await serve_over_http(app, settings))
 
     async def stop(self) -> None:

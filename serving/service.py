@@ -6,7 +6,9 @@ One `bentoml serve` serves several registered models (serving/served_models.py),
 `batchable=True` API (`infer`, `infer_<name>`: serving/api_types.py) whose adaptive batcher merges
 concurrent calls into one ONNX Runtime run. classify, classify_image and the protocols' infer validate
 per request, then hand the array to that batcher in-process (serving/batcher.py), so every protocol
-shares batches. Settings: CAPSNET_* variables (serving/settings.py). No torch, no training code.
+shares batches. Every protocol's requests to a model pass one admission (serving/admission.py): a full
+model answers 503 + Retry-After / UNAVAILABLE at once. Settings: CAPSNET_* variables
+(serving/settings.py). No torch, no training code.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Any
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import InvalidArgument, NotFound, UnprocessableEntity
+from bentoml.exceptions import InvalidArgument, NotFound, ServiceUnavailable, UnprocessableEntity
 
-from serving import explorer, http_app
+from serving import explorer, http_app, metrics
+from serving.admission import PAST_BUDGET, Admission, Overloaded
 from serving.api_types import (
     Explanations,
     ImageFiles,
@@ -64,6 +67,12 @@ def client_errors() -> Iterator[None]:
         raise InvalidArgument(str(e)) from None
     except UnknownModelError as e:
         raise NotFound(str(e)) from None
+    except Overloaded as e:  # answered 503 + Retry-After by http_app.AdmissionGate, without a traceback
+        raise ServiceUnavailable(str(e)) from None
+
+
+# One per server process, shared by the BentoML APIs (http_app.AdmissionGate), OIP REST and gRPC.
+admission = Admission(settings.max_queue, settings.retry_after_s, on_refused=metrics.count_refused)
 
 
 class _CapsNetService:
@@ -77,16 +86,21 @@ class _CapsNetService:
         self.batchers = Batchers(self, settings.in_process_batcher)  # serving/batcher.py says why
 
     async def _predict(self, images: np.ndarray, model: ServedModel) -> dict[str, np.ndarray]:
-        """Validated [N, 1, S, S] for `model` -> its unpacked outputs, via its infer API's batcher."""
+        """Validated [N, 1, S, S] for `model` -> its unpacked outputs, via its infer API's batcher.
+        Overloaded (counted) when the batcher shed the request after the latency budget."""
         api = infer_api_name(self.core.models.index(model))
-        return self.core.unpack(await self.batchers.get(api)(images), model)
+        try:
+            packed = await self.batchers.get(api)(images)
+        except ServiceUnavailable:  # BentoML's batcher: "process is overloaded"
+            raise admission.refuse(model.name, PAST_BUDGET) from None
+        return self.core.unpack(packed, model)
 
     @bentoml.on_startup
     async def start_protocols(self) -> None:
         """The Open Inference Protocol over gRPC and REST, each on its own port."""
         models = {m.name: OipModel(m.version, functools.partial(self._predict, model=m), m.image_size, m.output_dims,
                                    on_gpu=m.runtime.provider == CUDA) for m in self.core.models}
-        self.protocols = await ProtocolServers.start(models, self._ready, settings)
+        self.protocols = await ProtocolServers.start(models, self._ready, settings, admission)
 
     @bentoml.on_shutdown
     async def stop_protocols(self) -> None:
@@ -103,8 +117,8 @@ class _CapsNetService:
         return self._ready()
 
     async def _answer(self, batch: np.ndarray, model: ServedModel, reconstructions: bool) -> list[Prediction]:
-        outputs = await self._predict(batch, model)
         with client_errors():
+            outputs = await self._predict(batch, model)
             return self.core.predictions(outputs, model, reconstructions)
 
     @bentoml.api
@@ -183,7 +197,8 @@ class _CapsNetService:
     async def metadata(self) -> dict[str, Any]:
         """The served models (each with its input size and task; the default one's details at the top
         level), the ONNX Runtime provider in use, batching settings and statistics, versions."""
-        return self.core.metadata(self.batchers.in_process("infer"), {"bentoml": bentoml.__version__})
+        return {**self.core.metadata(self.batchers.in_process("infer"), {"bentoml": bentoml.__version__}),
+                "admission": admission.snapshot()}
 
 
 # The per-model store references and infer APIs join the declared ones as class attributes.
@@ -193,6 +208,10 @@ CapsNetService = bentoml.service(name="capsnet", workers=settings.workers, traff
                                  runner_connection={"max_requests": 1_000_000_000, "max_age": 1e9})(
     type("CapsNetService", (_CapsNetService,), per_model_attributes()))
 http_app.install(CapsNetService, settings.max_request_bytes,
-                 uploads={"/classify_image": "images", "/explain_image": "images"})
+                 uploads={"/classify_image": "images", "/explain_image": "images"}, admission=admission,
+                 # the APIs that feed a batcher: the body names the model, or the route is the model's own
+                 gated={"/classify": None, "/classify_image": None,
+                        **{f"/{infer_api_name(i)}": name for i, name in enumerate(NAMES)}},
+                 default_model=NAMES[0])
 # The explorer page (serving/explorer/: static files, no build step) at /explorer/.
 CapsNetService.mount_asgi_app(http_app.explorer_page(), path="/explorer", name="explorer")

@@ -38,6 +38,11 @@ class ServingSettings:
     model_tags: tuple[str, ...] = ()
     max_batch_size: int = 64  # CAPSNET_MAX_BATCH_SIZE: largest batch the model sees, and per request
     max_latency_ms: int = 1000  # CAPSNET_MAX_LATENCY_MS: requests queued longer are shed with 503
+    # CAPSNET_MAX_QUEUE: requests each model admits at once, over every protocol; the next gets 503 +
+    # Retry-After / UNAVAILABLE at once (serving/admission.py). 128 = two full batches: measured
+    # in benchmarks/overload.py, it keeps the batcher full and the wait well inside the latency budget.
+    max_queue: int = 128
+    retry_after_s: int = 1  # CAPSNET_RETRY_AFTER_S: what a refused request's Retry-After says
     grpc_port: int = 8001  # CAPSNET_GRPC_PORT
     oip_http_port: int = 8000  # CAPSNET_OIP_HTTP_PORT: the Open Inference Protocol over REST
     require_gpu: bool = False  # CAPSNET_REQUIRE_GPU: readiness fails unless CUDA is in use
@@ -53,6 +58,8 @@ class ServingSettings:
             model_tags=tuple(t.strip() for t in env.get("CAPSNET_MODEL_TAG", "").split(",") if t.strip()),
             max_batch_size=int(env.get("CAPSNET_MAX_BATCH_SIZE", d.max_batch_size)),
             max_latency_ms=int(env.get("CAPSNET_MAX_LATENCY_MS", d.max_latency_ms)),
+            max_queue=int(env.get("CAPSNET_MAX_QUEUE", d.max_queue)),
+            retry_after_s=int(env.get("CAPSNET_RETRY_AFTER_S", d.retry_after_s)),
             grpc_port=int(env.get("CAPSNET_GRPC_PORT", d.grpc_port)),
             oip_http_port=int(env.get("CAPSNET_OIP_HTTP_PORT", d.oip_http_port)),
             require_gpu=_flag(env.get("CAPSNET_REQUIRE_GPU", "false")),
@@ -62,6 +69,10 @@ class ServingSettings:
         )
         if settings.max_batch_size < 2:
             raise ValueError("CAPSNET_MAX_BATCH_SIZE must be at least 2")
+        if settings.max_queue < 1:
+            raise ValueError("CAPSNET_MAX_QUEUE must be at least 1")
+        if settings.retry_after_s < 1:
+            raise ValueError("CAPSNET_RETRY_AFTER_S must be at least 1 (HTTP's Retry-After counts whole seconds)")
         if settings.workers < 1:
             raise ValueError("CAPSNET_WORKERS must be at least 1")
         return settings

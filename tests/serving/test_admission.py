@@ -1,0 +1,261 @@
+"""Admission control (serving/admission.py) in-process, on each front end it guards: the BentoML APIs'
+ASGI gate (serving/http_app.py), OIP REST (serving/oip_http.py) and OIP gRPC (serving/grpc_server.py).
+A model whose inference waits on an event makes "the queue is full" exact instead of a race."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from tritonclient.grpc import service_pb2 as pb
+
+from serving.admission import PAST_BUDGET, QUEUE_FULL, Admission, Overloaded
+from serving.grpc_server import InferenceServicer
+from serving.http_app import AdmissionGate, ClientErrorsAsOneLine, model_named_in
+from serving.oip import OipModel
+from serving.oip_http import OipHttpApp
+
+OUTPUTS = {"probabilities": [10], "poses": [10, 16]}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_admits_up_to_the_limit_then_refuses_with_the_setting_named():
+    admission = Admission(max_queue=2, retry_after_s=3)
+    with admission.admit("a"), admission.admit("a"):
+        with pytest.raises(Overloaded) as refused:
+            with admission.admit("a"):
+                pass
+        with admission.admit("b"):  # another model has its own places
+            assert admission.snapshot()["waiting"] == {"a": 2, "b": 1}
+    assert refused.value.reason == QUEUE_FULL and refused.value.retry_after_s == 3
+    assert "CAPSNET_MAX_QUEUE" in str(refused.value) and "retry after 3 s" in str(refused.value)
+    with admission.admit("a"):  # places come back when a request is answered, also after an error
+        pass
+    with pytest.raises(RuntimeError), admission.admit("a"):
+        raise RuntimeError("inference failed")
+    assert admission.snapshot() == {"max_queue": 2, "retry_after_s": 3, "waiting": {},
+                                    "refused": {"a": {QUEUE_FULL: 1}}}
+
+
+def test_refusals_are_counted_and_summarised_once_per_interval(caplog):
+    clock, seen = Clock(), []
+    admission = Admission(1, 1, on_refused=lambda model, reason: seen.append((model, reason)), clock=clock,
+                          summary_interval_s=10)
+    with caplog.at_level(logging.WARNING, logger="serving.admission"):
+        for i in range(500):
+            clock.now = i * 0.01  # 500 refusals within 5 s: no line yet
+            admission.refuse("m", QUEUE_FULL if i % 5 else PAST_BUDGET)
+        assert caplog.records == []
+        clock.now = 10.5
+        admission.refuse("m", QUEUE_FULL)  # the window is over: one line for all 501
+    assert len(seen) == 501 and seen[0] == ("m", PAST_BUDGET)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "refused 501 requests" in line and "401 queue full (CAPSNET_MAX_QUEUE)" in line
+    assert "100 past latency budget (CAPSNET_MAX_LATENCY_MS)" in line
+    assert admission.refuse("m", PAST_BUDGET, count=False).reason == PAST_BUDGET  # already counted elsewhere
+    assert admission.snapshot()["refused"] == {"m": {QUEUE_FULL: 401, PAST_BUDGET: 100}}
+
+
+def test_the_model_is_read_from_the_raw_body_without_parsing_it():
+    assert model_named_in(b'{"images": [[[0.5]]], "model" : "capsnet-multimnist"}', multipart=False) == \
+        "capsnet-multimnist"
+    assert model_named_in(b'{"images": [[[0.5]]]}', multipart=False) is None
+    form = (b'--b\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n'
+            b'Content-Type: image/png\r\n\r\n\x89PNG...\r\n--b\r\n'
+            b'Content-Disposition: form-data; name="model"\r\n\r\ncapsnet-fashion-mnist\r\n--b--\r\n')
+    assert model_named_in(form, multipart=True) == "capsnet-fashion-mnist"
+
+
+class Blocking:
+    """A model call that waits until released; counts how many calls reached it."""
+
+    def __init__(self) -> None:
+        self.release, self.calls = asyncio.Event(), 0
+
+    async def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        self.calls += 1
+        await self.release.wait()
+        n = len(images)
+        return {"probabilities": np.full((n, 10), 0.1, np.float32), "poses": np.zeros((n, 10, 16), np.float32)}
+
+
+def run(scenario, timeout: float = 20.0):
+    """asyncio.run with a deadline: a request that should have been refused but waits fails the test."""
+    return asyncio.run(asyncio.wait_for(scenario, timeout))
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+def oip_request(n: int = 1) -> dict:
+    return {"inputs": [{"name": "image", "datatype": "FP32", "shape": [n, 1, 28, 28], "data": [0.5] * (784 * n)}]}
+
+
+def test_oip_rest_refuses_past_the_limit_with_503_and_retry_after_then_serves_again():
+    async def scenario() -> None:
+        model, admission = Blocking(), Admission(max_queue=2, retry_after_s=2)
+        app = OipHttpApp({"m": OipModel("1", model, 28, OUTPUTS)}, lambda: True, 8, 1 << 20, admission)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
+            held = [asyncio.create_task(client.post("/v2/models/m/infer", json=oip_request())) for _ in range(2)]
+            await until(lambda: model.calls == 2)
+            refused = await client.post("/v2/models/m/infer", json=oip_request())
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+            assert "CAPSNET_MAX_QUEUE" in refused.json()["error"] and "overloaded" in refused.json()["error"]
+            assert model.calls == 2  # refused before its body was parsed or queued
+            model.release.set()
+            assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
+            again = await client.post("/v2/models/m/infer", json=oip_request())
+            assert again.status_code == 200 and again.json()["outputs"][0]["shape"] == [1, 10]
+
+    run(scenario())
+
+
+def test_oip_rest_answers_a_shed_request_503_and_deep_json_400():
+    async def shed(images: np.ndarray) -> dict[str, np.ndarray]:
+        raise admission.refuse("m", PAST_BUDGET)
+
+    admission = Admission(4, 1)
+    app = OipHttpApp({"m": OipModel("1", shed, 28, OUTPUTS)}, lambda: True, 8, 4 << 20, admission)
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
+            answer = await client.post("/v2/models/m/infer", json=oip_request())
+            assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+            assert "CAPSNET_MAX_LATENCY_MS" in answer.json()["error"]
+            deep = await client.post("/v2/models/m/infer", content=b"[" * 100_000 + b"]" * 100_000)
+            assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]
+
+    run(scenario())
+    assert admission.snapshot()["refused"] == {"m": {PAST_BUDGET: 1}}
+
+
+class Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class FakeContext:
+    """What InferenceServicer uses of grpc.aio.ServicerContext."""
+
+    def __init__(self) -> None:
+        self.trailing: tuple = ()
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise Aborted(code, details)
+
+    def set_trailing_metadata(self, metadata: tuple) -> None:
+        self.trailing = metadata
+
+
+def grpc_request(raw_contents: int = 1) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="image", datatype="FP32", shape=[1, 1, 28, 28])
+    for _ in range(raw_contents):
+        request.raw_input_contents.append(np.full((1, 1, 28, 28), 0.5, "<f4").tobytes())
+    return request
+
+
+def test_grpc_refuses_past_the_limit_with_unavailable_and_retry_metadata():
+    async def scenario() -> None:
+        model = Blocking()
+        servicer = InferenceServicer({"m": OipModel("1", model, 28, OUTPUTS)}, lambda: True, 8, Admission(1, 2))
+        held = asyncio.create_task(servicer.ModelInfer(grpc_request(), FakeContext()))
+        await until(lambda: model.calls == 1)
+        context = FakeContext()
+        with pytest.raises(Aborted) as refused:
+            await servicer.ModelInfer(grpc_request(), context)
+        assert refused.value.code == grpc.StatusCode.UNAVAILABLE and "CAPSNET_MAX_QUEUE" in refused.value.details
+        assert dict(context.trailing) == {"retry-after": "2", "grpc-retry-pushback-ms": "2000"}
+        model.release.set()
+        assert len((await held).raw_output_contents) == 2
+        assert len((await servicer.ModelInfer(grpc_request(), FakeContext())).raw_output_contents) == 2
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("raw_contents", [2, 3])
+def test_grpc_rejects_more_raw_contents_than_inputs(raw_contents):
+    model = Blocking()
+    servicer = InferenceServicer({"m": OipModel("1", model, 28, OUTPUTS)}, lambda: True, 8, Admission(4, 1))
+    with pytest.raises(Aborted) as rejected:
+        run(servicer.ModelInfer(grpc_request(raw_contents), FakeContext()))
+    assert rejected.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"{raw_contents} raw_input_contents for 1 input" in rejected.value.details and model.calls == 0
+
+
+def inner_app(status: int, model: Blocking | None = None):
+    """An ASGI app standing in for BentoML's: answers `status` (after `model` is released)."""
+    async def app(scope, receive, send) -> None:
+        body = await receive()
+        if model is not None:
+            await model(np.zeros((1, 1, 28, 28), np.float32))
+        answer = json.dumps({"error": "An unexpected error has occurred"} if status >= 400
+                            else {"echo": len(body["body"])}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+    return app
+
+
+def test_the_bentoml_gate_counts_the_model_the_body_names_and_refuses_before_the_app():
+    async def scenario() -> None:
+        model, admission = Blocking(), Admission(1, 1)
+        gate = AdmissionGate(inner_app(200, model), admission, {"/classify": None, "/infer_b": "b"}, "a")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(gate), base_url="http://bento") as client:
+            held = asyncio.create_task(client.post("/classify", json={"images": [], "model": "b"}))
+            await until(lambda: model.calls == 1)
+            assert (await client.post("/infer_b", json=[])).status_code == 503  # b is full
+            refused = await client.post("/classify", json={"images": [], "model": "b"})
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert "model b already has 1 requests waiting" in refused.json()["error"]
+            model.release.set()  # a, the default, was free all along:
+            assert (await client.post("/classify", json={"images": []})).status_code == 200
+            assert (await held).json() == {"echo": len(b'{"images":[],"model":"b"}')}  # the body replayed whole
+            assert model.calls == 2
+            assert (await client.get("/classify")).status_code == 200  # only POSTs are gated
+
+    run(scenario())
+
+
+def test_the_bentoml_gate_turns_a_shed_503_into_retry_after_and_counts_it_once():
+    async def scenario(route: str) -> httpx.Response:
+        gate = AdmissionGate(inner_app(503), admission, {"/classify": None, "/infer": "a"}, "a")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(gate), base_url="http://bento") as client:
+            return await client.post(route, json={"images": []})
+
+    admission = Admission(4, 1)
+    for route in ("/classify", "/infer"):
+        answer = run(scenario(route))
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+        assert "CAPSNET_MAX_LATENCY_MS" in answer.json()["error"]
+    # /classify's shed is counted by the service where it is raised; BentoML's own /infer only here
+    assert admission.snapshot()["refused"] == {"a": {PAST_BUDGET: 1}}
+
+
+def test_a_shed_request_leaves_no_traceback_but_a_server_fault_keeps_it():
+    from bentoml.exceptions import ServiceUnavailable
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        return logging.LogRecord("bentoml", logging.ERROR, __file__, 1, "Exception on %s [%s]", ("/classify", "POST"),
+                                 (type(exc), exc, None))
+
+    keep = ClientErrorsAsOneLine()
+    assert keep.filter(record(ServiceUnavailable("process is overloaded"))) is False
+    fault = record(RuntimeError("bug"))
+    assert keep.filter(fault) is True and fault.exc_info is not None and fault.levelno == logging.ERROR
