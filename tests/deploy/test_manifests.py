@@ -50,6 +50,10 @@ def test_each_deployment_matches_its_bento(name, image, gpus):
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
     assert container["resources"]["limits"].get("nvidia.com/gpu") == gpus
     assert (env.get("CAPSNET_REQUIRE_GPU") == "true") == bool(gpus)
+    # draining: a preStop wait for the endpoint to go, inside a grace period that leaves 30 s to drain
+    pod = kinds(DEPLOY / "kubernetes" / name)["Deployment"]["spec"]["template"]["spec"]
+    wait = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert 5 <= wait and pod["terminationGracePeriodSeconds"] >= wait + 30
 
 
 def test_the_service_and_autoscaler_reach_every_port_of_the_deployment():
