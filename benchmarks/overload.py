@@ -204,12 +204,16 @@ async def main() -> None:
     if args.soak:
         result: dict = {"soak": await soak(args.soak, http, grpc_requests, args)}
     else:
+        # Levels in rising order, every protocol at each: after heavy load BentoML's batcher holds lone
+        # requests for batch-mates for minutes (up to ~0.3 s measured here), which would distort a
+        # one-client run that came after an overloaded one.
         rows = []
-        for protocol in args.protocols:
-            for clients in sorted(args.levels):
+        for clients in sorted(args.levels):
+            for protocol in args.protocols:
                 for backoff in ([True, False] if clients > SATURATED else [True]):
                     rows.append(await run(protocol, clients, args.seconds, backoff, http, grpc_requests, args))
                     await asyncio.sleep(2)  # let the refused clients' connections close
+        rows.sort(key=lambda r: args.protocols.index(r["protocol"]))
         refusal_cost(rows)
         print_table(rows)
         result = {"rows": rows}

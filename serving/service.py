@@ -205,6 +205,7 @@ class _CapsNetService:
 # runner_connection (the fallback path only, serving/batcher.py): BentoML's self.to_async client replaces
 # its HTTP session every 100 requests and closes the old one under requests in flight (BentoML #5540).
 CapsNetService = bentoml.service(name="capsnet", workers=settings.workers, traffic={"timeout": 60},
+                                 logging={"access": {"enabled": settings.access_log}},
                                  runner_connection={"max_requests": 1_000_000_000, "max_age": 1e9})(
     type("CapsNetService", (_CapsNetService,), per_model_attributes()))
 http_app.install(CapsNetService, settings.max_request_bytes,

@@ -23,7 +23,7 @@ CLIENTS, ROUNDS, BATCH = 12, 8, 16
 @pytest.fixture(scope="module")
 def server(registered):
     yield from ready_server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_MAX_BATCH_SIZE": str(BATCH),
-                             "CAPSNET_MAX_QUEUE": "1", "CAPSNET_RETRY_AFTER_S": "2"})
+                             "CAPSNET_MAX_QUEUE": "1", "CAPSNET_RETRY_AFTER_S": "1"})
 
 
 IMAGES = np.random.default_rng(0).random((BATCH, 1, 28, 28), dtype=np.float32)
@@ -40,7 +40,7 @@ def check_http(answers: list[httpx.Response]) -> Counter:
     statuses = Counter(r.status_code for r in answers)
     assert set(statuses) <= {200, 503} and statuses[503] > 0 and statuses[200] > 0, statuses
     for refused in (r for r in answers if r.status_code == 503):
-        assert refused.headers["retry-after"] == "2"
+        assert refused.headers["retry-after"] == "1"
         assert "overloaded" in refused.json()["error"] and "CAPSNET_MAX_QUEUE" in refused.json()["error"]
     return statuses
 
@@ -80,7 +80,7 @@ def test_grpc_refuses_with_unavailable_and_retry_after(server, registered):
     codes = Counter(code for code, _ in answers)
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
     assert codes[grpc.StatusCode.UNAVAILABLE] > 0 and codes[grpc.StatusCode.OK] > 0
-    assert all(meta.get("retry-after") == "2" for code, meta in answers if code == grpc.StatusCode.UNAVAILABLE)
+    assert all(meta.get("retry-after") == "1" for code, meta in answers if code == grpc.StatusCode.UNAVAILABLE)
 
 
 def test_after_the_overload_the_server_is_healthy_and_left_no_tracebacks(server, registered):

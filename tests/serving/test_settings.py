@@ -11,10 +11,15 @@ def test_defaults_and_environment_overrides():
     assert s.model_tags == ("capsnet-mnist:abc",) and s.in_process_batcher
     assert ServingSettings.from_env({"CAPSNET_MODEL_TAG": "a:1, b"}).model_tags == ("a:1", "b")
     assert not ServingSettings.from_env({"CAPSNET_IN_PROCESS_BATCHER": "0"}).in_process_batcher
+    s = ServingSettings.from_env({"CAPSNET_MAX_QUEUE": "3", "CAPSNET_RETRY_AFTER_S": "5", "CAPSNET_ACCESS_LOG": "1"})
+    assert (s.max_queue, s.retry_after_s, s.access_log) == (3, 5, True)
+    assert not ServingSettings().access_log
 
 
 @pytest.mark.parametrize("env, message", [({"CAPSNET_WORKERS": "0"}, "CAPSNET_WORKERS"),
-                                          ({"CAPSNET_MAX_BATCH_SIZE": "1"}, "CAPSNET_MAX_BATCH_SIZE")])
+                                          ({"CAPSNET_MAX_BATCH_SIZE": "1"}, "CAPSNET_MAX_BATCH_SIZE"),
+                                          ({"CAPSNET_MAX_QUEUE": "0"}, "CAPSNET_MAX_QUEUE"),
+                                          ({"CAPSNET_RETRY_AFTER_S": "0"}, "CAPSNET_RETRY_AFTER_S")])
 def test_rejects_unusable_values(env, message):
     with pytest.raises(ValueError, match=message):
         ServingSettings.from_env(env)
