@@ -11,11 +11,6 @@ APIs, OIP REST and OIP gRPC; the next one is refused at once, before its body is
 latency budget, so the model runs full batches of requests that will be answered. A request that is
 admitted but still waits past the budget (a burst, a slow batch) is shed the same way.
 
-A client that ignores Retry-After and asks again on the same connection before it has passed waits
-it out on the server before its request is looked at (an asyncio sleep: no CPU). Refusing costs
-BentoML's HTTP path about 1 ms of the event loop, so clients retrying at once would otherwise keep it
-busy refusing; clients that honour Retry-After never wait here.
-
 Everything here runs on the service's event loop (the BentoML app, the OIP REST listener and the gRPC
 server share it); the lock only guards against a caller from another thread.
 """
@@ -27,8 +22,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -71,28 +66,6 @@ class Admission:
         self._window: Counter[str] = Counter()  # reason -> refused since the last summary line
         self._window_start: float | None = None
         self._lock = threading.Lock()
-        self._refused_until: dict[Any, float] = {}  # connection -> when its Retry-After has passed
-
-    @asynccontextmanager
-    async def admit_connection(self, model: str, connection: Any) -> AsyncIterator[None]:
-        """`admit(model)` for a request arriving on `connection` (e.g. the client's address and port;
-        None: unknown): when that connection was refused less than Retry-After ago, first wait until
-        that has passed. A refusal on it (at the door or past the budget) starts its wait anew."""
-        if connection is not None:
-            wait = self._refused_until.get(connection, 0.0) - self.clock()
-            if wait > 0:
-                await asyncio.sleep(wait)
-        try:
-            with self.admit(model):
-                self._refused_until.pop(connection, None)
-                yield
-        except Overloaded:
-            if connection is not None:
-                if len(self._refused_until) > 100_000:  # closed connections: forget the expired ones
-                    now = self.clock()
-                    self._refused_until = {c: t for c, t in self._refused_until.items() if t > now}
-                self._refused_until[connection] = self.clock() + self.retry_after_s
-            raise
 
     @contextmanager
     def admit(self, model: str) -> Iterator[None]:

@@ -84,7 +84,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # context.abort raises, so every abort is outside the try blocks that catch exceptions
         problem: tuple[grpc.StatusCode, str] | None = None
         try:
-            async with self.admission.admit_connection(request.model_name, context.peer()):
+            with self.admission.admit(request.model_name):
                 images = self._images(request, model.image_size)
                 wanted = model.wanted_outputs([o.name for o in request.outputs])
                 outputs = await model.infer(images)

@@ -208,15 +208,12 @@ class AdmissionGate:
         if model is None:
             body, receive = await read_body(receive)
             model = model_named_in(body, media_type(scope) == "multipart/form-data") or self.default_model
-        shed = ShedAnswer(send, lambda: self.admission.refuse(model, PAST_BUDGET, count=not counted_inside))
         try:
-            async with self.admission.admit_connection(model, scope.get("client")):
-                await self.app(scope, receive, shed)
-                if shed.replaced is not None:  # shed inside: this connection waits out Retry-After too
-                    raise shed.replaced
+            with self.admission.admit(model):
+                await self.app(scope, receive, ShedAnswer(send, lambda: self.admission.refuse(
+                    model, PAST_BUDGET, count=not counted_inside)))
         except Overloaded as e:
-            if shed.replaced is None:
-                await send_overloaded(send, e)
+            await send_overloaded(send, e)
 
 
 async def send_overloaded(send: Any, e: Overloaded) -> None:
@@ -229,7 +226,6 @@ class ShedAnswer:
 
     def __init__(self, send: Any, shed: Any) -> None:
         self.send, self.shed, self.replacing = send, shed, False
-        self.replaced: Overloaded | None = None  # the answer sent instead of a 503
 
     async def __call__(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start" and message["status"] == 503:
@@ -238,8 +234,7 @@ class ShedAnswer:
         if not self.replacing:
             await self.send(message)
         elif message["type"] == "http.response.body" and not message.get("more_body", False):
-            self.replaced = self.shed()
-            await send_overloaded(self.send, self.replaced)
+            await send_overloaded(self.send, self.shed())
 
 
 def media_type(scope: Scope) -> str:

@@ -106,8 +106,7 @@ class OipHttpApp:
             return ok(config_json(model.config(name, self.max_images)))
         if action == "infer":
             expect(method, "POST")
-            # before the body is read: refusing costs next to nothing
-            async with self.admission.admit_connection(name, scope.get("client")):
+            with self.admission.admit(name):  # before the body is read: refusing costs next to nothing
                 return await self.infer(name, model, scope, await self.body(scope, receive))
         raise HttpError(404, f"no route {scope['path']}")
 

@@ -68,26 +68,6 @@ def test_refusals_are_counted_and_summarised_once_per_interval(caplog):
     assert admission.snapshot()["refused"] == {"m": {QUEUE_FULL: 401, PAST_BUDGET: 100}}
 
 
-def test_a_connection_that_ignores_retry_after_waits_it_out_before_it_is_looked_at():
-    async def scenario() -> None:
-        admission = Admission(max_queue=1, retry_after_s=1)
-        with admission.admit("m"):  # full
-            with pytest.raises(Overloaded):
-                async with admission.admit_connection("m", ("10.0.0.1", 5000)):
-                    pass
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        async with admission.admit_connection("m", ("10.0.0.2", 5000)):  # another connection: at once
-            assert loop.time() - start < 0.5
-        async with admission.admit_connection("m", ("10.0.0.1", 5000)):  # the refused one: after 1 s
-            assert loop.time() - start >= 0.9
-        start = loop.time()
-        async with admission.admit_connection("m", ("10.0.0.1", 5000)):  # admitted since: no wait
-            assert loop.time() - start < 0.5
-
-    run(scenario())
-
-
 def test_the_model_is_read_from_the_raw_body_without_parsing_it():
     assert model_named_in(b'{"images": [[[0.5]]], "model" : "capsnet-multimnist"}', multipart=False) == \
         "capsnet-multimnist"
