@@ -82,6 +82,8 @@ class Admission:
         finally:
             with self._lock:
                 self.waiting[model] -= 1
+                if not self.waiting[model]:
+                    del self.waiting[model]
 
     def refuse(self, model: str, reason: str, count: bool = True) -> Overloaded:
         """Count one refused or shed request and return the exception that answers it (`count` off:

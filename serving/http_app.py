@@ -191,13 +191,16 @@ class AdmissionGate:
     """Admission control for the APIs that feed a model's batcher, before BentoML parses anything.
 
     `routes`: path -> the model it feeds (BentoML's own batchable `infer` APIs), or None for the APIs
-    whose body names the model (`classify`, `classify_image`; none named: `default_model`). A request
+    whose body names the model (`classify`, `classify_image`; none named, or one not in `served`:
+    `default_model`, so made-up names add no counters; BentoML answers those 404). A request
     the model's admission refuses gets 503 + Retry-After at once. A 503 from inside (BentoML's batcher
     shed the request after the latency budget) is answered the same way; on the body-named routes
     the service counted it already (serving/service.py), on the others it is counted here."""
 
-    def __init__(self, app: Any, admission: Admission, routes: dict[str, str | None], default_model: str) -> None:
+    def __init__(self, app: Any, admission: Admission, routes: dict[str, str | None], default_model: str,
+                 served: tuple[str, ...]) -> None:
         self.app, self.admission, self.routes, self.default_model = app, admission, routes, default_model
+        self.served = frozenset(served)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.routes:
@@ -207,7 +210,8 @@ class AdmissionGate:
         counted_inside = model is None
         if model is None:
             body, receive = await read_body(receive)
-            model = model_named_in(body, media_type(scope) == "multipart/form-data") or self.default_model
+            model = model_named_in(body, media_type(scope) == "multipart/form-data")
+            model = model if model in self.served else self.default_model
         try:
             with self.admission.admit(model):
                 await self.app(scope, receive, ShedAnswer(send, lambda: self.admission.refuse(
@@ -430,17 +434,19 @@ def client_error_status(exc: BaseException | None) -> int | None:
 
 
 def install(service: Any, max_request_bytes: int, uploads: dict[str, str], admission: Admission,
-            gated: dict[str, str | None], default_model: str) -> None:
+            gated: dict[str, str | None], served: tuple[str, ...]) -> None:
     """Add the middleware to a BentoML service (outermost first) and the log filter.
 
     `uploads`: route -> the multipart field that must hold files (see RequestGuard); `gated`: the
-    routes under admission control and the model each feeds (see AdmissionGate).
+    routes under admission control and the model each feeds (see AdmissionGate); `served`: the model
+    names, the default first.
     """
     service.add_asgi_middleware(ErrorShape)
     service.add_asgi_middleware(ApiDocs)
     service.add_asgi_middleware(ReadOnlyRoutes)
     service.add_asgi_middleware(BodySizeLimit, max_bytes=max_request_bytes)
-    service.add_asgi_middleware(AdmissionGate, admission=admission, routes=gated, default_model=default_model)
+    service.add_asgi_middleware(AdmissionGate, admission=admission, routes=gated, default_model=served[0],
+                                served=served)
     service.add_asgi_middleware(RequestGuard, uploads=uploads)
     bentoml_logger = logging.getLogger(BENTOML_REQUEST_LOGGER)
     if not any(isinstance(f, ClientErrorsAsOneLine) for f in bentoml_logger.filters):

@@ -213,6 +213,6 @@ http_app.install(CapsNetService, settings.max_request_bytes,
                  # the APIs that feed a batcher: the body names the model, or the route is the model's own
                  gated={"/classify": None, "/classify_image": None,
                         **{f"/{infer_api_name(i)}": name for i, name in enumerate(NAMES)}},
-                 default_model=NAMES[0])
+                 served=tuple(NAMES))
 # The explorer page (serving/explorer/: static files, no build step) at /explorer/.
 CapsNetService.mount_asgi_app(http_app.explorer_page(), path="/explorer", name="explorer")

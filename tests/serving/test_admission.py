@@ -223,7 +223,7 @@ def inner_app(status: int, model: Blocking | None = None):
 def test_the_bentoml_gate_counts_the_model_the_body_names_and_refuses_before_the_app():
     async def scenario() -> None:
         model, admission = Blocking(), Admission(1, 1)
-        gate = AdmissionGate(inner_app(200, model), admission, {"/classify": None, "/infer_b": "b"}, "a")
+        gate = AdmissionGate(inner_app(200, model), admission, {"/classify": None, "/infer_b": "b"}, "a", ("a", "b"))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(gate), base_url="http://bento") as client:
             held = asyncio.create_task(client.post("/classify", json={"images": [], "model": "b"}))
             await until(lambda: model.calls == 1)
@@ -240,9 +240,24 @@ def test_the_bentoml_gate_counts_the_model_the_body_names_and_refuses_before_the
     run(scenario())
 
 
+def test_a_made_up_model_name_counts_against_the_default_model():
+    async def scenario() -> None:
+        model, admission = Blocking(), Admission(1, 1)
+        gate = AdmissionGate(inner_app(200, model), admission, {"/classify": None}, "a", ("a", "b"))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(gate), base_url="http://bento") as client:
+            held = asyncio.create_task(client.post("/classify", json={"images": [], "model": "made-up"}))
+            await until(lambda: model.calls == 1)
+            assert admission.snapshot()["waiting"] == {"a": 1}  # no counter for a name nobody serves
+            model.release.set()
+            assert (await held).status_code == 200
+        assert admission.snapshot()["waiting"] == {}
+
+    run(scenario())
+
+
 def test_the_bentoml_gate_turns_a_shed_503_into_retry_after_and_counts_it_once():
     async def scenario(route: str) -> httpx.Response:
-        gate = AdmissionGate(inner_app(503), admission, {"/classify": None, "/infer": "a"}, "a")
+        gate = AdmissionGate(inner_app(503), admission, {"/classify": None, "/infer": "a"}, "a", ("a",))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(gate), base_url="http://bento") as client:
             return await client.post(route, json={"images": []})
 
