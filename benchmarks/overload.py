@@ -33,7 +33,7 @@ import aiohttp
 import grpc
 import numpy as np
 import psutil
-from serve_load import encoded_requests, metadata
+from serve_load import encoded_requests, metadata, run_clients
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from training.data import synthetic_digits
@@ -113,18 +113,7 @@ async def run(protocol: str, clients: int, seconds: float, backoff: bool, http: 
 
     rss_start, cpu_start = server_usage(args.server_pid)
     start = time.perf_counter()
-    if protocol in http:
-        load = http[protocol]
-        async with aiohttp.ClientSession(load.base_url, connector=aiohttp.TCPConnector(limit=clients),
-                                         timeout=aiohttp.ClientTimeout(total=30)) as session:
-            await asyncio.gather(*(http_client(session, load, k) for k in range(clients)))
-    else:
-        channels = [grpc.aio.insecure_channel(args.grpc, options=[("grpc.use_local_subchannel_pool", 1)])
-                    for _ in range(clients)]
-        try:
-            await asyncio.gather(*(grpc_client(pb_grpc.GRPCInferenceServiceStub(c), k) for k, c in enumerate(channels)))
-        finally:
-            await asyncio.gather(*(c.close() for c in channels))
+    await run_clients(http.get(protocol), args.grpc, clients, http_client, grpc_client)
     elapsed = time.perf_counter() - start
     rss_end, cpu_end = server_usage(args.server_pid)
     ms = sorted(1000 * x for x in latencies)

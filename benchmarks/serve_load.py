@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,26 @@ def encoded_requests(images: np.ndarray, model: str, args: argparse.Namespace
     return http, requests
 
 
+async def run_clients(load: HttpLoad | None, grpc_address: str, count: int, http_client: Callable,
+                      grpc_client: Callable) -> None:
+    """`count` concurrent clients until they return: `http_client(session, load, k)` over one aiohttp
+    session with a connection per client when `load` is given, else `grpc_client(stub, k)`, each
+    on a gRPC connection of its own."""
+    if load is not None:
+        async with aiohttp.ClientSession(load.base_url, connector=aiohttp.TCPConnector(limit=count),
+                                         timeout=aiohttp.ClientTimeout(total=30)) as session:
+            await asyncio.gather(*(http_client(session, load, k) for k in range(count)))
+        return
+    # a connection per client, as independent clients would have (gRPC would otherwise share one
+    # TCP connection between channels, and with several server workers reach only one of them)
+    channels = [grpc.aio.insecure_channel(grpc_address, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(count)]
+    try:
+        await asyncio.gather(*(grpc_client(pb_grpc.GRPCInferenceServiceStub(c), k) for k, c in enumerate(channels)))
+    finally:
+        await asyncio.gather(*(c.close() for c in channels))
+
+
 async def run_level(protocol: str, level: int, seconds: float, http: dict[str, HttpLoad],
                     grpc_requests: list[pb.ModelInferRequest], args: argparse.Namespace) -> dict:
     latencies: list[float] = []
@@ -155,21 +176,7 @@ async def run_level(protocol: str, level: int, seconds: float, http: dict[str, H
 
     before = await batch_totals(args.url)
     start = time.perf_counter()
-    if protocol in http:
-        load = http[protocol]
-        connector = aiohttp.TCPConnector(limit=level)
-        async with aiohttp.ClientSession(load.base_url, connector=connector,
-                                         timeout=aiohttp.ClientTimeout(total=30)) as session:
-            await asyncio.gather(*(http_worker(session, load, k) for k in range(level)))
-    else:
-        # a connection per client, as independent clients would have (gRPC would otherwise share one
-        # TCP connection between channels, and with several server workers reach only one of them)
-        channels = [grpc.aio.insecure_channel(args.grpc, options=[("grpc.use_local_subchannel_pool", 1)])
-                    for _ in range(level)]
-        try:
-            await asyncio.gather(*(grpc_worker(pb_grpc.GRPCInferenceServiceStub(c), k) for k, c in enumerate(channels)))
-        finally:
-            await asyncio.gather(*(c.close() for c in channels))
+    await run_clients(http.get(protocol), args.grpc, level, http_worker, grpc_worker)
     elapsed = time.perf_counter() - start
     after = await batch_totals(args.url)
     batches = after[1] - before[1]
