@@ -142,7 +142,7 @@ claims: setup  ## the talk's claims against a CNN (49 min on a 2-core CPU, resum
 
 test: setup  ## ruff, then the test suite (what CI runs)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: setup  ## ruff only
 	$(BIN)/ruff check .

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +51,11 @@ from serving.providers import CUDA
 from serving.served_models import MODELS, NAMES, settings
 from serving.validation import CapabilityError, InputError
 
+# `bentoml serve` sends BentoML usage telemetry unless BENTOML_DO_NOT_TRACK is true. Our server does
+# not by default, under make or not (it reads the variable when it reports, after this import); an
+# operator who wants to send it sets BENTOML_DO_NOT_TRACK=False. The start-up log says which.
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
 # BentoML sets its own logger to INFO and the root to WARNING: without this, our INFO lines (the
 # provider in use, the protocol ports) would never reach `bentoml serve`'s output.
 logging.getLogger("serving").setLevel(logging.getLogger("bentoml").getEffectiveLevel())
@@ -84,6 +90,9 @@ class _CapsNetService:
                                       for i, m in enumerate(MODELS)], settings)
         self.protocols: ProtocolServers | None = None
         self.batchers = Batchers(self, settings.in_process_batcher)  # serving/batcher.py says why
+        tracking = os.environ["BENTOML_DO_NOT_TRACK"].strip().lower() != "true"
+        logging.getLogger(__name__).info("BentoML usage telemetry %s (BENTOML_DO_NOT_TRACK=%s)",
+                                         "on" if tracking else "off", os.environ["BENTOML_DO_NOT_TRACK"])
 
     async def _predict(self, images: np.ndarray, model: ServedModel) -> dict[str, np.ndarray]:
         """Validated [N, 1, S, S] for `model` -> its unpacked outputs, via its infer API's batcher.
