@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -169,26 +170,36 @@ def model_named_in(body: bytes, multipart: bool) -> str | None:
     return found.group(1).decode("utf-8", "replace") if found else None
 
 
-async def read_body(receive: Any) -> tuple[bytes, Any]:
-    """The whole request body, and a receive that replays it to the app."""
-    chunks = []
-    while True:
+async def read_body(receive: Any, limit: int | None = None) -> tuple[bytes, Any]:
+    """The request body, and a receive that replays it to the app. With `limit`, at most about that
+    many bytes are read: the replay then hands on the rest from `receive` (BodySizeLimit, further in,
+    answers 413), and the bytes returned are only the beginning."""
+    chunks, size, more = [], 0, False
+    while limit is None or size <= limit:
         message = await receive()
         if message["type"] != "http.request":
             break  # the client went away; the app sees an empty body
         chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
+        size += len(chunks[-1])
+        more = message.get("more_body", False)
+        if not more:
             break
     body = b"".join(chunks)
+    replayed = False
 
     async def replay() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": more}
 
     return body, replay
 
 
 class AdmissionGate:
-    """Admission control for the APIs that feed a model's batcher, before BentoML parses anything.
+    """Admission control for the APIs that feed a model's batcher, in front of BentoML's whole app
+    (`gate_in_front`): a refusal costs uvicorn and this, not BentoML's request handling and middleware.
 
     `routes`: path -> the model it feeds (BentoML's own batchable `infer` APIs), or None for the APIs
     whose body names the model (`classify`, `classify_image`; none named, or one not in `served`:
@@ -198,9 +209,9 @@ class AdmissionGate:
     the service counted it already (serving/service.py), on the others it is counted here."""
 
     def __init__(self, app: Any, admission: Admission, routes: dict[str, str | None], default_model: str,
-                 served: tuple[str, ...]) -> None:
+                 served: tuple[str, ...], max_request_bytes: int | None = None) -> None:
         self.app, self.admission, self.routes, self.default_model = app, admission, routes, default_model
-        self.served = frozenset(served)
+        self.served, self.max_request_bytes = frozenset(served), max_request_bytes
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.routes:
@@ -209,7 +220,7 @@ class AdmissionGate:
         model = self.routes[scope["path"]]
         counted_inside = model is None
         if model is None:
-            body, receive = await read_body(receive)
+            body, receive = await read_body(receive, self.max_request_bytes)
             model = model_named_in(body, media_type(scope) == "multipart/form-data")
             model = model if model in self.served else self.default_model
         try:
@@ -435,7 +446,8 @@ def client_error_status(exc: BaseException | None) -> int | None:
 
 def install(service: Any, max_request_bytes: int, uploads: dict[str, str], admission: Admission,
             gated: dict[str, str | None], served: tuple[str, ...]) -> None:
-    """Add the middleware to a BentoML service (outermost first) and the log filter.
+    """Add the middleware to a BentoML service (outermost first), the admission gate in front of
+    BentoML's app, and the log filter.
 
     `uploads`: route -> the multipart field that must hold files (see RequestGuard); `gated`: the
     routes under admission control and the model each feeds (see AdmissionGate); `served`: the model
@@ -445,12 +457,31 @@ def install(service: Any, max_request_bytes: int, uploads: dict[str, str], admis
     service.add_asgi_middleware(ApiDocs)
     service.add_asgi_middleware(ReadOnlyRoutes)
     service.add_asgi_middleware(BodySizeLimit, max_bytes=max_request_bytes)
-    service.add_asgi_middleware(AdmissionGate, admission=admission, routes=gated, default_model=served[0],
-                                served=served)
     service.add_asgi_middleware(RequestGuard, uploads=uploads)
+    gate_in_front(service, functools.partial(AdmissionGate, admission=admission, routes=gated,
+                                             default_model=served[0], served=served,
+                                             max_request_bytes=max_request_bytes))
     bentoml_logger = logging.getLogger(BENTOML_REQUEST_LOGGER)
     if not any(isinstance(f, ClientErrorsAsOneLine) for f in bentoml_logger.filters):
         bentoml_logger.addFilter(ClientErrorsAsOneLine())
+
+
+def gate_in_front(service: Any, gate: Any) -> None:
+    """Make `service.to_asgi()` (what `bentoml serve`'s worker hands to uvicorn, and what in-process
+    clients use) return `gate(BentoML's app)`. BentoML puts the middleware we add behind its own
+    (metrics, tracing, timeout, access log), which made a refusal there cost ~0.7 ms of the event loop
+    against 0.15 ms on the lean OIP REST listener (docs/performance.md#overload). BentoML's Service is
+    a slotted attrs class, so the override is a subclass that adds no fields; the bentoml pin (<1.5)
+    and the overload tests guard it."""
+    base = type(service)
+
+    class GatedService(base):  # type: ignore[misc, valid-type]
+        __slots__ = ()
+
+        def to_asgi(self, is_main: bool = True) -> Any:
+            return gate(base.to_asgi(self, is_main))
+
+    service.__class__ = GatedService
 
 
 EXPLORER_DIR = Path(__file__).with_name("explorer")

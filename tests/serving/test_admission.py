@@ -16,7 +16,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from serving.admission import PAST_BUDGET, QUEUE_FULL, Admission, Overloaded
 from serving.grpc_server import InferenceServicer
-from serving.http_app import AdmissionGate, ClientErrorsAsOneLine, model_named_in
+from serving.http_app import AdmissionGate, ClientErrorsAsOneLine, model_named_in, read_body
 from serving.oip import OipModel
 from serving.oip_http import OipHttpApp
 
@@ -76,6 +76,23 @@ def test_the_model_is_read_from_the_raw_body_without_parsing_it():
             b'Content-Type: image/png\r\n\r\n\x89PNG...\r\n--b\r\n'
             b'Content-Disposition: form-data; name="model"\r\n\r\ncapsnet-fashion-mnist\r\n--b--\r\n')
     assert model_named_in(form, multipart=True) == "capsnet-fashion-mnist"
+
+
+def test_the_gate_reads_at_most_its_limit_and_hands_on_the_rest():
+    async def scenario() -> list[bytes]:
+        chunks = iter([b"aaaa", b"bbbb", b"cccc"])
+
+        async def receive() -> dict:
+            chunk = next(chunks)
+            return {"type": "http.request", "body": chunk, "more_body": chunk != b"cccc"}
+
+        head, replay = await read_body(receive, limit=5)
+        assert head == b"aaaabbbb"  # stopped once past the limit
+        seen = [await replay(), await replay()]
+        assert [m["more_body"] for m in seen] == [True, False]
+        return [m["body"] for m in seen]
+
+    assert run(scenario()) == [b"aaaabbbb", b"cccc"]
 
 
 class Blocking:
