@@ -42,8 +42,9 @@ class ServingSettings:
     # Retry-After / UNAVAILABLE at once (serving/admission.py). 128 = two full batches: measured
     # in benchmarks/overload.py, it keeps the batcher full and the wait well inside the latency budget.
     max_queue: int = 128
-    # CAPSNET_RETRY_AFTER_S: what a refused request's Retry-After says. 2, not 1: refusing on BentoML's
-    # HTTP path costs ~1 ms of the event loop, and at 512 clients 1 s kept ~30 % of it refusing.
+    # CAPSNET_RETRY_AFTER_S: what a refused request's Retry-After says. 2, not 1: in a queue of 128
+    # that turns over ~4 times a second the place is there either way, and every early return is a
+    # refusal the server must answer (docs/performance.md#overload).
     retry_after_s: int = 2
     grpc_port: int = 8001  # CAPSNET_GRPC_PORT
     oip_http_port: int = 8000  # CAPSNET_OIP_HTTP_PORT: the Open Inference Protocol over REST
