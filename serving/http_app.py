@@ -188,8 +188,10 @@ async def read_body(receive: Any, limit: int | None = None) -> tuple[bytes, Any]
     replayed = False
 
     async def replay() -> dict[str, Any]:
+        # a whole body is replayed as often as asked (RequestGuard parses it, then the app reads it
+        # again); a cut one once, then the rest comes from `receive`
         nonlocal replayed
-        if replayed:
+        if replayed and more:
             return await receive()
         replayed = True
         return {"type": "http.request", "body": body, "more_body": more}
