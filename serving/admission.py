@@ -88,8 +88,9 @@ class Admission:
     def refuse(self, model: str, reason: str, count: bool = True) -> Overloaded:
         """Count one refused or shed request and return the exception that answers it (`count` off:
         one already counted where it was raised)."""
+        refusal = Overloaded(model, reason, self.retry_after_s, self.max_queue)
         if not count:
-            return Overloaded(model, reason, self.retry_after_s, self.max_queue)
+            return refusal
         with self._lock:
             self.refused_total[model, reason] += 1
             self._window[reason] += 1
@@ -102,7 +103,7 @@ class Admission:
             self._schedule_summary()
         elif self.clock() - (self._window_start or 0.0) >= self.summary_interval_s:
             self.log_summary()
-        return Overloaded(model, reason, self.retry_after_s, self.max_queue)
+        return refusal
 
     def _schedule_summary(self) -> None:
         """One summary line when this window closes, even if nothing is refused after it."""
@@ -130,4 +131,4 @@ class Admission:
             for (model, reason), n in self.refused_total.items():
                 refused.setdefault(model, {})[reason] = n
             return {"max_queue": self.max_queue, "retry_after_s": self.retry_after_s,
-                    "waiting": {m: n for m, n in self.waiting.items() if n}, "refused": refused}
+                    "waiting": dict(self.waiting), "refused": refused}
