@@ -125,6 +125,9 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
         "train_config": ckpt["train_config"],
         "train_metrics": ckpt["metrics"],
         "checkpoint_sha256": checkpoint_sha256,
+        # where the weights came from: the shipped weights file a checkpoint was unpacked from
+        # (capsnet weights unpack records it), else the checkpoint itself; the server reports it
+        "source": (ckpt.get("weights_file") or {}).get("path") or str(checkpoint),
         "opset": opset,
         "input": {"name": "image", "dtype": "float32", "shape": ["batch", 1, size, size], "range": [0.0, 1.0]},
         # the task record: what one input holds (the served answer lists `objects` longest capsules),

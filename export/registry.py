@@ -60,6 +60,9 @@ def register_export(export_dir: str | Path, name: str = DEFAULT_NAME) -> str:
         "val_accuracy": metrics.get("best_val_accuracy"),
         "test_accuracy": metrics.get("test_accuracy"),
         "checkpoint_sha256": config["checkpoint_sha256"],
+        "source": config.get("source"),  # the weights file or checkpoint it was exported from
+        # the training recipe in brief, for the server's start-up line and model metadata
+        "training": {k: config["train_config"].get(k) for k in ("variant", "dataset", "epochs", "seed")},
         "parity": parity_summary(parity),
         "versions": config["versions"],
     }

@@ -1,6 +1,7 @@
-"""The types the BentoML APIs declare, derived from the served models (serving/served_models.py): what
-clients may send, with examples, as the OpenAPI document states it (validation itself lives in
-serving/validation.py), and the per-model batchable `infer` APIs."""
+"""The types the BentoML APIs declare, derived from the models served at start-up (serving/served_models.py):
+what clients may send, with examples, as the OpenAPI document states it (validation itself lives in
+serving/validation.py, and serving/core.py finds the model, so models loaded later are served too), and
+the per-model low-level `infer` APIs."""
 
 from __future__ import annotations
 
@@ -31,8 +32,11 @@ _stroke = [[1.0 if abs(x - _side // 2) <= 1 and 4 <= y < _side - 4 else 0.0 for 
 Images = Annotated[np.ndarray, BeforeValidator(no_booleans),
                    WithJsonSchema({**images_json_schema(settings.max_batch_size, SIZES), "examples": [[_stroke]]})]
 ImageFiles = Annotated[list[Path], Field(min_length=1, max_length=settings.max_batch_size)]
-ModelName = Annotated[str, Field(description=f"which served model answers (default: {NAMES[0]})",
-                                 json_schema_extra={"enum": NAMES})]
+# Not an enum: models can be loaded and unloaded while serving (CAPSNET_MODEL_CONTROL=explicit);
+# an unknown name is a 404 that lists the served ones.
+ModelName = Annotated[str, Field(description=f"which served model answers: a name (its preferred version) or "
+                                             f"NAME:VERSION; default {NAMES[0]}; served at start-up: "
+                                             f"{', '.join(NAMES)}", examples=NAMES)]
 RECONSTRUCTING = [m.tag.name for m in MODELS if "reconstructions_top2" in m.info.metadata["outputs"]]
 # strict: 0 or "yes" is a client mistake, not False/True; only `false` is valid when no model can redraw
 WithReconstructions = Annotated[bool, Field(
@@ -64,14 +68,15 @@ Shift = Annotated[int, Field(ge=0, le=MAX_SHIFT, strict=True, examples=[3])]
 Rotation = Annotated[float, Field(ge=0, le=MAX_ROTATION, strict=True, examples=[30])]
 
 
-def infer_api_name(index: int) -> str:
-    """`infer` for the default model (MODELS[0]), `infer_<model name>` for the others."""
-    return "infer" if index == 0 else "infer_" + re.sub(r"[^a-z0-9]+", "_", MODELS[index].tag.name.lower())
+def infer_api_name(name: str) -> str:
+    """`infer` for the default model (NAMES[0]), `infer_<model name>` for the others."""
+    return "infer" if name == NAMES[0] else "infer_" + re.sub(r"[^a-z0-9]+", "_", name.lower())
 
 
-def batched_infer_api(index: int) -> Any:
-    """The batchable API of MODELS[index]: validated images -> one row of packed outputs per image."""
-    stored = MODELS[index]
+def infer_api(name: str) -> Any:
+    """The low-level API of model `name` (its preferred version): validated images -> one row of packed
+    outputs per image, through the model's batcher like every other request."""
+    stored = next(m for m in MODELS if m.tag.name == name)
     config, size = stored.info.metadata["model_config"], stored.info.metadata["model_config"]["image_size"]
     k, d = len(stored.info.metadata["class_names"]), config["digit_dim"]
     width = k * (1 + d) + (2 * size * size if "reconstructions_top2" in stored.info.metadata["outputs"] else 0)
@@ -79,14 +84,14 @@ def batched_infer_api(index: int) -> Any:
     def validated(images: np.ndarray) -> np.ndarray:
         return validate_images(images, settings.max_batch_size, size)  # InputError is a ValueError: a 400
 
-    def infer(self: Any, images: np.ndarray) -> np.ndarray:
-        return self.core.infer_packed(images, self.core.models[index])
+    async def infer(self: Any, images: np.ndarray) -> np.ndarray:
+        return await self.infer_packed(images, name)
 
-    infer.__name__ = infer.__qualname__ = infer_api_name(index)
-    infer.__doc__ = (f"Low-level batched endpoint of {stored.tag.name}: images [N, 1, {size}, {size}] float32 in "
-                     f"[0, 1] -> [N, {width}] (capsule lengths, the flattened poses, then any reconstructions). "
-                     "Each request is validated on its own before BentoML merges it into a batch, so a bad "
-                     "request never fails its batch-mates.")
+    infer.__name__ = infer.__qualname__ = infer_api_name(name)
+    infer.__doc__ = (f"Low-level endpoint of {name}: images [N, 1, {size}, {size}] float32 in [0, 1] -> "
+                     f"[N, {width}] (capsule lengths, the flattened poses, then any reconstructions). Batched "
+                     "with every other request to the model, over every protocol; each request is validated on "
+                     "its own first, so a bad request never fails its batch-mates.")
     infer.__annotations__ = {
         "images": Annotated[np.ndarray, WithJsonSchema(images_json_schema(settings.max_batch_size, (size,))),
                             AfterValidator(validated)],
@@ -95,12 +100,11 @@ def batched_infer_api(index: int) -> Any:
                                             "then any reconstructions",
             "items": {"type": "array", "items": {"type": "number"}, "minItems": width, "maxItems": width}})],
     }
-    return bentoml.api(batchable=True, max_batch_size=settings.max_batch_size,
-                       max_latency_ms=settings.max_latency_ms)(infer)
+    return bentoml.api(infer)
 
 
 def per_model_attributes() -> dict[str, Any]:
-    """The service's class attributes that exist once per served model: its store reference
-    (model_ref_<i>) and its batchable infer API."""
+    """The service's class attributes that exist once per model served at start-up: each version's store
+    reference (model_ref_<i>: what `bentoml build` packs into a Bento) and each model's infer API."""
     return {**{f"model_ref_{i}": bentoml.models.BentoModel(str(m.tag)) for i, m in enumerate(MODELS)},
-            **{infer_api_name(i): batched_infer_api(i) for i in range(len(MODELS))}}
+            **{infer_api_name(name): infer_api(name) for name in NAMES}}

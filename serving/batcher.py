@@ -1,89 +1,125 @@
-"""In-process access to BentoML's adaptive batcher for one `batchable=True` API.
+"""Dynamic batching for one served model version, the way Triton's dynamic batcher does it: requests
+wait in a queue; whenever the model is free, everything waiting (up to the largest batch) runs as one
+ONNX Runtime call, so batches grow exactly as fast as requests arrive while the model is busy, and a
+lone request on an idle server runs at once instead of being held for batch-mates.
 
-BentoML (1.4) offers in-process callers only `self.to_async.<api>`, which is an HTTP client whose
-transport is the service's own ASGI app: every call JSON-encodes the array, runs the whole
-middleware stack, rebuilds the API's JSON schema, decodes again, and only then reaches the batcher.
-Measured under load, that loopback cost more CPU than the model itself. The batcher it ends in is
-`ServiceAppFactory.batch_infer(name, args, kwargs)` (BentoML's CorkDispatcher, with its metrics
-histogram and worker thread); `find_batcher` returns that bound method, so our HTTP and gRPC handlers
-hand a validated array straight to the same batcher and share batches with direct /infer callers.
+Every protocol's requests to a model version share its batcher: the BentoML APIs, OIP REST and gRPC.
+It is ours rather than BentoML's adaptive batcher because the model set changes while serving
+(serving/repository.py loads and unloads versions; BentoML's batchers are fixed when the service class
+is declared) and because the statistics extension needs each request's queue time and each batch's
+compute time (serving/statistics.py), which BentoML's batcher does not expose.
 
-The lookup reads BentoML internals (the route BentoML registers for the API, whose endpoint is a
-partial of the factory's bound `api_endpoint_wrapper`), so it checks every step and returns None
-when anything is not as expected; the caller then falls back to `to_async` (correct, just slower).
-Before BentoML has wired the app there is nothing to find yet: `NotWiredYet` says so, and the
-caller asks again later instead of settling for the fallback.
-The bentoml pin in pyproject.toml (<1.5) and the end-to-end tests guard it.
+A request that waited longer than the latency budget (CAPSNET_MAX_LATENCY_MS) when its turn comes
+is not run: `QueuedTooLong` (the service answers 503 + Retry-After). One batch runs at a time per
+model version, in a worker thread (ONNX Runtime releases the GIL), so the event loop keeps accepting.
+The drain task exists only while requests wait: an unloaded version's batcher finishes the requests
+already queued and then holds nothing.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.statistics import BatchTimes, ModelStatistics
 
 log = logging.getLogger(__name__)
 
-Batcher = Callable[[Any], Awaitable[Any]]
+Outputs = dict[str, np.ndarray]
+Run = Callable[[np.ndarray], Outputs]  # images [B, 1, S, S] -> {output name: [B, ...]}
 
 
-class NotWiredYet(Exception):
-    """BentoML has not finished setting up the app (its startup completes after our startup hooks)."""
+class QueuedTooLong(Exception):
+    """The request waited past the latency budget before a batch had room for it."""
 
 
-def find_batcher(service_instance: Any, api_name: str) -> Batcher | None:
-    """The coroutine function `images -> outputs` that enqueues `images` (a batch along axis 0) in
-    BentoML's batcher for `api_name` and returns this request's slice of the batched result; None
-    when this BentoML does not expose it the expected way. Raises NotWiredYet before BentoML has
-    wired the app."""
-    proxy = getattr(service_instance, "__self_proxy__", None)  # set by BentoML once the app starts
-    if proxy is None:
-        raise NotWiredYet
-    app = getattr(getattr(proxy, "to_async", None), "app", None)
-    for route in getattr(app, "routes", ()):
-        endpoint = getattr(route, "endpoint", None)
-        if getattr(route, "name", None) != api_name or not isinstance(endpoint, functools.partial):
-            continue
-        factory = getattr(endpoint.func, "__self__", None)
-        batch_infer = getattr(factory, "batch_infer", None)
-        if callable(batch_infer) and api_name in getattr(factory, "dispatchers", {}):
-            return functools.partial(_call, batch_infer, api_name)
-    log.warning("BentoML's batcher for %r not found in-process; using the slower self.to_async path", api_name)
-    return None
+@dataclass
+class Answer:
+    """One request's share of a batch, and what that batch cost."""
+
+    outputs: Outputs
+    queue_ns: int
+    batch: BatchTimes
 
 
-async def _call(batch_infer: Callable[..., Awaitable[Any]], api_name: str, value: Any) -> Any:
-    return await batch_infer(api_name, (value,), {})
+@dataclass
+class _Waiting:
+    images: np.ndarray
+    future: asyncio.Future
+    enqueued_ns: int
 
 
-class Batchers:
-    """The infer APIs' batchers for in-process calls, each looked up once BentoML has wired the app
-    (before that nothing is cached: self.to_async is then the plain, unbatched method). With `enabled`
-    off, or where BentoML does not expose a batcher, calls go through the service's own to_async."""
+class DynamicBatcher:
+    """Merges concurrent `submit` calls for one model version into batches of at most `max_batch_size`
+    images (a request is never split), running `run` on each; records into `statistics`."""
 
-    def __init__(self, service_instance: Any, enabled: bool) -> None:
-        self.service, self.enabled = service_instance, enabled
-        self.found: dict[str, Batcher | None] = {}  # API name -> batcher (None: not exposed)
+    def __init__(self, run: Run, max_batch_size: int, max_latency_ms: float, statistics: ModelStatistics) -> None:
+        self.run, self.max_batch_size, self.statistics = run, max_batch_size, statistics
+        self.max_wait_ns = int(max_latency_ms * 1e6)
+        self.queue: deque[_Waiting] = deque()
+        self.task: asyncio.Task | None = None
 
-    def look_up(self, name: str) -> None:
-        if self.enabled and name not in self.found:
-            try:
-                self.found[name] = find_batcher(self.service, name)
-            except NotWiredYet:
-                pass
+    @property
+    def waiting(self) -> int:
+        """Requests queued now (not counting the batch being run)."""
+        return len(self.queue)
 
-    def get(self, name: str) -> Batcher:
-        """API `name`'s batcher: in-process when found, else BentoML's self.to_async (looked up per call)."""
-        self.look_up(name)
-        return self.found.get(name) or getattr(self.service.to_async, name)
+    async def submit(self, images: np.ndarray) -> Answer:
+        """Validated images [N, 1, S, S], N <= max_batch_size -> this request's outputs ({name: [N, ...]}).
+        Raises QueuedTooLong, or whatever the model run raised for the batch."""
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append(_Waiting(images, future, time.perf_counter_ns()))
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._drain())
+        return await future
 
-    def ready(self, names: list[str]) -> bool:
-        """Every API's lookup answered (only the in-process path needs BentoML's wiring)."""
-        for name in names:
-            self.look_up(name)
-        return not self.enabled or all(name in self.found for name in names)
+    async def _drain(self) -> None:
+        while self.queue:
+            batch = self._next_batch()
+            if batch:
+                await self._run(batch)
 
-    def in_process(self, name: str) -> bool:
-        self.look_up(name)
-        return self.found.get(name) is not None
+    def _next_batch(self) -> list[_Waiting]:
+        """The waiting requests that fit one batch, oldest first; those past the budget are answered
+        QueuedTooLong, those whose caller went away are dropped."""
+        batch: list[_Waiting] = []
+        size, now = 0, time.perf_counter_ns()
+        while self.queue and size + len(self.queue[0].images) <= self.max_batch_size:
+            waiting = self.queue.popleft()
+            if waiting.future.done():  # cancelled: the client disconnected
+                continue
+            if now - waiting.enqueued_ns > self.max_wait_ns:
+                waiting.future.set_exception(QueuedTooLong())
+                continue
+            batch.append(waiting)
+            size += len(waiting.images)
+        return batch
+
+    async def _run(self, batch: list[_Waiting]) -> None:
+        started = time.perf_counter_ns()
+        try:
+            images = batch[0].images if len(batch) == 1 else np.concatenate([w.images for w in batch])
+            assembled = time.perf_counter_ns()
+            outputs = await asyncio.to_thread(self.run, images)
+            ran = time.perf_counter_ns()
+            answers, start = [], 0
+            for waiting in batch:
+                n = len(waiting.images)
+                answers.append({name: array[start:start + n] for name, array in outputs.items()})
+                start += n
+            times = BatchTimes(len(images), assembled - started, ran - assembled, time.perf_counter_ns() - ran)
+        except Exception as e:  # the whole batch failed: every request in it gets the error
+            for waiting in batch:
+                if not waiting.future.done():
+                    waiting.future.set_exception(e)
+            return
+        self.statistics.record_batch(times)
+        for waiting, outputs_of_one in zip(batch, answers, strict=True):
+            if not waiting.future.done():
+                waiting.future.set_result(Answer(outputs_of_one, started - waiting.enqueued_ns, times))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +18,16 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import BaseModel, Field
 
+from serving.admission import PAST_BUDGET, Admission
+from serving.batcher import DynamicBatcher, QueuedTooLong
 from serving.preprocess import preprocess_encoded
+from serving.repository import ModelRepository, StoredVersion, UnknownModelError, VersionPolicy, parse_policies
 from serving.runtime import CUDA, CapsNetRuntime
 from serving.settings import ServingSettings
+from serving.statistics import ModelStatistics
 from serving.validation import CapabilityError, InputError, validate_images
+
+__all__ = ["ModelOutputError", "Prediction", "ServedModel", "ServingCore", "UnknownModelError", "task_of"]
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +46,6 @@ def task_of(description: dict[str, Any]) -> dict[str, Any]:
 
 class ModelOutputError(RuntimeError):
     """The model produced values we refuse to return (NaN/Inf): a server fault, not the client's."""
-
-
-class UnknownModelError(LookupError):
-    """A request named a model this server does not serve (HTTP 404, gRPC NOT_FOUND)."""
 
 
 class FoundObject(BaseModel):
@@ -64,15 +68,38 @@ class Prediction(BaseModel):
 
 @dataclass
 class ServedModel:
-    """One registered export being served: its store tag, its metadata and its ONNX Runtime session."""
+    """One registered export version being served: its store tag, its metadata, its ONNX Runtime
+    session, its batcher (shared by every protocol) and its statistics."""
 
     tag: str  # name:version in the BentoML model store
     runtime: CapsNetRuntime
-    metadata: dict[str, Any]  # the BentoML model's metadata (accuracies, parity summary, ...)
+    metadata: dict[str, Any]  # the BentoML model's metadata (accuracies, parity summary, source, ...)
+    batcher: DynamicBatcher
+    statistics: ModelStatistics
 
     @classmethod
-    def load(cls, tag: str, path: str | Path, metadata: dict[str, Any], intra_op_threads: int = 0) -> ServedModel:
-        return cls(tag, CapsNetRuntime(path, intra_op_threads=intra_op_threads), dict(metadata))
+    def load(cls, tag: str, path: str | Path, metadata: dict[str, Any], settings: ServingSettings,
+             intra_op_threads: int = 0, statistics_hooks: dict[str, Any] | None = None) -> ServedModel:
+        """Open the export in `path`, warmed up for the largest batch (blocking)."""
+        runtime = CapsNetRuntime(path, intra_op_threads=intra_op_threads)
+        runtime.warm_up(settings.max_batch_size)
+        name, _, version = tag.partition(":")
+        statistics = ModelStatistics(name, version, **(statistics_hooks or {}))
+        return cls(tag, runtime, dict(metadata),
+                   DynamicBatcher(runtime.infer, settings.max_batch_size, settings.max_latency_ms, statistics),
+                   statistics)
+
+    async def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Validated [N, 1, S, S] -> {output name: [N, ...]}, batched with every other request to this
+        version, counted in its statistics. Raises QueuedTooLong past the latency budget."""
+        start = time.perf_counter_ns()
+        try:
+            answer = await self.batcher.submit(images)
+        except BaseException:
+            self.statistics.record_request(False, time.perf_counter_ns() - start)
+            raise
+        self.statistics.record_request(True, time.perf_counter_ns() - start, answer.queue_ns, answer.batch)
+        return answer.outputs
 
     @property
     def name(self) -> str:
@@ -99,9 +126,27 @@ class ServedModel:
     def output_dims(self) -> dict[str, list[int]]:
         return self.runtime.output_dims
 
+    def provenance(self) -> dict[str, Any]:
+        """Which model this is: version, how it was trained, its recorded accuracies, the file it came from."""
+        m = self.metadata
+        return {"version": self.version, "training": m.get("training"), "source": m.get("source"),
+                "validation_accuracy": m.get("val_accuracy"), "test_accuracy": m.get("test_accuracy")}
+
+    def summary(self) -> str:
+        """One line for the log: tag, training, accuracies, source, input and task."""
+        p, training = self.provenance(), self.metadata.get("training") or {}
+        trained = ", ".join(f"{k} {training[k]}" for k in ("variant", "epochs", "seed") if training.get(k) is not None)
+        accuracy = ", ".join(f"{k} {100 * p[f'{k}_accuracy']:.2f} %" for k in ("validation", "test")
+                             if p.get(f"{k}_accuracy") is not None)
+        return (f"{self.tag} ({trained or 'training not recorded'}; {accuracy or 'no accuracy recorded'}; "
+                f"from {p['source'] or 'an export made before sources were recorded'}; "
+                f"{self.image_size}x{self.image_size} input, {self.objects} object(s) per input, "
+                f"on {self.runtime.provider})")
+
     def describe(self) -> dict[str, Any]:
-        """What a client needs to call this model."""
-        return {"model_tag": self.tag, "name": self.name, "input_size": [1, self.image_size, self.image_size],
+        """What a client needs to call this model, and which version it is."""
+        return {"model_tag": self.tag, "name": self.name, **self.provenance(),
+                "input_size": [1, self.image_size, self.image_size],
                 "task": task_of(self.runtime.config),
                 "class_names": self.class_names, "outputs": self.output_dims,
                 "reconstructions": "reconstructions_top2" in self.output_dims,
@@ -112,32 +157,61 @@ class ServedModel:
 
 
 class ServingCore:
-    """The served models and every step of a request that is not transport: choose the model,
-    validate, decode uploads, unpack batched outputs, shape responses. The default model (what a
-    request that names none gets) is the first single-object one, else the first."""
+    """The served models (a ModelRepository: names, versions, load and unload) and every step of a
+    request that is not transport: choose the model, validate, decode uploads, run it through its
+    batcher, shape responses. The default model (what a request that names none gets) is the first
+    single-object one served at start-up, else the first; its preferred version answers."""
 
-    def __init__(self, models: list[ServedModel], settings: ServingSettings) -> None:
+    def __init__(self, repository: ModelRepository, settings: ServingSettings,
+                 admission: Admission | None = None, default_name: str | None = None) -> None:
+        models = repository.models()
         if not models:
             raise ValueError("ServingCore needs at least one model")
-        self.models = models
-        self.settings = settings
-        self.default = next((m for m in models if m.objects == 1), models[0])
+        self.repository, self.settings = repository, settings
+        self.admission = admission or Admission(settings.max_queue, settings.retry_after_s)
+        self.default_name = default_name or next((m.name for m in models if m.objects == 1), models[0].name)
 
     @classmethod
-    def load(cls, stored: list[tuple[str, str | Path, dict[str, Any]]], settings: ServingSettings) -> ServingCore:
-        """Open every stored model, (tag, folder, metadata), warmed up for the largest batch; logs what
-        is served and on which provider, and an error when a required GPU is not in use."""
+    def of(cls, models: list[ServedModel], settings: ServingSettings,
+           admission: Admission | None = None) -> ServingCore:
+        """A fixed set of opened models with no store behind them (tests, tools): no load or unload."""
+        repository = ModelRepository(list_store=list, open_version=lambda v: None)
+        for model in models:
+            repository.served.setdefault(model.name, []).append(model)
+        return cls(repository, settings, admission)
+
+    @classmethod
+    def start(cls, list_store: Callable[[], list[StoredVersion]], path_and_metadata: Callable[[str], tuple[Any, Any]],
+              wanted: dict[str, VersionPolicy], settings: ServingSettings, admission: Admission,
+              statistics_hooks: dict[str, Any] | None = None) -> ServingCore:
+        """Open what `wanted` selects from the store (name -> its version policy), warmed up for the
+        largest batch; each version opened now or loaded later logs what it is and where it came from,
+        and an error when a required GPU is not in use."""
         # several workers share the cores: each ONNX Runtime gets its share instead of all of them
         threads = 0 if settings.workers == 1 else max(1, (os.cpu_count() or 1) // settings.workers)
-        core = cls([ServedModel.load(tag, path, metadata, threads) for tag, path, metadata in stored], settings)
-        for model in core.models:
-            model.runtime.warm_up(settings.max_batch_size)
-            log.info("serving model %s (%dx%d input, %d object(s) per input)", model.tag, model.image_size,
-                     model.image_size, model.objects)
-        if not core.gpu_ok():
-            log.error("CAPSNET_REQUIRE_GPU is set but ONNX Runtime runs on %s: readiness will fail (%s)",
-                      [m.runtime.provider for m in core.models], core.models[0].runtime.cuda_unavailable)
-        return core
+
+        def open_version(stored: StoredVersion) -> ServedModel:
+            model = ServedModel.load(stored.tag, *path_and_metadata(stored.tag), settings, threads, statistics_hooks)
+            log.info("serving %s", model.summary())
+            if settings.require_gpu and model.runtime.provider != CUDA:
+                log.error("CAPSNET_REQUIRE_GPU is set but ONNX Runtime runs %s on %s: readiness will fail (%s)",
+                          model.tag, model.runtime.provider, model.runtime.cuda_unavailable)
+            return model
+
+        repository = ModelRepository(list_store, open_version, parse_policies(settings.version_policy),
+                                     control=settings.model_control == "explicit")
+        repository.start(wanted)
+        return cls(repository, settings, admission)
+
+    @property
+    def models(self) -> list[ServedModel]:
+        """Every served version."""
+        return self.repository.models()
+
+    @property
+    def default(self) -> ServedModel:
+        """The default model's preferred version (UnknownModelError if it was unloaded)."""
+        return self.repository.find(self.default_name)
 
     @property
     def model(self) -> ServedModel:
@@ -145,16 +219,26 @@ class ServingCore:
         return self.default
 
     def model_named(self, name: str | None) -> ServedModel:
-        """The served model called `name` (a model name, or name:version); None: the default one."""
+        """The served model called `name` (a model name: its preferred version; or name:version);
+        None or '': the default one."""
         if not name:
             return self.default
-        for model in self.models:
-            if name in (model.name, model.tag):
-                return model
-        raise UnknownModelError(f"no model {name!r} is served here; served: {', '.join(self.served_names())}")
+        base, _, version = name.partition(":")
+        return self.repository.find(base, version)
+
+    async def predict(self, images: np.ndarray, model: ServedModel | None = None) -> dict[str, np.ndarray]:
+        """Validated [N, 1, S, S] for `model` (default: the default model) -> its outputs {name: [N, ...]},
+        all finite, through its batcher. Overloaded (counted) when the request waited past the latency budget."""
+        model = model or self.default
+        try:
+            outputs = await model.infer(images)
+        except QueuedTooLong:
+            raise self.admission.refuse(model.name, PAST_BUDGET) from None
+        require_finite(*outputs.values())
+        return outputs
 
     def served_names(self) -> list[str]:
-        return [m.name for m in self.models]
+        return self.repository.names()
 
     def validate(self, images: Any, model: ServedModel | None = None) -> np.ndarray:
         """Client arrays -> float32 [N, 1, S, S] for `model` (default model: None); InputError names what is wrong."""
@@ -174,16 +258,6 @@ class ServingCore:
             except InputError as e:
                 raise InputError(f"image {index}: {e}") from None
         return np.stack(decoded)
-
-    def infer_packed(self, images: np.ndarray, model: ServedModel | None = None) -> np.ndarray:
-        """What a batchable API runs: validated [N, 1, S, S] -> one row of outputs per image."""
-        return (model or self.default).runtime.infer_packed(images)
-
-    def unpack(self, packed: Any, model: ServedModel | None = None) -> dict[str, np.ndarray]:
-        """Batched output rows -> {output name: [N, ...]}, all finite."""
-        outputs = (model or self.default).runtime.unpack(np.asarray(packed, np.float32))
-        require_finite(*outputs.values())
-        return outputs
 
     def predictions(self, outputs: dict[str, np.ndarray], model: ServedModel | None = None,
                     reconstructions: bool = False) -> list[Prediction]:
@@ -207,10 +281,15 @@ class ServingCore:
     def gpu_ok(self) -> bool:
         return not self.settings.require_gpu or all(m.runtime.provider == CUDA for m in self.models)
 
-    def metadata(self, batcher_in_process: bool, server_versions: dict[str, str] | None = None) -> dict[str, Any]:
-        """The `metadata` API's answer: the default model's details at the top, every model under `models`;
-        `server_versions` join the library versions (the serving framework's, which this module does not import)."""
-        model, s = self.default, self.settings
+    def metadata(self, server_versions: dict[str, str] | None = None) -> dict[str, Any]:
+        """The `metadata` API's answer: the default model's details at the top (another model's while the
+        default is unloaded), every served version under `models`; `server_versions` join the library
+        versions (the serving framework's, which this module does not import)."""
+        s, models = self.settings, self.models
+        if not models:
+            return {"models": [], "default_model": self.default_name, "model_control": s.model_control,
+                    "repository": self.repository.index()}
+        model = next((m for m in models if m.name == self.default_name), models[0])
         config = model.runtime.config
         return {
             "model_tag": model.tag,
@@ -222,17 +301,17 @@ class ServingCore:
             "accuracy": {name: model.metadata[key] for name, key in (("validation", "val_accuracy"),
                          ("test", "test_accuracy")) if model.metadata.get(key) is not None},
             "parity": model.metadata.get("parity"),
-            "models": [m.describe() for m in self.models],
-            "default_model": model.name,
+            "models": [m.describe() for m in models],
+            "default_model": self.default_name,
+            "version_policy": s.version_policy,
+            "model_control": s.model_control,
             "provider": model.runtime.provider,
             "providers": model.runtime.session.get_providers(),
             "cuda_unavailable": model.runtime.cuda_unavailable,  # why not CUDA, in words; None on CUDA
             "require_gpu": s.require_gpu,
-            # the statistics are this worker's; /metrics has BentoML's adaptive_batch_size for all
+            # the statistics are this worker's; per version: /v2/models/stats, and nv_inference_* on /metrics
             "batching": {"max_batch_size": s.max_batch_size, "max_latency_ms": s.max_latency_ms,
-                         "workers": s.workers,
-                         "in_process": batcher_in_process,  # false: the slower to_async fallback
-                         **model.runtime.stats()},
+                         "workers": s.workers, **model.runtime.stats()},
             "grpc_port": s.grpc_port,
             "versions": {**(server_versions or {}), "onnxruntime": ort.__version__, "numpy": np.__version__,
                          "python": platform.python_version(), "exported_with": config.get("versions", {})},

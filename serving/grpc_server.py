@@ -20,18 +20,30 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from serving.admission import Admission, Overloaded
-from serving.oip import SERVER_NAME, SERVER_VERSION, OipModel, image_tensor
+from serving.oip import (
+    EXTENSIONS,
+    SERVER_NAME,
+    SERVER_VERSION,
+    ModelSource,
+    OipModel,
+    datatype_of,
+    image_tensor,
+    raw_bytes,
+)
+from serving.repository import ModelControlDisabled, UnknownModelError
 from serving.settings import ServingSettings
 from serving.validation import InputError
 
 log = logging.getLogger(__name__)
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """Implements ServerLive/Ready, ModelReady, Server/ModelMetadata, ModelConfig and ModelInfer for every
-    served model (by the protocol's model name); the other methods of the service answer UNIMPLEMENTED
-    (the generated base class does that)."""
+    """Implements ServerLive/Ready, ModelReady, Server/ModelMetadata, ModelConfig, ModelInfer (with the
+    classification extension), ModelStatistics and the repository's RepositoryIndex / ModelLoad /
+    ModelUnload for the served models (by the protocol's model name and version); the other methods of
+    the service (shared memory, trace and log settings) answer UNIMPLEMENTED (the generated base class
+    does that)."""
 
-    def __init__(self, models: dict[str, OipModel], is_ready: Callable[[], bool], max_images: int,
+    def __init__(self, models: ModelSource, is_ready: Callable[[], bool], max_images: int,
                  admission: Admission) -> None:
         self.models = models
         self.is_ready = is_ready
@@ -39,12 +51,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.admission = admission
 
     async def _model(self, name: str, version: str, context: grpc.aio.ServicerContext) -> OipModel:
-        model = self.models.get(name)
-        if model is None or version not in ("", model.version):
-            served = ", ".join(f"{n!r} version {m.version!r}" for n, m in self.models.items())
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"unknown model {name!r} version {version!r}; this server has {served}")
-        return model
+        try:
+            return self.models.find(name, version)
+        except UnknownModelError as e:
+            log.warning("gRPC: %s", e)
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+            raise  # abort raises; this keeps type checkers sure nothing is returned
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -57,7 +69,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=self.is_ready())
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         model = await self._model(request.name, request.version, context)
@@ -66,6 +78,39 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request: Any, context: Any) -> Any:
         model = await self._model(request.name, request.version, context)
         return pb.ModelConfigResponse(config=model.config(request.name, self.max_images))
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        if request.name:
+            await self._model(request.name, request.version, context)
+        return json_format.ParseDict({"model_stats": self.models.statistics(request.name, request.version)},
+                                     pb.ModelStatisticsResponse())
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        return json_format.ParseDict({"models": self.models.index(request.ready)}, pb.RepositoryIndexResponse())
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        config = request.parameters["config"].string_param if "config" in request.parameters else None
+        await self._control(self.models.load(request.model_name, config), context)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self._control(self.models.unload(request.model_name), context)
+        return pb.RepositoryModelUnloadResponse()
+
+    async def _control(self, action: Any, context: Any) -> None:
+        """Run a load or unload; a client's mistake aborts with its status and one log line."""
+        problem: tuple[grpc.StatusCode, str] | None = None
+        try:
+            await action
+        except UnknownModelError as e:
+            problem = grpc.StatusCode.NOT_FOUND, str(e)
+        except ModelControlDisabled as e:
+            problem = grpc.StatusCode.FAILED_PRECONDITION, str(e)
+        except InputError as e:
+            problem = grpc.StatusCode.INVALID_ARGUMENT, str(e)
+        if problem is not None:
+            log.warning("gRPC repository: %s", problem[1])
+            await context.abort(*problem)
 
     def _images(self, request: Any, image_size: int) -> np.ndarray:
         """The request's one input as validated [N, 1, S, S]; InputError otherwise."""
@@ -87,7 +132,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             with self.admission.admit(request.model_name):
                 images = self._images(request, model.image_size)
                 wanted = model.wanted_outputs([o.name for o in request.outputs])
-                outputs = await model.infer(images)
+                class_counts = {o.name: o.parameters["classification"].int64_param for o in request.outputs
+                                if "classification" in o.parameters}
+                model.answer({}, [], class_counts)  # a bad classification request fails before it runs
+                answer = model.answer(await model.infer(images), wanted, class_counts)
         except InputError as e:
             problem = grpc.StatusCode.INVALID_ARGUMENT, str(e)
         except Overloaded as e:  # counted and summarised by the admission; no line per request
@@ -101,10 +149,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(*problem)
         response = pb.ModelInferResponse(model_name=request.model_name, model_version=model.version,
                                          id=request.id)
-        for name in wanted:
-            array = np.ascontiguousarray(outputs[name], dtype="<f4")
-            response.outputs.add(name=name, datatype="FP32", shape=list(array.shape))
-            response.raw_output_contents.append(array.tobytes())
+        for name, array in answer.items():
+            response.outputs.add(name=name, datatype=datatype_of(array), shape=list(array.shape))
+            response.raw_output_contents.append(raw_bytes(array))
         return response
 
 
@@ -130,9 +177,9 @@ async def start_grpc_server(servicer: InferenceServicer, port: int, max_message_
     return server
 
 
-async def serve_over_grpc(models: dict[str, OipModel], is_ready: Callable[[], bool], settings: ServingSettings,
+async def serve_over_grpc(models: ModelSource, is_ready: Callable[[], bool], settings: ServingSettings,
                           admission: Admission) -> grpc.aio.Server:
-    """The Open Inference Protocol server for `models` (name -> model), as the settings say."""
+    """The Open Inference Protocol server for `models`, as the settings say."""
     servicer = InferenceServicer(models, is_ready=is_ready, max_images=settings.max_batch_size, admission=admission)
     return await start_grpc_server(servicer, settings.grpc_port, settings.max_request_bytes,
                                    shared_port=settings.workers > 1)

@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -203,32 +204,31 @@ class AdmissionGate:
     """Admission control for the APIs that feed a model's batcher, in front of BentoML's whole app
     (`gate_in_front`): a refusal costs uvicorn and this, not BentoML's request handling and middleware.
 
-    `routes`: path -> the model it feeds (BentoML's own batchable `infer` APIs), or None for the APIs
-    whose body names the model (`classify`, `classify_image`; none named, or one not in `served`:
-    `default_model`, so made-up names add no counters; BentoML answers those 404). A request
-    the model's admission refuses gets 503 + Retry-After at once. A 503 from inside (BentoML's batcher
-    shed the request after the latency budget) is answered the same way; on the body-named routes
-    the service counted it already (serving/service.py), on the others it is counted here."""
+    `routes`: path -> the model it feeds (the low-level `infer` APIs), or None for the APIs whose body
+    names the model (`classify`, `classify_image`; NAME or NAME:VERSION; none named, or one that
+    `is_served` denies: `default_model`, so made-up names add no counters; the service answers those
+    404). A request the model's admission refuses gets 503 + Retry-After at once. A 503 from inside
+    (the model's batcher shed the request after the latency budget; serving/core.py counted it) is
+    answered the same way."""
 
     def __init__(self, app: Any, admission: Admission, routes: dict[str, str | None], default_model: str,
-                 served: tuple[str, ...], max_request_bytes: int | None = None) -> None:
+                 is_served: Callable[[str], bool], max_request_bytes: int | None = None) -> None:
         self.app, self.admission, self.routes, self.default_model = app, admission, routes, default_model
-        self.served, self.max_request_bytes = frozenset(served), max_request_bytes
+        self.is_served, self.max_request_bytes = is_served, max_request_bytes
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.routes:
             await self.app(scope, receive, send)
             return
         model = self.routes[scope["path"]]
-        counted_inside = model is None
         if model is None:
             body, receive = await read_body(receive, self.max_request_bytes)
-            model = model_named_in(body, media_type(scope) == "multipart/form-data")
-            model = model if model in self.served else self.default_model
+            named = (model_named_in(body, media_type(scope) == "multipart/form-data") or "").partition(":")[0]
+            model = named if named and self.is_served(named) else self.default_model
         try:
             with self.admission.admit(model):
                 await self.app(scope, receive, ShedAnswer(send, lambda: self.admission.refuse(
-                    model, PAST_BUDGET, count=not counted_inside)))
+                    model, PAST_BUDGET, count=False)))
         except Overloaded as e:
             await send_overloaded(send, e)
 
@@ -447,13 +447,13 @@ def client_error_status(exc: BaseException | None) -> int | None:
 
 
 def install(service: Any, max_request_bytes: int, uploads: dict[str, str], admission: Admission,
-            gated: dict[str, str | None], served: tuple[str, ...]) -> None:
+            gated: dict[str, str | None], default_model: str, is_served: Callable[[str], bool]) -> None:
     """Add the middleware to a BentoML service (outermost first), the admission gate in front of
     BentoML's app, and the log filter.
 
     `uploads`: route -> the multipart field that must hold files (see RequestGuard); `gated`: the
-    routes under admission control and the model each feeds (see AdmissionGate); `served`: the model
-    names, the default first.
+    routes under admission control and the model each feeds (see AdmissionGate); `is_served`: whether a
+    model name is served now.
     """
     service.add_asgi_middleware(ErrorShape)
     service.add_asgi_middleware(ApiDocs)
@@ -461,7 +461,7 @@ def install(service: Any, max_request_bytes: int, uploads: dict[str, str], admis
     service.add_asgi_middleware(BodySizeLimit, max_bytes=max_request_bytes)
     service.add_asgi_middleware(RequestGuard, uploads=uploads)
     gate_in_front(service, functools.partial(AdmissionGate, admission=admission, routes=gated,
-                                             default_model=served[0], served=served,
+                                             default_model=default_model, is_served=is_served,
                                              max_request_bytes=max_request_bytes))
     bentoml_logger = logging.getLogger(BENTOML_REQUEST_LOGGER)
     if not any(isinstance(f, ClientErrorsAsOneLine) for f in bentoml_logger.filters):

@@ -4,9 +4,9 @@ speaks it over gRPC, serving/oip_http.py over REST; both hand images to the same
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -19,6 +19,9 @@ IMAGE_DATATYPES = {"FP32": (np.dtype("<f4"), 1.0), "UINT8": (np.dtype("u1"), 1 /
 # What both transports answer to server metadata (a Bento carries serving/ without the installed
 # package, so the version is written here, as in pyproject.toml).
 SERVER_NAME, SERVER_VERSION = "capsnet-pipeline", "0.1.0"
+# What server metadata lists, on both transports: exactly the extensions implemented. The model
+# repository's index always answers; load and unload need CAPSNET_MODEL_CONTROL=explicit.
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class OipModel:
     image_size: int
     output_dims: dict[str, list[int]]  # per output, the shape after the batch axis
     on_gpu: bool = False  # ONNX Runtime runs it on CUDA (the ModelConfig's instance kind)
+    class_names: tuple[str, ...] = ()  # what the classification extension's strings name
+    versions: tuple[str, ...] = ()  # every version of the model in service (default: this one)
 
     def inputs(self) -> list[Tensor]:
         return [Tensor("image", "FP32", (1, self.image_size, self.image_size))]
@@ -42,7 +47,7 @@ class OipModel:
         lead with -1, the batch axis of any size."""
         def tensors(ts: list[Tensor]) -> list[dict[str, Any]]:
             return [{"name": t.name, "datatype": t.datatype, "shape": [-1, *t.dims]} for t in ts]
-        return {"name": name, "versions": [self.version], "platform": PLATFORM,
+        return {"name": name, "versions": list(self.versions or (self.version,)), "platform": PLATFORM,
                 "inputs": tensors(self.inputs()), "outputs": tensors(self.outputs())}
 
     def config(self, name: str, max_batch_size: int) -> Any:
@@ -56,6 +61,56 @@ class OipModel:
         if unknown:
             raise InputError(f"unknown outputs {unknown}; this model has {list(self.output_dims)}")
         return names or list(self.output_dims)
+
+    def answer(self, outputs: dict[str, np.ndarray], wanted: list[str], class_counts: dict[str, int]
+               ) -> dict[str, np.ndarray]:
+        """The tensors to return: each wanted output as FP32, or, where the request asked for the
+        classification extension (`class_counts`: output -> top k), as BYTES strings "value:index:label"."""
+        for name, count in class_counts.items():
+            if name != "probabilities" or count < 1:
+                raise InputError(f"classification (class_count {count}) applies to output 'probabilities' "
+                                 f"with a count >= 1, not {name!r}")
+        return {name: top_classes(outputs[name], class_counts[name], self.class_names) if name in class_counts
+                else outputs[name] for name in wanted}
+
+
+class ModelSource(Protocol):
+    """What the protocol servers ask of the served models (serving/protocols.py: the repository's view)."""
+
+    def find(self, name: str, version: str) -> OipModel:
+        """The served model (version ''): its preferred version); UnknownModelError otherwise."""
+
+    def statistics(self, name: str, version: str) -> list[dict[str, Any]]:
+        """Triton's ModelStatistics (JSON) of every served version of `name` ('': of every model)."""
+
+    def index(self, ready_only: bool) -> list[dict[str, str]]:
+        """The repository index: name, version, state, reason."""
+
+    async def load(self, name: str, config: str | None) -> None:
+        """Load `name` (config: a JSON model config that may carry a version_policy)."""
+
+    async def unload(self, name: str) -> None: ...
+
+
+def top_classes(scores: np.ndarray, count: int, class_names: Sequence[str]) -> np.ndarray:
+    """The classification extension: scores [N, K] -> [N, min(count, K)] bytes b"value:index:label",
+    the highest first (Triton's format, the value with six decimals)."""
+    k = min(count, scores.shape[1])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.array([[f"{scores[i, j]:f}:{j}:{class_names[j] if j < len(class_names) else j}".encode()
+                      for j in row] for i, row in enumerate(order)], dtype=object).reshape(len(scores), k)
+
+
+def datatype_of(array: np.ndarray) -> str:
+    return "BYTES" if array.dtype == object else "FP32"
+
+
+def raw_bytes(array: np.ndarray) -> bytes:
+    """A tensor's raw contents as both transports send them: FP32 little-endian, or for BYTES each
+    element as a 4-byte little-endian length and its bytes."""
+    if array.dtype != object:
+        return np.ascontiguousarray(array, dtype="<f4").tobytes()
+    return b"".join(len(item).to_bytes(4, "little") + item for item in array.reshape(-1))
 
 
 def image_tensor(name: str, datatype: str, shape: list[int], values: bytes | np.ndarray, max_images: int,

@@ -10,10 +10,17 @@ work, one route table. It feeds the same per-model batchers as the BentoML APIs 
     GET  /v2/models/NAME[/versions/V]             model metadata
     GET  /v2/models/NAME[/versions/V]/ready       200, or 400 when not ready
     GET  /v2/models/NAME[/versions/V]/config      Triton's ModelConfig as JSON
-    POST /v2/models/NAME[/versions/V]/infer       JSON tensors, or the binary tensor data extension
+    POST /v2/models/NAME[/versions/V]/infer       JSON tensors, or the binary tensor data extension;
+                                                  an output's parameters {"classification": k}: the top k
+                                                  classes as "value:index:label" strings
+    GET  /v2/models/stats                         statistics extension: every served version
+    GET  /v2/models/NAME[/versions/V]/stats       ... of one model or version
+    POST /v2/repository/index                     model repository extension: every known version, its state
+    POST /v2/repository/models/NAME/load | unload (CAPSNET_MODEL_CONTROL=explicit)
 
-Errors are `{"error": "..."}`: 400 for a bad request or tensor, 404 for an unknown model, version or
-route, 405 for a wrong method, 413 for a body over CAPSNET_MAX_REQUEST_BYTES; one log line each.
+Errors are `{"error": "..."}`: 400 for a bad request or tensor, 403 for load/unload on a server without
+model control, 404 for an unknown (or unloaded) model, version or route, 405 for a wrong method, 413
+for a body over CAPSNET_MAX_REQUEST_BYTES; one log line each.
 503 with Retry-After when the model is full (serving/admission.py), decided before the body is read;
 those are counted and summarised, not logged one by one.
 """
@@ -32,14 +39,23 @@ import uvicorn
 from google.protobuf import json_format
 
 from serving.admission import Admission, Overloaded
-from serving.oip import SERVER_NAME, SERVER_VERSION, OipModel, image_tensor
+from serving.oip import (
+    EXTENSIONS,
+    SERVER_NAME,
+    SERVER_VERSION,
+    ModelSource,
+    OipModel,
+    datatype_of,
+    image_tensor,
+    raw_bytes,
+)
+from serving.repository import ModelControlDisabled, UnknownModelError
 from serving.settings import ServingSettings
 from serving.validation import InputError
 
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "inference-header-content-length"  # the binary tensor data extension's header
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 
 
 class HttpError(Exception):
@@ -49,9 +65,9 @@ class HttpError(Exception):
 
 
 class OipHttpApp:
-    """The ASGI app: `models` by name, `is_ready` for the health and readiness routes."""
+    """The ASGI app: `models` (the served set, serving/protocols.py), `is_ready` for the health and readiness routes."""
 
-    def __init__(self, models: dict[str, OipModel], is_ready: Callable[[], bool], max_images: int,
+    def __init__(self, models: ModelSource, is_ready: Callable[[], bool], max_images: int,
                  max_request_bytes: int, admission: Admission) -> None:
         self.models, self.is_ready = models, is_ready
         self.max_images, self.max_request_bytes = max_images, max_request_bytes
@@ -63,9 +79,10 @@ class OipHttpApp:
         method, path = scope["method"], scope["path"]
         try:
             status, body, headers = await self.route(method, path.rstrip("/").split("/")[1:], scope, receive)
-        except HttpError as e:
-            log.warning("%s %s: %d %s", method, path, e.status, e)
-            status, body, headers = e.status, json.dumps({"error": str(e)}).encode(), {}
+        except (HttpError, UnknownModelError, ModelControlDisabled) as e:
+            status = getattr(e, "status", 404 if isinstance(e, UnknownModelError) else 403)
+            log.warning("%s %s: %d %s", method, path, status, e.args[0])
+            body, headers = json.dumps({"error": e.args[0]}).encode(), {}
         except Overloaded as e:  # counted and summarised by the admission; no line per request
             status, body, headers = 503, json.dumps({"error": str(e)}).encode(), {"retry-after": e.retry_after_s}
         except Exception:
@@ -87,13 +104,18 @@ class OipHttpApp:
             if not rest:
                 return ok({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
             return readiness(rest[1] == "live" or self.is_ready())
+        if rest[:1] == ["repository"]:
+            return await self.repository(method, rest[1:], scope, receive)
+        if rest == ["models", "stats"]:
+            expect(method, "GET")
+            return ok({"model_stats": self.models.statistics("", "")})
         if len(rest) < 2 or rest[0] != "models":
             raise HttpError(404, f"no route {scope['path']}")
         name, rest = rest[1], rest[2:]
         version = ""
         if rest[:1] == ["versions"] and len(rest) >= 2:
             version, rest = rest[1], rest[2:]
-        model = self.model(name, version)
+        model = self.models.find(name, version)
         action = rest[0] if len(rest) == 1 else ("" if not rest else None)
         if action == "":
             expect(method, "GET")
@@ -104,18 +126,37 @@ class OipHttpApp:
         if action == "config":
             expect(method, "GET")
             return ok(config_json(model.config(name, self.max_images)))
+        if action == "stats":
+            expect(method, "GET")
+            return ok({"model_stats": self.models.statistics(name, version)})
         if action == "infer":
             expect(method, "POST")
             with self.admission.admit(name):  # before the body is read: refusing costs next to nothing
                 return await self.infer(name, model, scope, await self.body(scope, receive))
         raise HttpError(404, f"no route {scope['path']}")
 
-    def model(self, name: str, version: str) -> OipModel:
-        model = self.models.get(name)
-        if model is None or version not in ("", model.version):
-            served = ", ".join(f"{n!r} version {m.version!r}" for n, m in self.models.items())
-            raise HttpError(404, f"unknown model {name!r} version {version!r}; this server has {served}")
-        return model
+    async def repository(self, method: str, rest: list[str], scope: dict[str, Any], receive: Callable
+                         ) -> tuple[int, bytes, dict[str, Any]]:
+        """The model repository extension: index, load, unload (POSTs with an optional JSON body)."""
+        if rest not in (["index"],) and not (len(rest) == 3 and rest[0] == "models" and rest[2] in ("load", "unload")):
+            raise HttpError(404, f"no route {scope['path']}; the repository has /index and /models/NAME/load|unload")
+        expect(method, "POST")
+        body = await self.body(scope, receive)
+        request, _ = split_body(body or b"{}", None)
+        if rest == ["index"]:
+            return 200, json.dumps(self.models.index(bool(request.get("ready")))).encode(), {}
+        if rest[2] == "unload":
+            await self.models.unload(rest[1])
+        else:
+            config = (request.get("parameters") or {}).get("config")
+            if config is not None and not isinstance(config, str):
+                raise HttpError(400, "parameters.config must be a JSON string (a model config), as tritonclient "
+                                     "sends it")
+            try:
+                await self.models.load(rest[1], config)
+            except InputError as e:
+                raise HttpError(400, str(e)) from None
+        return 200, b"", {}
 
     async def body(self, scope: dict[str, Any], receive: Callable) -> bytes:
         chunks, size = [], 0
@@ -133,15 +174,17 @@ class OipHttpApp:
                     ) -> tuple[int, bytes, dict[str, Any]]:
         request, binary = split_body(body, header_value(scope, HEADER_LENGTH))
         try:
-            images, wanted, binary_out = self.parse(request, binary, model)
+            images, wanted, binary_out, class_counts = self.parse(request, binary, model)
+            model.answer({}, [], class_counts)  # a bad classification request fails before it runs
         except InputError as e:
             raise HttpError(400, str(e)) from None
         outputs = await model.infer(images)
-        return respond(name, model.version, request.get("id"), {n: outputs[n] for n in wanted}, binary_out)
+        return respond(name, model.version, request.get("id"), model.answer(outputs, wanted, class_counts), binary_out)
 
     def parse(self, request: dict[str, Any], binary: bytes, model: OipModel
-              ) -> tuple[np.ndarray, list[str], set[str]]:
-        """(validated images, outputs to return, those to return as binary data)."""
+              ) -> tuple[np.ndarray, list[str], set[str], dict[str, int]]:
+        """(validated images, outputs to return, those to return as binary data, those asked as the top
+        k classes: output -> k)."""
         inputs = request.get("inputs")
         if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
             raise InputError("expected 'inputs': a list with one tensor named 'image'")
@@ -166,7 +209,11 @@ class OipHttpApp:
         all_binary = bool((request.get("parameters") or {}).get("binary_data_output"))
         flagged = {o["name"]: (o.get("parameters") or {}).get("binary_data") for o in asked}
         binary_out = {n for n in wanted if flagged.get(n, all_binary)}
-        return images, wanted, binary_out
+        class_counts = {o["name"]: (o.get("parameters") or {})["classification"] for o in asked
+                        if "classification" in (o.get("parameters") or {})}
+        if not all(isinstance(k, int) and not isinstance(k, bool) for k in class_counts.values()):
+            raise InputError(f"classification must be a whole number of classes, got {class_counts}")
+        return images, wanted, binary_out, class_counts
 
 
 def expect(method: str, allowed: str) -> None:
@@ -208,16 +255,19 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
 
 def respond(name: str, version: str, request_id: Any, outputs: dict[str, np.ndarray], binary: set[str]
             ) -> tuple[int, bytes, dict[str, Any]]:
-    """The inference response: JSON tensors, and the binary ones appended after the JSON header."""
+    """The inference response: JSON tensors (FP32 numbers, or BYTES strings), and the binary ones appended
+    after the JSON header."""
     tensors, blobs = [], []
     for output, array in outputs.items():
-        array = np.ascontiguousarray(array, dtype="<f4")
-        tensor: dict[str, Any] = {"name": output, "datatype": "FP32", "shape": list(array.shape)}
+        datatype = datatype_of(array)
+        tensor: dict[str, Any] = {"name": output, "datatype": datatype, "shape": list(array.shape)}
         if output in binary:
-            blobs.append(array.tobytes())
+            blobs.append(raw_bytes(array))
             tensor["parameters"] = {"binary_data_size": len(blobs[-1])}
+        elif datatype == "BYTES":
+            tensor["data"] = [item.decode() for item in array.reshape(-1)]
         else:
-            tensor["data"] = array.reshape(-1).tolist()
+            tensor["data"] = np.asarray(array, dtype=np.float32).reshape(-1).tolist()
         tensors.append(tensor)
     document = {"model_name": name, "model_version": version, "outputs": tensors}
     if request_id is not None:

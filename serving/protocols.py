@@ -1,17 +1,68 @@
 """The Open Inference Protocol servers of one service process, started and stopped together: gRPC
 (serving/grpc_server.py) and REST (serving/oip_http.py), each on its own port, both feeding the same
-per-model batchers through the models' `infer`."""
+per-model-version batchers, and `ServedOipModels`: what both see of the served models (serving/core.py's
+repository), so a model loaded or unloaded is seen by every protocol at once."""
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable
 from typing import Any
 
 from serving.admission import Admission
+from serving.core import ServedModel, ServingCore
 from serving.grpc_server import serve_over_grpc
-from serving.oip import OipModel
+from serving.oip import ModelSource, OipModel
 from serving.oip_http import OipHttpApp, serve_over_http
+from serving.providers import CUDA
+from serving.repository import VersionPolicy
 from serving.settings import ServingSettings
+from serving.validation import InputError
+
+
+class ServedOipModels:
+    """The served set as the protocols see it (a ModelSource): each version as an OipModel whose `infer`
+    is the core's (its batcher, statistics and latency budget), statistics and the repository."""
+
+    def __init__(self, core: ServingCore) -> None:
+        self.core = core
+        self.repository = core.repository
+
+    def view(self, model: ServedModel) -> OipModel:
+        versions = tuple(m.version for m in self.repository.served.get(model.name, [model]))
+        return OipModel(model.version, functools.partial(self.core.predict, model=model), model.image_size,
+                        model.output_dims, on_gpu=model.runtime.provider == CUDA,
+                        class_names=tuple(model.class_names), versions=versions)
+
+    def find(self, name: str, version: str) -> OipModel:
+        return self.view(self.repository.find(name, version))
+
+    def statistics(self, name: str, version: str) -> list[dict[str, Any]]:
+        if not name:
+            return [m.statistics.as_dict() for m in self.repository.models()]
+        if version:
+            return [self.repository.find(name, version).statistics.as_dict()]
+        self.repository.find(name)  # UnknownModelError for a model not served
+        return [m.statistics.as_dict() for m in self.repository.served[name]]
+
+    def index(self, ready_only: bool) -> list[dict[str, str]]:
+        return self.repository.index(ready_only)
+
+    async def load(self, name: str, config: str | None) -> None:
+        policy = None
+        if config:
+            try:
+                document = json.loads(config)
+            except ValueError as e:
+                raise InputError(f"the load request's config is not JSON: {e}") from None
+            if not isinstance(document, dict):
+                raise InputError("the load request's config must be a JSON object (a model config)")
+            policy = VersionPolicy.from_config(document)
+        await self.repository.load(name, policy)
+
+    async def unload(self, name: str) -> None:
+        await self.repository.unload(name)
 
 
 class ProtocolServers:
@@ -19,7 +70,7 @@ class ProtocolServers:
         self.grpc_server, self.http_server, self.http_task = grpc_server, http_server, http_task
 
     @classmethod
-    async def start(cls, models: dict[str, OipModel], is_ready: Callable[[], bool],
+    async def start(cls, models: ModelSource, is_ready: Callable[[], bool],
                     settings: ServingSettings, admission: Admission) -> ProtocolServers:
         grpc_server = await serve_over_grpc(models, is_ready, settings, admission)
         app = OipHttpApp(models, is_ready, settings.max_batch_size, settings.max_request_bytes, admission)

@@ -84,14 +84,14 @@ class CapsNetRuntime:
             raise RuntimeError("this export has no decoder graph")
         return self.decoder.run(["image"], {"poses": poses, "label": labels})[0]
 
-    def infer_packed(self, images: np.ndarray) -> np.ndarray:
-        """[N, 1, S, S] -> [N, W]: every output flattened into one row per image, what a batchable
-        API must return (W = K + K*D, plus 2*S*S with reconstructions)."""
-        outputs = self.infer(images)
-        return np.concatenate([outputs[name].reshape(len(images), -1) for name in self.outputs], axis=1)
+    def pack(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        """`infer`'s outputs -> [N, W]: every output flattened into one row per image, what the low-level
+        infer APIs answer (W = K + K*D, plus 2*S*S with reconstructions)."""
+        n = len(outputs[self.outputs[0]])
+        return np.concatenate([outputs[name].reshape(n, -1) for name in self.outputs], axis=1)
 
     def unpack(self, packed: np.ndarray) -> dict[str, np.ndarray]:
-        """Inverse of `infer_packed`: [N, W] -> {output name: [N, ...]}."""
+        """Inverse of `pack`: [N, W] -> {output name: [N, ...]}."""
         result, start = {}, 0
         for name, dims in self.output_dims.items():
             width = int(np.prod(dims))

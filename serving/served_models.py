@@ -1,6 +1,7 @@
-"""What one `bentoml serve` serves: its settings and the registered models, resolved once at import
-(BentoML packs the models named here into a Bento when it is built, and the API types are derived
-from them: serving/api_types.py)."""
+"""What one `bentoml serve` serves at start-up: its settings and the registered model versions, chosen
+once at import by CAPSNET_MODEL_TAG and the version policies (serving/repository.py). BentoML packs the
+versions named here into a Bento when it is built, and the per-model `infer_*` APIs are declared from
+them (serving/api_types.py); with CAPSNET_MODEL_CONTROL=explicit the repository loads others later."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import sys
 from pathlib import Path
 
 import bentoml
-from bentoml.exceptions import NotFound
 
 from serving.core import task_of
+from serving.repository import StoredVersion, VersionPolicy, parse_policies
 from serving.settings import MODEL_PREFIX, ServingSettings, bento_model_tags
 
 
@@ -19,42 +20,67 @@ def objects_of(model: bentoml.Model) -> int:
     return int(task_of(model.info.metadata)["objects"])
 
 
-def newest_of_each(prefix: str) -> list[bentoml.Model]:
-    """The newest version of every stored model whose name starts with `prefix`."""
-    newest: dict[str, bentoml.Model] = {}
-    for model in bentoml.models.list():
-        name = model.tag.name
-        if name.startswith(prefix) and (name not in newest or
-                                        model.info.creation_time > newest[name].info.creation_time):
-            newest[name] = model
-    return list(newest.values())
+def list_store(extra_names: tuple[str, ...] = ()) -> list[StoredVersion]:
+    """Every registered version of the capsnet-* models (and of `extra_names`), as the repository sees them."""
+    return [StoredVersion(m.tag.name, m.tag.version, m.info.creation_time, m.info.metadata.get("val_accuracy"))
+            for m in bentoml.models.list() if m.tag.name.startswith(MODEL_PREFIX) or m.tag.name in extra_names]
 
 
-def resolve_models(tags: tuple[str, ...]) -> list[bentoml.Model]:
-    """The stored models to serve, the default one (a single-object model, capsnet-mnist first)
-    first: `tags` if given; else, in a built Bento, the models it was built with; else (the source
-    tree) the newest version of every capsnet-* model. Exits saying how to create one if none."""
-    wanted = list(tags) or bento_model_tags(Path(__file__).resolve().parents[1])
-    found, missing = [], []
-    for tag in wanted:
+def path_and_metadata(tag: str) -> tuple[str, dict]:
+    model = bentoml.models.get(tag)
+    return model.path, model.info.metadata
+
+
+def wanted_models(settings: ServingSettings, bento_tags: list[str]) -> dict[str, VersionPolicy]:
+    """What to serve at start-up, name -> version policy: CAPSNET_MODEL_TAG's entries (NAME:VERSION pins
+    that version, NAME serves NAME by its policy); else, in a built Bento, the exact versions it was
+    built with; else every capsnet-* model in the store by its policy."""
+    default_policy, policies = parse_policies(settings.version_policy)
+    entries = list(settings.model_tags) or bento_tags
+    if not entries:
+        names = sorted({v.name for v in list_store()})
+        return {name: policies.get(name, default_policy) for name in names}
+    pinned: dict[str, list[str]] = {}
+    for entry in entries:
+        name, _, version = entry.partition(":")
+        if version and version != "latest":
+            pinned.setdefault(name, []).append(version)
+        else:
+            pinned.setdefault(name, [])
+    return {name: VersionPolicy("specific", versions=tuple(versions)) if versions else
+            policies.get(name, default_policy) for name, versions in pinned.items()}
+
+
+def resolve_models(wanted: dict[str, VersionPolicy]) -> list[bentoml.Model]:
+    """The stored versions `wanted` selects, the default model (a single-object one, capsnet-mnist
+    first) first. Exits saying how to create one if a name or pinned version is missing."""
+    store = list_store(tuple(wanted))
+    found, problems = [], []
+    for name, policy in wanted.items():
+        versions = [v for v in store if v.name == name]
         try:
-            found.append(bentoml.models.get(tag))
-        except NotFound:
-            missing.append(tag)
+            found += [bentoml.models.get(v.tag) for v in policy.select(versions)] if versions else []
+        except ValueError as e:  # a pinned version that is not registered
+            problems.append(f"{name}: {e}")
+        if not versions:
+            problems.append(f"no model {name!r} in the BentoML model store")
     if not wanted:
-        found = newest_of_each(MODEL_PREFIX)
-        missing = [] if found else [f"{MODEL_PREFIX}mnist"]
-    if missing or not found:
+        problems.append(f"no {MODEL_PREFIX}* model in the BentoML model store")
+    if problems:
         sys.stderr.write(
-            f"\nNo model {', '.join(repr(m) for m in missing)} in the BentoML model store. Create one with\n"
-            "    make pipeline\n"
+            "\n" + "\n".join(problems) + "\nCreate one with\n"
+            "    make pipeline           (or make pretrained: the shipped weights)\n"
             "or, from an existing checkpoint,\n"
             "    capsnet export RUN/best.pt -o RUN/export\n"
-            "(or point CAPSNET_MODEL_TAG at registered models, comma-separated: `bentoml models list`).\n\n")
+            "(or point CAPSNET_MODEL_TAG at registered models, NAME or NAME:VERSION, comma-separated: "
+            "`bentoml models list`).\n\n")
         raise SystemExit(2)
     return sorted(found, key=lambda m: (objects_of(m) != 1, m.tag.name != f"{MODEL_PREFIX}mnist", m.tag.name))
 
 
 settings = ServingSettings.from_env()
-MODELS = resolve_models(settings.model_tags)
-NAMES = [m.tag.name for m in MODELS]
+# name -> version policy, the default model first (the order NAMES and the repository keep)
+_wanted = wanted_models(settings, bento_model_tags(Path(__file__).resolve().parents[1]))
+MODELS = resolve_models(_wanted)  # the versions served at start-up, default model first
+NAMES = list(dict.fromkeys(m.tag.name for m in MODELS))
+WANTED = {name: _wanted[name] for name in NAMES}

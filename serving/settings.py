@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from serving.repository import parse_policies
+
 
 def _flag(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
@@ -51,7 +53,13 @@ class ServingSettings:
     require_gpu: bool = False  # CAPSNET_REQUIRE_GPU: readiness fails unless CUDA is in use
     max_request_bytes: int = 8 << 20  # CAPSNET_MAX_REQUEST_BYTES: larger bodies get 413
     workers: int = 1  # CAPSNET_WORKERS: server processes; each has its own model session and batcher
-    in_process_batcher: bool = True  # CAPSNET_IN_PROCESS_BATCHER: off = BentoML's slower self.to_async
+    # CAPSNET_VERSION_POLICY: which registered versions of each model serve (serving/repository.py):
+    # `best` (highest validation accuracy), `latest[:N]`, `all`, `specific:V1,V2`; `NAME=POLICY` for one
+    # model, entries separated by `;`. CAPSNET_MODEL_TAG's name:version pins win over it.
+    version_policy: str = "best"
+    # CAPSNET_MODEL_CONTROL: `explicit` allows loading and unloading models through the repository
+    # extension (as Triton's --model-control-mode=explicit); `none` (default) serves a fixed set.
+    model_control: str = "none"
     # CAPSNET_ACCESS_LOG: BentoML's line per HTTP request (~300 bytes; megabytes a minute under load).
     # Off by default: errors are logged one line each and refusals summed up (serving/admission.py).
     access_log: bool = False
@@ -71,7 +79,8 @@ class ServingSettings:
             require_gpu=_flag(env.get("CAPSNET_REQUIRE_GPU", "false")),
             max_request_bytes=int(env.get("CAPSNET_MAX_REQUEST_BYTES", d.max_request_bytes)),
             workers=int(env.get("CAPSNET_WORKERS", d.workers)),
-            in_process_batcher=_flag(env.get("CAPSNET_IN_PROCESS_BATCHER", "true")),
+            version_policy=env.get("CAPSNET_VERSION_POLICY", d.version_policy).strip() or d.version_policy,
+            model_control=env.get("CAPSNET_MODEL_CONTROL", d.model_control).strip().lower() or d.model_control,
             access_log=_flag(env.get("CAPSNET_ACCESS_LOG", "false")),
         )
         if settings.max_batch_size < 2:
@@ -82,4 +91,14 @@ class ServingSettings:
             raise ValueError("CAPSNET_RETRY_AFTER_S must be at least 1 (HTTP's Retry-After counts whole seconds)")
         if settings.workers < 1:
             raise ValueError("CAPSNET_WORKERS must be at least 1")
+        if settings.model_control not in ("none", "explicit"):
+            raise ValueError(f"CAPSNET_MODEL_CONTROL must be none or explicit, not {settings.model_control!r}")
+        if settings.model_control == "explicit" and settings.workers > 1:
+            # each worker process holds its own models: a load would reach only the worker that got it
+            raise ValueError("CAPSNET_MODEL_CONTROL=explicit needs CAPSNET_WORKERS=1 (each worker holds its own "
+                             "models, and a load request reaches one of them); scale out with more servers instead")
+        try:
+            parse_policies(settings.version_policy)
+        except ValueError as e:
+            raise ValueError(f"CAPSNET_VERSION_POLICY: {e}") from None
         return settings

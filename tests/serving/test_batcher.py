@@ -1,51 +1,125 @@
-"""find_batcher against stand-ins shaped like BentoML 1.4's app (the real one is covered end to end
-in test_serve_e2e.py, whose metadata test asserts the in-process path was found)."""
+"""The dynamic batcher (serving/batcher.py) and the statistics it records (serving/statistics.py),
+in-process with a model that records the batches it is given."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
-from types import SimpleNamespace
+import threading
 
+import numpy as np
 import pytest
 
-from serving.batcher import NotWiredYet, find_batcher
+from serving.batcher import DynamicBatcher, QueuedTooLong
+from serving.statistics import ModelStatistics
+from tests.serving.fakes import run
 
 
-class FakeFactory:
+class Recording:
+    """A model whose outputs identify each image (its first pixel), that can be held on a gate."""
+
     def __init__(self) -> None:
-        self.dispatchers = {"infer": object()}
-        self.calls: list[tuple] = []
+        self.batches: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
 
-    async def api_endpoint_wrapper(self, name: str, request: object) -> None:
-        raise AssertionError("the HTTP endpoint must not be called")
-
-    async def batch_infer(self, name: str, args: tuple, kwargs: dict) -> str:
-        self.calls.append((name, args, kwargs))
-        return f"batched {args[0]}"
-
-
-def service_with_routes(*routes: object) -> SimpleNamespace:
-    proxy = SimpleNamespace(to_async=SimpleNamespace(app=SimpleNamespace(routes=list(routes))))
-    return SimpleNamespace(__self_proxy__=proxy)
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        self.gate.wait(10)
+        self.batches.append(len(images))
+        return {"probabilities": images[:, 0, 0, :2].copy(), "poses": np.zeros((len(images), 2, 3), np.float32)}
 
 
-def test_finds_the_factorys_batcher_for_the_named_route():
-    factory = FakeFactory()
-    other = SimpleNamespace(name="classify", endpoint=functools.partial(factory.api_endpoint_wrapper, "classify"))
-    infer = SimpleNamespace(name="infer", endpoint=functools.partial(factory.api_endpoint_wrapper, "infer"))
-    batcher = find_batcher(service_with_routes(other, infer), "infer")
-    assert batcher is not None
-    assert asyncio.run(batcher("x")) == "batched x"
-    assert factory.calls == [("infer", ("x",), {})]
+def images(first: float, n: int = 1) -> np.ndarray:
+    batch = np.zeros((n, 1, 4, 4), np.float32)
+    batch[:, 0, 0, 0] = first + np.arange(n)
+    return batch
 
 
-def test_returns_none_when_bentoml_is_not_shaped_as_expected():
-    factory = FakeFactory()
-    with pytest.raises(NotWiredYet):  # app not started: no proxy yet, ask again later
-        find_batcher(SimpleNamespace(), "infer")
-    plain = SimpleNamespace(name="infer", endpoint=lambda request: None)  # endpoint not a partial
-    assert find_batcher(service_with_routes(plain), "infer") is None
-    factory.dispatchers = {}  # route exists but no batcher for it (API not batchable)
-    route = SimpleNamespace(name="infer", endpoint=functools.partial(factory.api_endpoint_wrapper, "infer"))
-    assert find_batcher(service_with_routes(route), "infer") is None
+def test_requests_waiting_while_the_model_runs_share_one_batch_and_get_their_own_rows():
+    model, stats = Recording(), ModelStatistics("m", "1")
+    batcher = DynamicBatcher(model, max_batch_size=8, max_latency_ms=10_000, statistics=stats)
+
+    async def scenario() -> list:
+        model.gate.clear()
+        first = asyncio.create_task(batcher.submit(images(100)))  # runs alone: the model was idle
+        await asyncio.sleep(0.05)
+        rest = [asyncio.create_task(batcher.submit(images(10 * k, n=2))) for k in range(3)]  # 6 images wait
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        return await asyncio.gather(first, *rest)
+
+    answers = run(scenario())
+    assert model.batches == [1, 6]
+    assert answers[0].outputs["probabilities"][:, 0].tolist() == [100]
+    for k, answer in enumerate(answers[1:]):
+        assert answer.outputs["probabilities"][:, 0].tolist() == [10 * k, 10 * k + 1]  # its own rows, in order
+        assert answer.batch.size == 6 and answer.queue_ns > 40e6  # it waited for the first batch
+    summary = stats.as_dict()
+    assert (summary["inference_count"], summary["execution_count"]) == (7, 2)
+    assert [(b["batch_size"], b["compute_infer"]["count"]) for b in summary["batch_stats"]] == [(1, 1), (6, 1)]
+
+
+def test_a_batch_never_exceeds_the_limit_and_a_request_is_never_split():
+    model = Recording()
+    batcher = DynamicBatcher(model, max_batch_size=4, max_latency_ms=10_000, statistics=ModelStatistics("m", "1"))
+
+    async def scenario() -> None:
+        model.gate.clear()
+        first = asyncio.create_task(batcher.submit(images(0)))
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.create_task(batcher.submit(images(0, n=3))) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        await asyncio.gather(first, *waiting)
+
+    run(scenario())
+    assert model.batches == [1, 3, 3, 3]
+
+
+def test_a_request_past_the_latency_budget_is_shed_and_the_rest_still_run():
+    model = Recording()
+    batcher = DynamicBatcher(model, max_batch_size=8, max_latency_ms=30, statistics=ModelStatistics("m", "1"))
+
+    async def scenario() -> tuple:
+        model.gate.clear()
+        first = asyncio.create_task(batcher.submit(images(0)))
+        await asyncio.sleep(0.01)
+        late = asyncio.create_task(batcher.submit(images(1)))  # waits > 30 ms behind the held batch
+        await asyncio.sleep(0.1)
+        model.gate.set()
+        return await asyncio.gather(first, late, return_exceptions=True)
+
+    first, late = run(scenario())
+    assert isinstance(late, QueuedTooLong) and first.outputs["probabilities"].shape == (1, 2)
+    assert model.batches == [1]
+    again = run(batcher.submit(images(5)))  # an idle batcher starts again on the next request
+    assert again.outputs["probabilities"][0, 0] == 5
+
+
+def test_a_failing_batch_fails_each_of_its_requests_and_not_the_next():
+    calls = []
+
+    def flaky(batch: np.ndarray) -> dict[str, np.ndarray]:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("out of memory")
+        return {"probabilities": batch[:, 0, 0, :2]}
+
+    batcher = DynamicBatcher(flaky, 8, 10_000, ModelStatistics("m", "1"))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run(batcher.submit(images(0)))
+    assert run(batcher.submit(images(3))).outputs["probabilities"][0, 0] == 3
+
+
+def test_statistics_count_requests_and_call_their_hooks():
+    seen = []
+    stats = ModelStatistics("m", "7", on_request=lambda s, ok, total, queue, compute: seen.append((ok, compute)))
+    batcher = DynamicBatcher(Recording(), 8, 10_000, stats)
+    answer = run(batcher.submit(images(0, n=2)))
+    stats.record_request(True, 5_000, answer.queue_ns, answer.batch)
+    stats.record_request(False, 2_000)
+    summary = stats.as_dict()
+    inference = summary["inference_stats"]
+    assert (summary["name"], summary["version"]) == ("m", "7")
+    assert inference["success"] == {"count": 1, "ns": 5_000} and inference["fail"] == {"count": 1, "ns": 2_000}
+    assert inference["compute_infer"]["count"] == 1 and inference["compute_infer"]["ns"] == answer.batch.compute_infer
+    assert summary["last_inference"] > 0 and seen == [(True, answer.batch.compute_infer), (False, 0)]

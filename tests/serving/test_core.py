@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import subprocess
 import sys
@@ -18,13 +19,14 @@ from tests.helpers import REPO
 
 @pytest.fixture(scope="module")
 def core(registered) -> ServingCore:
-    served = ServedModel.load(str(registered.tag), registered.path, registered.info.metadata)
-    return ServingCore([served], ServingSettings(max_batch_size=4))
+    settings = ServingSettings(max_batch_size=4)
+    return ServingCore.of([ServedModel.load(str(registered.tag), registered.path, registered.info.metadata, settings)],
+                          settings)
 
 
 def test_predictions_match_the_runtime(core):
     images = core.validate(np.random.default_rng(0).random((3, 28, 28)))
-    outputs = core.unpack(core.infer_packed(images))
+    outputs = asyncio.run(core.predict(images))
     direct = core.model.runtime.infer(images)
     np.testing.assert_array_equal(outputs["probabilities"], direct["probabilities"])
     np.testing.assert_array_equal(outputs["poses"], direct["poses"])
@@ -51,27 +53,41 @@ def test_uploads_are_decoded_and_bad_ones_named(core):
         core.validate(np.zeros((5, 28, 28)))
 
 
-def test_non_finite_model_outputs_are_refused(core):
-    packed = core.infer_packed(np.zeros((1, 1, 28, 28), np.float32))
-    packed[0, 3] = np.nan
+def test_non_finite_model_outputs_are_refused(core, monkeypatch):
+    model = core.model
+    real = model.runtime.infer
+
+    def broken(images):
+        outputs = real(images)
+        outputs["poses"][0, 3] = np.nan
+        return outputs
+
+    monkeypatch.setattr(model.batcher, "run", broken)
     with pytest.raises(ModelOutputError):
-        core.unpack(packed)
+        asyncio.run(core.predict(np.zeros((1, 1, 28, 28), np.float32)))
 
 
 def test_metadata_and_several_models(core, registered):
-    meta = core.metadata(batcher_in_process=True)
+    meta = core.metadata()
     assert meta["model_tag"] == str(registered.tag) and meta["outputs"] == {"probabilities": [10], "poses": [10, 8]}
-    assert meta["batching"]["in_process"] is True and meta["batching"]["max_batch_size"] == 4
+    assert meta["batching"]["max_batch_size"] == 4 and meta["version_policy"] == "best"
     assert meta["parity"]["passed"] is True and "test" not in meta["accuracy"]  # 8-step model: no test run
-    second = ServedModel.load("other:v2", registered.path, {})
-    both = ServingCore([core.model, second], core.settings)
+    described = meta["models"][0]
+    assert described["version"] == registered.tag.version and described["source"].endswith(".pt")  # the checkpoint it came from
+    assert described["training"]["variant"] and described["validation_accuracy"] == registered.info.metadata[
+        "val_accuracy"]
+    second = ServedModel.load("other:v2", registered.path, {}, core.settings)
+    both = ServingCore.of([core.model, second], core.settings)
     assert [m.tag for m in both.models] == [str(registered.tag), "other:v2"] and both.model is core.model
     assert (second.name, second.version) == ("other", "v2")
     with pytest.raises(ValueError):
-        ServingCore([], core.settings)
+        ServingCore.of([], core.settings)
     assert both.model_named("other") is second and both.model_named(None) is core.model
-    with pytest.raises(UnknownModelError, match="served: .*other"):
+    assert both.model_named("other:v2") is second
+    with pytest.raises(UnknownModelError, match="serves .*'other' version 'v2'"):
         both.model_named("nope")
+    with pytest.raises(UnknownModelError, match="'other' version 'v1'"):
+        both.model_named("other:v1")
 
 
 def test_the_serving_core_imports_neither_torch_nor_training():

@@ -15,9 +15,8 @@ from tritonclient.grpc import service_pb2 as pb
 
 from serving.admission import Admission
 from serving.grpc_server import InferenceServicer
-from serving.oip import OipModel
 from serving.oip_http import OipHttpApp
-from tests.serving.test_admission import OUTPUTS, Aborted, Blocking, FakeContext, grpc_request, run
+from tests.serving.fakes import Aborted, Blocking, FakeContext, grpc_request, run, served
 
 
 @pytest.fixture
@@ -28,7 +27,7 @@ def model() -> Blocking:
 
 
 def rest(model: Blocking, method: str, path: str, **request) -> httpx.Response:
-    app = OipHttpApp({"m": OipModel("1", model, 28, OUTPUTS)}, lambda: True, 8, 1 << 20, Admission(4, 1))
+    app = OipHttpApp(served(model), lambda: True, 8, 1 << 20, Admission(4, 1))
 
     async def call() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
@@ -76,7 +75,7 @@ def grpc_abort(call) -> Aborted:
 
 
 def test_grpc_wrong_input_name_unknown_model_and_version(model):
-    servicer = InferenceServicer({"m": OipModel("1", model, 28, OUTPUTS)}, lambda: True, 8, Admission(4, 1))
+    servicer = InferenceServicer(served(model), lambda: True, 8, Admission(4, 1))
     request = grpc_request()
     request.inputs[0].name = "pixels"
     wrong = grpc_abort(servicer.ModelInfer(request, FakeContext()))

@@ -8,9 +8,12 @@ def test_defaults_and_environment_overrides():
     s = ServingSettings.from_env({"CAPSNET_WORKERS": "2", "CAPSNET_GRPC_PORT": "9001", "CAPSNET_REQUIRE_GPU": "yes",
                                   "CAPSNET_MAX_BATCH_SIZE": "8", "CAPSNET_MODEL_TAG": "capsnet-mnist:abc"})
     assert (s.workers, s.grpc_port, s.require_gpu, s.max_batch_size) == (2, 9001, True, 8)
-    assert s.model_tags == ("capsnet-mnist:abc",) and s.in_process_batcher
+    assert s.model_tags == ("capsnet-mnist:abc",)
     assert ServingSettings.from_env({"CAPSNET_MODEL_TAG": "a:1, b"}).model_tags == ("a:1", "b")
-    assert not ServingSettings.from_env({"CAPSNET_IN_PROCESS_BATCHER": "0"}).in_process_batcher
+    assert (s.version_policy, s.model_control) == ("best", "none")
+    s = ServingSettings.from_env({"CAPSNET_VERSION_POLICY": "latest:2; capsnet-mnist=specific:abc",
+                                  "CAPSNET_MODEL_CONTROL": "Explicit"})
+    assert (s.version_policy, s.model_control) == ("latest:2; capsnet-mnist=specific:abc", "explicit")
     s = ServingSettings.from_env({"CAPSNET_MAX_QUEUE": "3", "CAPSNET_RETRY_AFTER_S": "5", "CAPSNET_ACCESS_LOG": "1"})
     assert (s.max_queue, s.retry_after_s, s.access_log) == (3, 5, True)
     assert not ServingSettings().access_log
@@ -19,7 +22,12 @@ def test_defaults_and_environment_overrides():
 @pytest.mark.parametrize("env, message", [({"CAPSNET_WORKERS": "0"}, "CAPSNET_WORKERS"),
                                           ({"CAPSNET_MAX_BATCH_SIZE": "1"}, "CAPSNET_MAX_BATCH_SIZE"),
                                           ({"CAPSNET_MAX_QUEUE": "0"}, "CAPSNET_MAX_QUEUE"),
-                                          ({"CAPSNET_RETRY_AFTER_S": "0"}, "CAPSNET_RETRY_AFTER_S")])
+                                          ({"CAPSNET_RETRY_AFTER_S": "0"}, "CAPSNET_RETRY_AFTER_S"),
+                                          ({"CAPSNET_VERSION_POLICY": "newest"}, "unknown version policy 'newest'"),
+                                          ({"CAPSNET_VERSION_POLICY": "m=latest:0"}, "N >= 1"),
+                                          ({"CAPSNET_MODEL_CONTROL": "poll"}, "none or explicit"),
+                                          ({"CAPSNET_MODEL_CONTROL": "explicit", "CAPSNET_WORKERS": "2"},
+                                           "CAPSNET_WORKERS=1")])
 def test_rejects_unusable_values(env, message):
     with pytest.raises(ValueError, match=message):
         ServingSettings.from_env(env)
