@@ -84,8 +84,8 @@ def infer_api(name: str) -> Any:
     def validated(images: np.ndarray) -> np.ndarray:
         return validate_images(images, settings.max_batch_size, size)  # InputError is a ValueError: a 400
 
-    async def infer(self: Any, images: np.ndarray) -> np.ndarray:
-        return await self.infer_packed(images, name)
+    async def infer(self: Any, ctx: bentoml.Context, images: np.ndarray) -> np.ndarray:
+        return await self.infer_packed(images, name, ctx)
 
     infer.__name__ = infer.__qualname__ = infer_api_name(name)
     infer.__doc__ = (f"Low-level endpoint of {name}: images [N, 1, {size}, {size}] float32 in [0, 1] -> "
@@ -93,6 +93,7 @@ def infer_api(name: str) -> Any:
                      "with every other request to the model, over every protocol; each request is validated on "
                      "its own first, so a bad request never fails its batch-mates.")
     infer.__annotations__ = {
+        "ctx": bentoml.Context,
         "images": Annotated[np.ndarray, WithJsonSchema(images_json_schema(settings.max_batch_size, (size,))),
                             AfterValidator(validated)],
         "return": Annotated[np.ndarray, WithJsonSchema({

@@ -6,7 +6,6 @@ repository), so a model loaded or unloaded is seen by every protocol at once."""
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +17,6 @@ from serving.oip_http import OipHttpApp, serve_over_http
 from serving.providers import CUDA
 from serving.repository import VersionPolicy
 from serving.settings import ServingSettings
-from serving.validation import InputError
 
 
 class ServedOipModels:
@@ -50,16 +48,7 @@ class ServedOipModels:
         return self.repository.index(ready_only)
 
     async def load(self, name: str, config: str | None) -> None:
-        policy = None
-        if config:
-            try:
-                document = json.loads(config)
-            except ValueError as e:
-                raise InputError(f"the load request's config is not JSON: {e}") from None
-            if not isinstance(document, dict):
-                raise InputError("the load request's config must be a JSON object (a model config)")
-            policy = VersionPolicy.from_config(document)
-        await self.repository.load(name, policy)
+        await self.repository.load(name, VersionPolicy.from_load_request(config))
 
     async def unload(self, name: str) -> None:
         await self.repository.unload(name)

@@ -19,6 +19,7 @@ that is already registered (`make pretrained` then `make pipeline` keeps serving
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,6 +97,20 @@ class VersionPolicy:
         if kind == "specific":
             return cls.parse("specific:" + ",".join(str(v) for v in body.get("versions", [])))
         return cls.parse(kind)
+
+    @classmethod
+    def from_load_request(cls, config: str | None) -> VersionPolicy | None:
+        """The policy a repository load request carries: tritonclient's `config`, a JSON model config
+        with an optional version_policy; None (no config): the model's own policy."""
+        if not config:
+            return None
+        try:
+            document = json.loads(config)
+        except ValueError as e:
+            raise InputError(f"the load request's config is not JSON: {e}") from None
+        if not isinstance(document, dict):
+            raise InputError("the load request's config must be a JSON object (a model config)")
+        return cls.from_config(document)
 
     def select(self, versions: list[StoredVersion]) -> list[StoredVersion]:
         """The versions this policy serves, most preferred first. InputError when a specific one is

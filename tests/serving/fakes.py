@@ -12,9 +12,12 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from serving.oip import OipModel
-from serving.repository import ModelRepository
+from serving.repository import ModelRepository, VersionPolicy
 
 OUTPUTS = {"probabilities": [10], "poses": [10, 16]}
+_ROW = "[" + ",".join(["NaN"] + ["0"] * 27) + "]"
+# a /classify body with one 28x28 image holding a NaN (JSON has no NaN; Python's parser accepts it)
+NAN_IMAGE = ('{"images": [[' + ",".join([_ROW] * 28) + "]]}").encode()
 
 
 class FixedModels:
@@ -34,7 +37,7 @@ class FixedModels:
         return self.repository.index(ready_only)
 
     async def load(self, name: str, config: str | None) -> None:
-        await self.repository.load(name)
+        await self.repository.load(name, VersionPolicy.from_load_request(config))
 
     async def unload(self, name: str) -> None:
         await self.repository.unload(name)

@@ -73,7 +73,7 @@ def test_metadata_and_several_models(core, registered):
     assert meta["batching"]["max_batch_size"] == 4 and meta["version_policy"] == "best"
     assert meta["parity"]["passed"] is True and "test" not in meta["accuracy"]  # 8-step model: no test run
     described = meta["models"][0]
-    assert described["version"] == registered.tag.version and described["source"].endswith(".pt")  # the checkpoint it came from
+    assert described["version"] == registered.tag.version and described["source"].endswith(".pt")  # its checkpoint
     assert described["training"]["variant"] and described["validation_accuracy"] == registered.info.metadata[
         "val_accuracy"]
     second = ServedModel.load("other:v2", registered.path, {}, core.settings)

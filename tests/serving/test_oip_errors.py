@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime
 
 import grpc
 import httpx
@@ -16,7 +17,8 @@ from tritonclient.grpc import service_pb2 as pb
 from serving.admission import Admission
 from serving.grpc_server import InferenceServicer
 from serving.oip_http import OipHttpApp
-from tests.serving.fakes import Aborted, Blocking, FakeContext, grpc_request, run, served
+from serving.repository import StoredVersion
+from tests.serving.fakes import Aborted, Blocking, FakeContext, FixedModels, grpc_request, oip_request, run, served
 
 
 @pytest.fixture
@@ -90,3 +92,57 @@ def test_grpc_wrong_input_name_unknown_model_and_version(model):
     assert model.calls == 0
     answer = asyncio.run(servicer.ModelInfer(grpc_request(), FakeContext()))  # and it still answers
     assert len(answer.raw_output_contents) == 2 and model.calls == 1
+
+
+@pytest.mark.parametrize("path, request_body, status, message", [
+    ("/v2/repository/models/m/load", {}, 403, "CAPSNET_MODEL_CONTROL=explicit"),
+    ("/v2/repository/models/m/unload", {}, 403, "CAPSNET_MODEL_CONTROL=explicit"),
+    ("/v2/repository/models/m/reload", {}, 404, "the repository has /index"),
+    ("/v2/models/nope/stats", None, 404, "unknown model 'nope'"),
+])
+def test_rest_repository_and_statistics_errors(model, path, request_body, status, message):
+    method = "GET" if request_body is None else "POST"
+    answer = rest(model, method, path, **({} if request_body is None else {"json": request_body}))
+    assert answer.status_code == status and message in answer.json()["error"]
+
+
+@pytest.mark.parametrize("config, message", [("{not json", "not JSON"), ('["x"]', "JSON object"),
+                                             ('{"version_policy": {"newest": {}}}', "unknown version policy"),
+                                             ('{"version_policy": {"specific": {"versions": [9]}}}',
+                                              "9 not registered")])
+def test_a_bad_load_config_is_a_400_and_changes_nothing(config, message):
+    models = FixedModels({}, control=True)
+    models.repository.list_store = lambda: [StoredVersion("m", "1", datetime(2026, 1, 1))]
+    app = OipHttpApp(models, lambda: True, 8, 1 << 20, Admission(4, 1))
+
+    async def call() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
+            return await client.post("/v2/repository/models/m/load", json={"parameters": {"config": config}})
+
+    answer = run(call())
+    assert answer.status_code == 400 and message in answer.json()["error"] and models.repository.served == {}
+
+
+@pytest.mark.parametrize("output, count, message", [("poses", 3, "applies to output 'probabilities'"),
+                                                    ("probabilities", 0, "count >= 1")])
+def test_classification_of_the_wrong_output_is_refused_before_the_model_runs(model, output, count, message):
+    request = {**oip_request(), "outputs": [{"name": output, "parameters": {"classification": count}}]}
+    answer = rest(model, "POST", "/v2/models/m/infer", json=request)
+    assert answer.status_code == 400 and message in answer.json()["error"] and model.calls == 0
+    grpc_request_ = grpc_request()
+    grpc_request_.outputs.add(name=output).parameters["classification"].int64_param = count
+    servicer = InferenceServicer(served(model), lambda: True, 8, Admission(4, 1))
+    assert grpc_abort(servicer.ModelInfer(grpc_request_, FakeContext())).code == grpc.StatusCode.INVALID_ARGUMENT
+    assert model.calls == 0
+
+
+def test_classification_strings_in_json_and_binary_and_the_grpc_control_errors(model):
+    request = {**oip_request(2), "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}]}
+    answer = rest(model, "POST", "/v2/models/m/infer", json=request).json()["outputs"][0]
+    assert answer["datatype"] == "BYTES" and answer["shape"] == [2, 2]
+    assert answer["data"][:2] == ["0.100000:0:0", "0.100000:1:1"]  # ties: the lower index first, as argsort
+    servicer = InferenceServicer(served(model), lambda: True, 8, Admission(4, 1))
+    refused = grpc_abort(servicer.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="m"), FakeContext()))
+    assert refused.code == grpc.StatusCode.FAILED_PRECONDITION and "CAPSNET_MODEL_CONTROL" in refused.details
+    unknown = grpc_abort(servicer.ModelStatistics(pb.ModelStatisticsRequest(name="nope"), FakeContext()))
+    assert unknown.code == grpc.StatusCode.NOT_FOUND

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.serving.fakes import NAN_IMAGE
 from training.data import synthetic_digits
 
 
@@ -36,12 +37,12 @@ BAD_REQUESTS = [
     ("/classify", {"json": {"images": np.zeros((2, 27, 28)).tolist()}}, 400, "shape"),
     ("/classify", {"json": {"images": np.zeros((28, 28)).tolist()}}, 400, "shape"),
     ("/classify", {"json": {"images": [[["x"] * 28] * 28]}}, 400, "real numbers"),
-    ("/classify", {"content": b'{"images": [[[NaN]]]}', "headers": {"content-type": "application/json"}}, 400, ""),
+    ("/classify", {"content": NAN_IMAGE, "headers": {"content-type": "application/json"}}, 400, "NaN or infinite"),
     ("/classify", {"json": {"images": np.full((1, 28, 28), 255.0).tolist()}}, 400, "divide 8-bit pixels by 255"),
     ("/classify", {"json": {"images": []}}, 400, "empty"),
     ("/classify", {"json": {"images": np.zeros((17, 28, 28)).tolist()}}, 400, "limit is 16"),
     ("/classify", {"json": {}}, 400, "images: Field required"),
-    ("/classify", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, ""),
+    ("/classify", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "Invalid JSON"),
     ("/classify", {"files": [("images", ("x.png", b"abc", "image/png"))]}, 400, "send application/json"),
     ("/classify", {"content": b"x" * (2 << 20), "headers": {"content-type": "application/json"}}, 413, "bytes"),
     ("/infer", {"json": {"images": []}}, 400, "empty"),
@@ -77,10 +78,10 @@ def test_bad_input_is_a_4xx_with_one_error_shape_and_one_log_line(client, caplog
 def test_a_server_fault_is_a_500_that_keeps_its_traceback(client, service, caplog, monkeypatch):
     import serving.core
 
-    def broken(self, packed):
+    def broken(self, outputs, model=None, reconstructions=False):
         raise RuntimeError("simulated model fault")
 
-    monkeypatch.setattr(serving.core.ServingCore, "unpack", broken)
+    monkeypatch.setattr(serving.core.ServingCore, "predictions", broken)
     with caplog.at_level(logging.INFO):
         response = client.post("/classify", json={"images": np.zeros((1, 28, 28)).tolist()})
     assert response.status_code == 500 and list(response.json()) == ["error"]
@@ -119,20 +120,26 @@ def test_metadata_is_a_get_in_the_server_and_in_its_openapi_document(client):
     assert operations["get"]["responses"]["200"]  # the answer's schema stays documented
 
 
-def test_readiness_needs_bentoml_internals_only_for_the_in_process_batcher(service):
-    instance = service.CapsNetService()  # a second instance, outside BentoML's app (never wired)
+def test_readiness_waits_for_the_protocol_servers(service):
+    instance = service.CapsNetService()  # a second instance, outside BentoML's app
+    assert instance._ready() is False
     instance.protocols = object()  # pretend the protocol servers are up
-    assert not hasattr(instance, "__self_proxy__")
-    assert instance._ready() is False  # in-process batcher: waits for BentoML's wiring
-    instance.batchers.enabled = False  # CAPSNET_IN_PROCESS_BATCHER=false
-    assert instance._ready() is True  # fallback: no private attribute involved
-    # ... and the fallback is looked up per call, so BentoML's batched to_async (set when it wires
-    # the app) replaces the plain method it had before, instead of that one being kept for good
-    from types import SimpleNamespace
+    assert instance._ready() is True
 
-    wired = SimpleNamespace(infer=object())
-    instance.to_async = wired
-    assert instance.batchers.get("infer") is wired.infer
+
+def test_every_answer_names_the_model_version_and_metadata_says_where_it_came_from(client, registered):
+    image = np.zeros((1, 28, 28)).tolist()
+    for route, body in (("/classify", {"images": image}), ("/infer", {"images": [image]}),
+                        ("/explain", {"images": image}), ("/equivariance", {"image": image[0], "max_shift": 1})):
+        answer = client.post(route, json=body)
+        assert answer.status_code == 200 and answer.headers["x-capsnet-model"] == str(registered.tag), route
+    pinned = client.post("/classify", json={"images": image, "model": str(registered.tag)})
+    assert pinned.status_code == 200 and pinned.headers["x-capsnet-model"] == str(registered.tag)
+    other = client.post("/classify", json={"images": image, "model": f"{registered.tag.name}:nope"})
+    assert other.status_code == 404 and f"unknown model '{registered.tag.name}' version 'nope'" in other.json()["error"]
+    described = client.get("/metadata").json()["models"][0]
+    assert described["version"] == registered.tag.version and described["source"].endswith(".pt")
+    assert described["validation_accuracy"] == registered.info.metadata["val_accuracy"]
 
 
 def test_client_error_log_line_reads_like_the_others(client, caplog):
