@@ -116,14 +116,16 @@ pretrained-model: weights-present setup  ## the shipped weights files instead of
 pretrained: pretrained-model  ## `pretrained-model`, then serve them until Ctrl-C
 	$(MAKE) --no-print-directory serve
 
-# Serve the registered models (CAPSNET_MODEL_TAG: comma-separated tags; default: the newest version
-# of every capsnet-* model, capsnet-mnist answering requests that name none) until Ctrl-C.
-serve: setup  ## serve every registered capsnet-* model (newest version of each) until Ctrl-C
-	@$(BIN)/python -c "import serving.service" > /dev/null 2>/tmp/capsnet-serve-check.$$$$ || { \
-	  grep -v "^\s*$$" /tmp/capsnet-serve-check.$$$$ | tail -6 >&2; rm -f /tmp/capsnet-serve-check.$$$$; exit 2; }; \
-	  rm -f /tmp/capsnet-serve-check.$$$$
-	@echo
-	@echo "Serving $(or $(CAPSNET_MODEL_TAG),every capsnet-* model in the BentoML store (newest version of each)) (Ctrl-C stops):"
+# Serve the registered models until Ctrl-C: every capsnet-* model, each in the version its policy picks
+# (CAPSNET_VERSION_POLICY, default best: the highest validation accuracy, so `make pipeline`'s quick model
+# does not displace the shipped one `make pretrained` registered); CAPSNET_MODEL_TAG=NAME:VERSION,... pins
+# versions. It prints what will serve before starting; capsnet-mnist answers requests that name none.
+serve: setup  ## serve every registered capsnet-* model (the best version of each, or CAPSNET_MODEL_TAG's) until Ctrl-C
+	@$(BIN)/python -c "import serving.service, serving.served_models as s; print(*s.selection_lines(), sep='\n')" \
+	  > /tmp/capsnet-serve-check.$$$$ 2>/tmp/capsnet-serve-error.$$$$ || { \
+	  grep -v "^\s*$$" /tmp/capsnet-serve-error.$$$$ | tail -6 >&2; rm -f /tmp/capsnet-serve-*.$$$$; exit 2; }; \
+	  echo; cat /tmp/capsnet-serve-check.$$$$; rm -f /tmp/capsnet-serve-*.$$$$
+	@echo "Pin others with CAPSNET_MODEL_TAG=NAME:VERSION (bentoml models list shows them). Ctrl-C stops."
 	@echo "  HTTP  http://localhost:$(PORT)   (API docs: http://localhost:$(PORT)/docs, spec: /docs.json)"
 	@echo "  gRPC  localhost:$(GRPC_PORT)   (Open Inference Protocol v2, by model name, e.g. capsnet-mnist)"
 	@echo "  REST  http://localhost:$(OIP_HTTP_PORT)/v2   (Open Inference Protocol v2 over HTTP: JSON or binary tensors)"

@@ -40,7 +40,7 @@ def test_a_built_bento_serves_its_own_model(registered):
     try:
         s.wait()
         assert s.get("metadata").json()["model_tag"] == built_with
-        assert f"serving model {built_with}" in s.output(tail=10**7)
+        assert f"serving {built_with} (" in s.output(tail=10**7)
     finally:
         s.stop()
 

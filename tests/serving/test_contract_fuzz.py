@@ -34,7 +34,8 @@ def test_the_openapi_contract_holds_under_fuzzing(registered):
         if proc.returncode != 0:  # the whole report (long request bodies) as a test artifact
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             (ARTIFACTS / "schemathesis.txt").write_text(proc.stdout + proc.stderr)
-        assert proc.returncode == 0, f"report in {ARTIFACTS / 'schemathesis.txt'}:\n" + proc.stdout[-6000:]
+        assert proc.returncode == 0, f"report in {ARTIFACTS / 'schemathesis.txt'}:\n" + proc.stdout[-6000:] \
+                + "\nserver log:\n" + s.output(3000)
         paths = httpx.get(f"{s.url}/docs.json", timeout=10).json()["paths"]
         operations = sum(len(methods) for methods in paths.values())  # every one of them was fuzzed
         assert re.search(rf"Operations:\s+{operations} selected / {operations} total", proc.stdout), proc.stdout[:2000]
