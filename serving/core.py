@@ -135,11 +135,13 @@ class ServedModel:
     def summary(self) -> str:
         """One line for the log: tag, training, accuracies, source, input and task."""
         p, training = self.provenance(), self.metadata.get("training") or {}
-        trained = ", ".join(f"{k} {training[k]}" for k in ("variant", "epochs", "seed") if training.get(k) is not None)
+        trained = ", ".join(f"{training[key]} {word}" if key != "seed" else f"seed {training[key]}"
+                            for key, word in (("variant", "network"), ("epochs", "epochs"), ("seed", ""))
+                            if training.get(key) is not None)
         accuracy = ", ".join(f"{k} {100 * p[f'{k}_accuracy']:.2f} %" for k in ("validation", "test")
                              if p.get(f"{k}_accuracy") is not None)
         return (f"{self.tag} ({trained or 'training not recorded'}; {accuracy or 'no accuracy recorded'}; "
-                f"from {p['source'] or 'an export made before sources were recorded'}; "
+                f"from {p['source'] or 'an older export (source not recorded)'}; "
                 f"{self.image_size}x{self.image_size} input, {self.objects} object(s) per input, "
                 f"on {self.runtime.provider})")
 

@@ -177,6 +177,7 @@ class ModelRepository:
             if not versions:
                 raise UnknownModelError(f"no model {name!r} in the model store")
             self.served[name] = [self.open_version(v) for v in policy.select(versions)]
+            self.policies[name] = policy  # a later load without a policy selects the same way
 
     def models(self) -> list[Any]:
         """Every served version, names in start-up order, each name's preferred version first."""

@@ -89,10 +89,12 @@ WANTED = {name: _wanted[name] for name in NAMES}
 def selection_lines() -> list[str]:
     """What `make serve` prints before starting: each version that will serve, with its validation
     accuracy and source, and the settings that chose it."""
-    lines = [f"  {m.tag}  validation {100 * m.info.metadata['val_accuracy']:.2f} %" if m.info.metadata.get(
-        "val_accuracy") is not None else f"  {m.tag}  (no validation accuracy recorded)" for m in MODELS]
-    lines = [f"{line}  from {m.info.metadata.get('source') or 'an older export'}" for line, m in zip(lines, MODELS,
-                                                                                                       strict=True)]
+    lines = []
+    for m in MODELS:
+        accuracy = m.info.metadata.get("val_accuracy")
+        lines.append(f"  {m.tag}  " + (f"validation {100 * accuracy:.2f} %" if accuracy is not None else
+                                       "(no validation accuracy recorded)")
+                     + f"  from {m.info.metadata.get('source') or 'an older export (source not recorded)'}")
     chosen_by = (f"CAPSNET_MODEL_TAG={','.join(settings.model_tags)}" if settings.model_tags else
                  f"version policy {settings.version_policy!r} (CAPSNET_VERSION_POLICY; 'best' = the highest "
                  "validation accuracy of each model's registered versions)")

@@ -47,7 +47,9 @@ def test_the_docs_have_client_examples_for_every_protocol():
 def server(registered, registered_pair):
     # the names the docs use: the task's served names
     mnist = register_export(Path(registered.path), "capsnet-mnist")
-    yield from ready_server({"CAPSNET_MODEL_TAG": f"{mnist},{registered_pair.tag}", "CAPSNET_MAX_BATCH_SIZE": "8"})
+    # explicit model control: the repository examples unload and load a model
+    yield from ready_server({"CAPSNET_MODEL_TAG": f"{mnist},{registered_pair.tag}", "CAPSNET_MAX_BATCH_SIZE": "8",
+                             "CAPSNET_MODEL_CONTROL": "explicit"})
 
 
 @pytest.mark.parametrize(("language", "code"), EXAMPLES)
