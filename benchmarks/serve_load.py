@@ -4,8 +4,8 @@ For each protocol and concurrency level, `level` clients send one image per requ
 time. Protocols: `http` (the BentoML JSON API, /classify), `grpc` (Open Inference Protocol ModelInfer),
 `oip-json` and `oip-binary` (Open Inference Protocol REST on its own port, the image as JSON numbers or
 as raw FP32 bytes with the binary tensor data extension, outputs asked for as binary too). Per level:
-requests/s, p50/p95/p99 latency, errors, and the mean batch size the model saw (BentoML's batch-size
-histogram in /metrics, before and after, summed over server workers). In the same run: direct ONNX
+requests/s, p50/p95/p99 latency, errors, and the mean batch size the model saw (nv_inference_count /
+nv_inference_exec_count in /metrics, before and after, summed over server workers). In the same run: direct ONNX
 Runtime throughput at batch 64 on the served model file, and the ratio.
 
     bentoml serve &   # from the repository root
@@ -64,17 +64,24 @@ async def metadata(url: str) -> dict:
 
 
 async def batch_totals(url: str) -> tuple[float, float]:
-    """(requests batched, batches) so far for the `infer` batcher, summed over all server workers:
-    BentoML's Prometheus histogram bentoml_service_adaptive_batch_size (its _sum and _count)."""
+    """(images batched, batches) so far, summed over all server workers and model versions: Triton's
+    nv_inference_count and nv_inference_exec_count; for a server from before 2026-12-06 (BentoML's
+    batcher), BentoML's histogram bentoml_service_adaptive_batch_size (its _sum and _count) of `infer`."""
     async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as r:
         text = await r.text()
-    totals = {"_sum": 0.0, "_count": 0.0}
+    ours = {"nv_inference_count{": 0.0, "nv_inference_exec_count{": 0.0}
+    bentoml_histogram = {"_sum": 0.0, "_count": 0.0}
     for line in text.splitlines():
         name, _, value = line.rpartition(" ")
-        for suffix in totals:
+        for prefix in ours:
+            if name.startswith(prefix):
+                ours[prefix] += float(value)
+        for suffix in bentoml_histogram:
             if name.startswith("bentoml_service_adaptive_batch_size" + suffix + "{") and 'method_name="infer"' in name:
-                totals[suffix] += float(value)
-    return totals["_sum"], totals["_count"]
+                bentoml_histogram[suffix] += float(value)
+    if any(ours.values()) or not any(bentoml_histogram.values()):
+        return ours["nv_inference_count{"], ours["nv_inference_exec_count{"]
+    return bentoml_histogram["_sum"], bentoml_histogram["_count"]
 
 
 def encoded_requests(images: np.ndarray, model: str, args: argparse.Namespace
@@ -253,9 +260,9 @@ async def main() -> None:
     images = synthetic_digits(256, seed=5)[0][:, None].astype(np.float32) / 255.0
     meta = await metadata(args.url)
     http, grpc_requests = encoded_requests(images, meta["model_tag"].split(":")[0], args)
-    # Levels in rising order, both protocols at each: BentoML's batcher learns from recent traffic how
-    # long to hold requests, and after a 64-client level it holds lone requests for ~40 ms for minutes,
-    # which would distort a low-concurrency level that came after it.
+    # Levels in rising order, both protocols at each: BentoML's batcher (servers before 2026-12-06)
+    # learned from recent traffic how long to hold requests, and after a 64-client level held lone
+    # requests for ~40 ms for minutes, which would distort a low-concurrency level that came after it.
     rows, profile = [], None
     for level in sorted(args.levels):
         for proto in args.protocols:
