@@ -12,6 +12,7 @@ compared lives in export/parity_report.py.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from pathlib import Path
@@ -35,7 +36,14 @@ from export.parity_report import (
 from serving.providers import CPU, CUDA, cuda_usable
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.config import CapsNetConfig
-from training.data import SPLIT_FILES, load_split, resolve_data_dir, synthetic_digits
+from training.data import (
+    SPLIT_FILES,
+    DataUnavailableError,
+    ensure_dataset,
+    load_split,
+    resolve_data_dir,
+    synthetic_digits,
+)
 from training.fileio import sha256_file
 from training.model import CapsNet
 from training.task_registry import Task
@@ -57,23 +65,31 @@ def degenerate_images(size: int = 28) -> dict[str, np.ndarray]:
 
 
 def parity_inputs(task: Task, max_shift: int, data_dir: str | Path | None = None,
-                  limit: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                  limit: int | None = None, download: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """Images float32 [N, 1, S, S] in [0, 1] of `task` (with the run's `max_shift`), and where they came from.
 
-    The test split when its files are on disk (never downloaded here), else synthetic digits; for
+    The test split when its files are on disk (`download`: fetched with checksums first when missing;
+    export never downloads, `capsnet verify` does), else synthetic digits; for
     overlapping pairs, one fixed-seed pair per test digit made of those (translated digits: placed on
     their canvas at fixed-seed shifts). The degenerate images are appended at the end. `kind` says
     which: "test-split" or "synthetic".
     """
     files_of = task.source
     directory = resolve_data_dir(files_of, data_dir)
+    download_failed = None
+    if download and not all((directory / f).is_file() for f in SPLIT_FILES["test"]):
+        try:
+            ensure_dataset(files_of, data_dir)
+        except DataUnavailableError as e:  # offline: say so, and fall back to synthetic images
+            download_failed = str(e).splitlines()[0]
     if all((directory / f).is_file() for f in SPLIT_FILES["test"]):
         images, labels = load_split(files_of, "test", data_dir)
         kind, source = "test-split", f"{files_of} test split ({directory})"
     else:
         raw, raw_labels = synthetic_digits(SYNTHETIC_COUNT, seed=0)
         images, labels = torch.from_numpy(raw).unsqueeze(1), torch.from_numpy(raw_labels).long()
-        kind, source = "synthetic", f"synthetic digit-like images (seed 0): no {files_of} test files in {directory}"
+        kind, source = "synthetic", f"synthetic digit-like images (seed 0): no {files_of} test files in {directory}" \
+            + (f" ({download_failed})" if download_failed else "")
     if task.multi_label or task.image_size != images.shape[-1]:
         images = task_test_inputs(task, max_shift, images, labels)
         made = "one fixed-seed overlapping pair" if task.multi_label else "one fixed-seed placement"
@@ -83,8 +99,10 @@ def parity_inputs(task: Task, max_shift: int, data_dir: str | Path | None = None
         images = images[:limit]
     extra = degenerate_images(images.shape[-1])
     batch = np.concatenate([images.astype(np.float32) / 255.0, *extra.values()])
+    # the inputs' fingerprint: two reports that name the same hash compared the same images
+    fingerprint = hashlib.sha256(np.ascontiguousarray(batch).tobytes()).hexdigest()
     return batch, {"kind": kind, "source": source, "images": int(len(images)), "degenerate": list(extra),
-                   "total": int(len(batch))}
+                   "total": int(len(batch)), "sha256": fingerprint}
 
 
 @torch.no_grad()
@@ -118,13 +136,15 @@ def decoder_feeds(model: CapsNet, images: np.ndarray, seed: int = 0) -> dict[str
 
 def check_parity(model: CapsNet, onnx_path: str | Path, meta: dict[str, Any], *,
                  data_dir: str | Path | None = None, limit: int | None = None,
-                 batch_sizes: tuple[int, ...] = BATCH_SIZES, tolerance: Tolerance | None = None) -> dict[str, Any]:
+                 batch_sizes: tuple[int, ...] = BATCH_SIZES, tolerance: Tolerance | None = None,
+                 download: bool = False) -> dict[str, Any]:
     """Compare the graph at `onnx_path` (with capsnet metadata `meta`) against `model`, float32 on the CPU,
     for the outputs and precision the metadata declares, on inputs of the task the metadata records (the
     decoder graph: on the poses of those inputs, see decoder_feeds). Returns the report; 'passed'
     says it all."""
     precision = meta.get("precision", "fp32")
-    images, inputs = parity_inputs(Task.from_dict(meta["task"]), meta["train_config"]["max_shift"], data_dir, limit)
+    images, inputs = parity_inputs(Task.from_dict(meta["task"]), meta["train_config"]["max_shift"], data_dir, limit,
+                                   download)
     graph: torch.nn.Module
     if meta.get("graph") == "decoder":
         graph, feeds = DecoderGraph(model), decoder_feeds(model, images)
@@ -152,7 +172,7 @@ def check_parity(model: CapsNet, onnx_path: str | Path, meta: dict[str, Any], *,
 
 def verify_parity(onnx_path: str | Path, checkpoint: str | Path, *, data_dir: str | Path | None = None,
                   limit: int | None = None, batch_sizes: tuple[int, ...] = BATCH_SIZES,
-                  tolerance: Tolerance | None = None) -> dict[str, Any]:
+                  tolerance: Tolerance | None = None, download: bool = False) -> dict[str, Any]:
     """Compare an exported graph with the checkpoint it should implement (files on disk).
 
     The reference is rebuilt from the checkpoint alone at the checkpoint's routing depth, so a graph
@@ -172,7 +192,7 @@ def verify_parity(onnx_path: str | Path, checkpoint: str | Path, *, data_dir: st
         raise UnusableInputError(f"{onnx_path} and {checkpoint} come from different architectures: " + ", ".join(
             f"{k}: onnx {exported[k]} vs checkpoint {trained.get(k)}" for k in structural))
     report = check_parity(model_from_checkpoint(ckpt), onnx_path, meta, data_dir=data_dir, limit=limit,
-                          batch_sizes=batch_sizes, tolerance=tolerance)
+                          batch_sizes=batch_sizes, tolerance=tolerance, download=download)
     checkpoint_sha256 = sha256_file(checkpoint)
     if meta.get("routing_iters") != trained["routing_iters"]:
         report["notes"].append(f"graph unrolls {meta.get('routing_iters')} routing iterations, "

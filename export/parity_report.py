@@ -143,6 +143,7 @@ def parity_summary(report: dict[str, Any]) -> dict[str, Any]:
         "inputs_kind": parity_inputs_kind(report),
         "inputs": report["inputs"]["source"],
         "images": report["inputs"]["total"],
+        "inputs_sha256": report["inputs"].get("sha256"),  # reports before 2026-12-06 have none
         "sections": [{
             "graph": s.get("graph", "model.onnx"),
             "precision": s["precision"], "provider": s["provider"], "tolerance": s["tolerance"],

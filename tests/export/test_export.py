@@ -1,4 +1,5 @@
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,32 @@ def test_verify_cli_passes_on_a_good_export(exported, tiny_checkpoint, synthetic
     code = verify_main([str(exported / "model.onnx"), str(tiny_checkpoint),
                         "--data-dir", str(synthetic_data_dir), "-o", str(tmp_path / "r.json")])
     assert code == 0
-    assert json.loads((tmp_path / "r.json").read_text())["passed"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] and report["inputs"]["kind"] == "test-split" and len(report["inputs"]["sha256"]) == 64
+
+
+def test_verify_downloads_a_missing_test_split_and_says_loudly_when_it_cannot(exported, tiny_checkpoint, tmp_path,
+                                                                              monkeypatch, caplog):
+    import export.parity
+
+    asked = []
+
+    def offline(dataset, data_dir=None, mirrors=None):
+        asked.append(dataset)
+        raise export.parity.DataUnavailableError(f"{dataset}: t10k-images-idx3-ubyte.gz could not be downloaded")
+
+    monkeypatch.setattr(export.parity, "ensure_dataset", offline)
+    empty = tmp_path / "no-data"
+    args = [str(exported / "model.onnx"), str(tiny_checkpoint), "--data-dir", str(empty), "--limit", "16",
+            "-o", str(tmp_path / "r.json")]
+    with caplog.at_level(logging.WARNING):
+        assert verify_main(args) == 0
+    assert asked == ["mnist"]  # it tried to fetch the test split
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["inputs"]["kind"] == "synthetic" and "could not be downloaded" in report["inputs"]["source"]
+    assert any("SYNTHETIC" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    asked.clear()
+    assert verify_main([*args, "--no-download"]) == 0 and asked == []  # --no-download: no attempt
 
 
 def test_verify_fails_for_other_routing_depth(tiny_checkpoint, synthetic_data_dir, tmp_path):
