@@ -2,7 +2,7 @@
 
 Why a bounded queue with early refusal (Triton's answer, and a load balancer's expectation): one
 worker serves a fixed number of images per second. Past that, every extra request only waits; once
-BentoML's batcher has held a request longer than CAPSNET_MAX_LATENCY_MS it drops it, after the
+a request has waited longer than CAPSNET_MAX_LATENCY_MS the model's batcher drops it, after the
 server already parsed, validated and queued it. Under 8x overload that wasted work, plus a traceback
 per dropped request, cut useful throughput to a quarter (issue 30). So each model admits at most
 CAPSNET_MAX_QUEUE requests at once (parsing, queued or in a batch), counted across the BentoML JSON
@@ -29,7 +29,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 QUEUE_FULL = "queue full"  # refused at the door: the model already has max_queue requests
-PAST_BUDGET = "past latency budget"  # admitted, then dropped by the batcher after CAPSNET_MAX_LATENCY_MS
+PAST_BUDGET = "past latency budget"  # admitted, then shed by the model's batcher after CAPSNET_MAX_LATENCY_MS
 SETTING_OF = {QUEUE_FULL: "CAPSNET_MAX_QUEUE", PAST_BUDGET: "CAPSNET_MAX_LATENCY_MS"}
 SUMMARY_INTERVAL_S = 10.0
 
