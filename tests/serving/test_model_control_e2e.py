@@ -200,8 +200,8 @@ def test_load_and_unload_under_load_drop_nothing(server, registered, second):
             while not stop.is_set():
                 statuses.append(session.post(server.url + "/classify", json={"images": image}).status_code)
 
-    with ThreadPoolExecutor(16) as pool, server.oip_http() as rest:
-        clients = [pool.submit(client) for _ in range(16)]
+    with ThreadPoolExecutor(64) as pool, server.oip_http() as rest:  # the 64 clients
+        clients = [pool.submit(client) for _ in range(64)]
         time.sleep(0.5)
         for versions in ((v2,), (v1, v2), (v1,), (v2, v1), (v1,)):  # every switch while requests flow
             load(rest, *versions)
