@@ -185,10 +185,12 @@ class ServingCore:
     @classmethod
     def start(cls, list_store: Callable[[], list[StoredVersion]], path_and_metadata: Callable[[str], tuple[Any, Any]],
               wanted: dict[str, VersionPolicy], settings: ServingSettings, admission: Admission,
-              statistics_hooks: dict[str, Any] | None = None) -> ServingCore:
+              statistics_hooks: dict[str, Any] | None = None,
+              served: dict[str, list[ServedModel]] | None = None) -> ServingCore:
         """Open what `wanted` selects from the store (name -> its version policy), warmed up for the
         largest batch; each version opened now or loaded later logs what it is and where it came from,
-        and an error when a required GPU is not in use."""
+        and an error when a required GPU is not in use. `served`: the dict the repository keeps its
+        served versions in (see ModelRepository)."""
         # several workers share the cores: each ONNX Runtime gets its share instead of all of them
         threads = 0 if settings.workers == 1 else max(1, (os.cpu_count() or 1) // settings.workers)
 
@@ -201,7 +203,7 @@ class ServingCore:
             return model
 
         repository = ModelRepository(list_store, open_version, parse_policies(settings.version_policy),
-                                     control=settings.model_control == "explicit")
+                                     control=settings.model_control == "explicit", served=served)
         repository.start(wanted)
         return cls(repository, settings, admission)
 

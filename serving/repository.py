@@ -151,15 +151,17 @@ def parse_policies(text: str) -> tuple[VersionPolicy, dict[str, VersionPolicy]]:
 class ModelRepository:
     """Served versions by name (`served[name]`: most preferred first), the reason a known name serves
     nothing, and load/unload. `open_version` opens and warms one stored version (blocking: run in a
-    thread); `close_version` is told when a version leaves service (its queued requests still finish)."""
+    thread). A version that leaves service is dropped from `served`; its queued requests still finish.
+    `served` may be a dict the caller keeps (the service's admission gate reads it); it is changed in
+    place, one assignment per change."""
 
     def __init__(self, list_store: Callable[[], list[StoredVersion]], open_version: Callable[[StoredVersion], Any],
                  policies: tuple[VersionPolicy, dict[str, VersionPolicy]] = (VersionPolicy(), {}),
-                 control: bool = False) -> None:
+                 control: bool = False, served: dict[str, list[Any]] | None = None) -> None:
         self.list_store, self.open_version = list_store, open_version
         self.default_policy, self.policies = policies
         self.control = control  # CAPSNET_MODEL_CONTROL=explicit: load and unload allowed
-        self.served: dict[str, list[Any]] = {}  # name -> served models (ServedModel), preferred first
+        self.served: dict[str, list[Any]] = {} if served is None else served  # name -> versions, preferred first
         self.unavailable: dict[str, str] = {}  # name -> why nothing of it serves
         self._lock = asyncio.Lock()
 

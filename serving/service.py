@@ -78,8 +78,8 @@ def client_errors() -> Iterator[None]:
 
 # One per server process, shared by the BentoML APIs (http_app.AdmissionGate), OIP REST and gRPC.
 admission = Admission(settings.max_queue, settings.retry_after_s, on_refused=metrics.count_refused)
-# The names the repository serves now (its live dict), for the admission gate in front of BentoML's app,
-# which runs before the service instance is reached; set when the instance starts.
+# The repository's served versions by name (it keeps them in this dict), for the admission gate in front
+# of BentoML's app, which runs before the service instance is reached.
 SERVED_NOW: dict[str, list[ServedModel]] = {}
 
 
@@ -89,9 +89,7 @@ class _CapsNetService:
 
     def __init__(self) -> None:
         self.core = ServingCore.start(lambda: list_store(tuple(WANTED)), path_and_metadata, WANTED, settings,
-                                      admission, statistics_hooks=metrics.STATISTICS_HOOKS)
-        SERVED_NOW.update(self.core.repository.served)
-        self.core.repository.served = SERVED_NOW  # the gate reads the repository's own dict
+                                      admission, statistics_hooks=metrics.STATISTICS_HOOKS, served=SERVED_NOW)
         self.protocols: ProtocolServers | None = None
         tracking = os.environ["BENTOML_DO_NOT_TRACK"].strip().lower() != "true"
         log = logging.getLogger(__name__)
