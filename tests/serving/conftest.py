@@ -44,6 +44,15 @@ def registered_fashion(tiny_fashion_checkpoint, synthetic_data_dir, tmp_path_fac
     return bentoml.models.get(register_export(out, result["config"]["task"]["served_name"]))
 
 
+@pytest.fixture(scope="session")
+def oip_server(registered, registered_pair):
+    """One server for the OIP REST tests and the model-control tests (one start fewer): the digit and
+    the pair model, batches of 8, load and unload allowed. The model-control tests leave capsnet-e2e
+    serving its first version again, as they found it."""
+    yield from ready_server({"CAPSNET_MODEL_TAG": f"{registered.tag},{registered_pair.tag}",
+                             "CAPSNET_MAX_BATCH_SIZE": "8", "CAPSNET_MODEL_CONTROL": "explicit"})
+
+
 @pytest.fixture(scope="module")
 def server(registered):
     yield from ready_server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_MAX_BATCH_SIZE": "16"})

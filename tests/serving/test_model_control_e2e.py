@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from export.registry import register_export
 from serving.oip import EXTENSIONS
-from tests.serving.server import GRPC_TIMEOUT, REQUEST_TIMEOUT, ready_server
+from tests.serving.server import GRPC_TIMEOUT, REQUEST_TIMEOUT
 
 NAME = "capsnet-e2e"
 
@@ -34,9 +34,8 @@ def second(registered) -> bentoml.Model:
 
 
 @pytest.fixture(scope="module")
-def server(registered, second):
-    yield from ready_server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_MODEL_CONTROL": "explicit",
-                             "CAPSNET_MAX_BATCH_SIZE": "8"})
+def server(oip_server, second):
+    return oip_server  # capsnet-e2e (pinned to its first version) and a pair model, model control on
 
 
 def images_of(n: int, seed: int = 0) -> np.ndarray:
@@ -78,9 +77,9 @@ def test_the_server_says_what_it_serves_and_lists_exactly_its_extensions(server,
         assert rest.get_server_metadata()["extensions"] == EXTENSIONS
         assert list(grpc.get_server_metadata().extensions) == EXTENSIONS
         assert index(rest) == {registered.tag.version: "READY", second.tag.version: "UNAVAILABLE"}
-        ready_only = grpc.get_model_repository_index(as_json=True)["models"]
-        assert [(m["name"], m["version"]) for m in ready_only if m.get("state") == "READY"] == [
-            (NAME, registered.tag.version)]
+        over_grpc = grpc.get_model_repository_index(as_json=True)["models"]
+        assert [(m["version"], m["state"]) for m in over_grpc if m["name"] == NAME] == [
+            (registered.tag.version, "READY"), (second.tag.version, "UNAVAILABLE")]
 
 
 def test_a_second_version_loads_beside_the_first_and_answers_by_version(server, registered, second):

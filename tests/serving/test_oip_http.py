@@ -11,13 +11,12 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.serving.server import REQUEST_TIMEOUT, ready_server
+from tests.serving.server import REQUEST_TIMEOUT
 
 
 @pytest.fixture(scope="module")
-def server(registered, registered_pair):
-    yield from ready_server({"CAPSNET_MODEL_TAG": f"{registered.tag},{registered_pair.tag}",
-                             "CAPSNET_MAX_BATCH_SIZE": "8"})
+def server(oip_server):
+    return oip_server
 
 
 def direct(model, images: np.ndarray) -> dict[str, np.ndarray]:
