@@ -96,3 +96,17 @@ def test_errors_follow_the_protocol_and_the_server_keeps_answering(server, regis
     answer = httpx.post(infer, json=good, timeout=REQUEST_TIMEOUT)
     assert answer.status_code == 200 and answer.json()["outputs"][0]["shape"] == [1, 10]
     assert "Traceback" not in server.output()
+
+
+def test_classification_of_a_pair_model_ranks_its_capsule_lengths(server, registered_pair):
+    images = images_of(36, 2)
+    with server.oip_http() as client:
+        tensor = httpclient.InferInput("image", list(images.shape), "FP32")
+        tensor.set_data_from_numpy(images, binary_data=False)
+        wanted = [httpclient.InferRequestedOutput("probabilities", binary_data=False, class_count=2)]
+        top = client.infer(registered_pair.tag.name, [tensor], outputs=wanted).as_numpy("probabilities")
+    lengths = direct(registered_pair, images)["probabilities"]
+    assert top.shape == (2, 2)
+    for row, scores in zip(top, lengths, strict=True):  # the two longest capsules: the pair
+        as_text = [item.decode() if isinstance(item, bytes) else item for item in row]  # JSON answers: strings
+        assert [int(text.split(":")[1]) for text in as_text] == np.argsort(-scores, kind="stable")[:2].tolist()
