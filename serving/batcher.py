@@ -90,7 +90,8 @@ class DynamicBatcher:
         QueuedTooLong, those whose caller went away are dropped."""
         batch: list[_Waiting] = []
         size, now = 0, time.perf_counter_ns()
-        while self.queue and size + len(self.queue[0].images) <= self.max_batch_size:
+        # at least one request per batch, however large (validation keeps each within max_batch_size)
+        while self.queue and (not batch or size + len(self.queue[0].images) <= self.max_batch_size):
             waiting = self.queue.popleft()
             if waiting.future.done():  # cancelled: the client disconnected
                 continue

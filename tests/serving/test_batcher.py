@@ -123,3 +123,10 @@ def test_statistics_count_requests_and_call_their_hooks():
     assert inference["success"] == {"count": 1, "ns": 5_000} and inference["fail"] == {"count": 1, "ns": 2_000}
     assert inference["compute_infer"]["count"] == 1 and inference["compute_infer"]["ns"] == answer.batch.compute_infer
     assert summary["last_inference"] > 0 and seen == [(True, answer.batch.compute_infer), (False, 0)]
+
+
+def test_a_request_larger_than_a_batch_still_runs_alone():
+    model = Recording()
+    batcher = DynamicBatcher(model, max_batch_size=2, max_latency_ms=10_000, statistics=ModelStatistics("m", "1"))
+    assert run(batcher.submit(images(0, n=5))).outputs["probabilities"].shape == (5, 2)
+    assert model.batches == [5]
