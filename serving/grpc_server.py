@@ -65,7 +65,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self.is_ready())
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        await self._model(request.name, request.version, context)
+        try:  # a model that is not served (unknown, or unloaded) is not ready, as Triton answers
+            self.models.find(request.name, request.version)
+        except UnknownModelError:
+            return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self.is_ready())
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:

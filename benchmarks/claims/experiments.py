@@ -52,6 +52,9 @@ class Scale:
     lr_decay: float = 0.6  # the quick profile's decay per 55,000 images (the paper: 0.96)
     experiments: tuple[str, ...] = ("affine", "efficiency", "routing", "crowded")
     affine_target_val: float | None = None  # train the affine models until validation reaches this
+    # the affine comparison is repeated for each seed (the first one's runs live in affine/<model>, the
+    # others' in affine/seed<N>/<model>), reported per seed with the gap's mean and spread
+    affine_seeds: tuple[int, ...] = (0,)
     time_box_s: float | None = None  # the default --time-limit of one invocation (the report resumes)
 
 
@@ -78,7 +81,7 @@ SCALES = {
                       epoch_size=38_400, lr_decay_steps=430, lr_decay=0.9, affine_epochs=40, affine_digits=2000,
                       efficiency_epochs=0, fractions=(), seeds=(), routing_iters=(), routing_epochs=0,
                       crowded_epochs=0, test_partners=0, experiments=("affine",), affine_target_val=0.99,
-                      time_box_s=5400),
+                      affine_seeds=(0, 1, 2), time_box_s=5400),
     # The paper's networks; 50 epochs of MNIST each (the paper's schedule), for a GPU. Unrun here. Each
     # invocation stops after 13 minutes by default (a 15-minute GPU window) and the next one resumes.
     "paper": Scale(capsnet="paper", cnn="cnn-paper", pair_cnn="cnn-multimnist-paper", batch_size=128,
@@ -89,7 +92,7 @@ SCALES = {
     "tiny": Scale(capsnet="tiny", cnn="cnn-tiny", pair_cnn="cnn-tiny", batch_size=32, epoch_size=64,
                   lr_decay_steps=10, affine_epochs=2, affine_digits=3, efficiency_epochs=1, fractions=(0.1, 1.0),
                   seeds=(0, 1), routing_iters=(1, 3), routing_epochs=1, crowded_epochs=1, test_partners=1,
-                  val_size=120, pair_val_size=200),
+                  val_size=120, pair_val_size=200, affine_seeds=(0, 1)),
 }
 
 
@@ -152,11 +155,28 @@ def cached(run_dir: Path, key: dict[str, Any], compute: Callable[[], dict[str, A
 # --- the four experiments -------------------------------------------------------------------------
 
 def affine_experiment(scale: Scale, out: Path, data_dir: str | None, box: TimeBox) -> dict[str, Any]:
+    """The first seed's comparison at the top level (models, matched validation), every seed's under
+    `seeds`, and the matched gap (CapsNet minus CNN affine accuracy) as mean and spread over seeds."""
+    per_seed = {seed: affine_one_seed(scale, out if i == 0 else out / f"seed{seed}", data_dir, box, seed)
+                for i, seed in enumerate(scale.affine_seeds)}
+    gaps = [affine_gap(result) for result in per_seed.values()]
+    mean, spread = mean_spread(gaps)
+    return {**per_seed[scale.affine_seeds[0]], "seeds": {str(s): r for s, r in per_seed.items()},
+            "gap": {"mean": mean, "spread": spread, "per_seed": gaps}}
+
+
+def affine_gap(result: dict[str, Any]) -> float:
+    """CapsNet minus CNN accuracy on the affine set, both at the matched validation stop."""
+    models = result["models"]
+    return models["capsnet"]["matched"]["affine"]["accuracy"] - models["cnn"]["matched"]["affine"]["accuracy"]
+
+
+def affine_one_seed(scale: Scale, out: Path, data_dir: str | None, box: TimeBox, seed: int) -> dict[str, Any]:
     models = {"capsnet": scale.capsnet, "cnn": scale.cnn}
     runs = {}
     for name, variant in models.items():
         config = base_config(scale, variant, dataset="translated-mnist", max_shift=6, epochs=scale.affine_epochs,
-                             keep_epoch_checkpoints=True, target_val_accuracy=scale.affine_target_val)
+                             keep_epoch_checkpoints=True, target_val_accuracy=scale.affine_target_val, seed=seed)
         runs[name] = cached(out / name, config.to_dict(),
                             lambda run_dir=out / name, c=config: box.train(run_dir, c, data_dir))
     # Matched validation accuracy: the lower of the two best, and each model's first epoch reaching it.

@@ -47,6 +47,33 @@ def affine_section(result: dict[str, Any], scale: Scale) -> list[str]:
     for name, run in models.items():
         rot = run["matched"]["affine"]["rotation_deg"]
         lines.append(f"| {name} | " + " | ".join(pct(rot[b]["accuracy"]) for b in bins) + " |")
+    return lines + seeds_section(result, scale)
+
+
+def seeds_section(result: dict[str, Any], scale: Scale) -> list[str]:
+    """Every seed's matched comparison and the gap's mean and spread (the tables above are the first seed's)."""
+    seeds = result.get("seeds", {})
+    if len(seeds) < 2:
+        return []
+    target = scale.affine_target_val
+    lines = ["", f"Over {len(seeds)} seeds (the tables above are seed {next(iter(seeds))}'s): each model's best "
+             "validation, the matched stop, the affine accuracy of each there, and the gap (CapsNet − CNN)."
+             + (f" A model whose best stays under {pct(target, 1)} is marked as such; the pair is then matched "
+                "at the lower best, as always." if target else ""), "",
+             "| seed | CapsNet best val | CNN best val | matched val | CapsNet affine | CNN affine | gap |",
+             "|---|---|---|---|---|---|---|"]
+    for seed, one in seeds.items():
+        m = one["models"]
+        best = {name: pct(max(m[name]["val_curve"])) + (" (under target)" if target and max(
+            m[name]["val_curve"]) < target else "") for name in ("capsnet", "cnn")}
+        gap = m["capsnet"]["matched"]["affine"]["accuracy"] - m["cnn"]["matched"]["affine"]["accuracy"]
+        lines.append(f"| {seed} | {best['capsnet']} | {best['cnn']} | {pct(one['matched_val_accuracy'])} "
+                     f"| {pct(m['capsnet']['matched']['affine']['accuracy'])} "
+                     f"| {pct(m['cnn']['matched']['affine']['accuracy'])} | {100 * gap:+.1f} points |")
+    g = result["gap"]
+    lines += ["", f"Gap at the matched stop: **{100 * g['mean']:+.1f} ± {100 * g['spread']:.1f} points** (mean ± half "
+              f"the range over {len(seeds)} seeds); " + ("the same sign on every seed." if
+              len({v > 0 for v in g["per_seed"]}) == 1 else "the sign differs between seeds.")]
     return lines
 
 
@@ -103,11 +130,15 @@ def claims_table(results: dict[str, dict[str, Any]], scale: Scale) -> list[str]:
     if "affine" in results:
         m = results["affine"]["models"]
         gap = m["capsnet"]["matched"]["affine"]["accuracy"] - m["cnn"]["matched"]["affine"]["accuracy"]
+        over_seeds = results["affine"].get("gap", {})
+        seeds = len(over_seeds.get("per_seed", []))
         rows.append(f"| robust to affine transformations | affNIST 79 % vs 66 % (+13 points) | affine set "
                     f"{pct(m['capsnet']['matched']['affine']['accuracy'], 1)} vs "
                     f"{pct(m['cnn']['matched']['affine']['accuracy'], 1)} ({100 * gap:+.1f} points; each keeps "
                     f"{pct(kept(m['capsnet']['matched']), 0)} vs {pct(kept(m['cnn']['matched']), 0)} of its "
-                    "training-like accuracy) |")
+                    "training-like accuracy)"
+                    + (f"; over {seeds} seeds {100 * over_seeds['mean']:+.1f} ± {100 * over_seeds['spread']:.1f}"
+                       " points" if seeds > 1 else "") + " |")
     if "efficiency" in results:
         low = min(scale.fractions)
         acc = {mod: by_fraction[low][0] for mod, by_fraction in efficiency_stats(results["efficiency"]).items()}

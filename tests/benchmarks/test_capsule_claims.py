@@ -39,6 +39,13 @@ def test_the_tiny_report_has_every_claim_and_a_rerun_reuses_the_runs(synthetic_d
         assert all(v < affine["matched_val_accuracy"] for v in run["val_curve"][:run["matched"]["epoch"] - 1])
         assert run["best"]["val_accuracy"] == max(run["val_curve"])
         assert run["matched"]["affine"]["count"] == 3 * 32
+    # every seed compared on its own runs; the first seed's is the top level; the gap over seeds
+    assert list(affine["seeds"]) == ["0", "1"] and affine["seeds"]["0"]["models"] == affine["models"]
+    assert (tmp_path / "runs" / "tiny" / "affine" / "seed1" / "capsnet" / "result.json").is_file()
+    gaps = [one["models"]["capsnet"]["matched"]["affine"]["accuracy"] - one["models"]["cnn"]["matched"]["affine"][
+        "accuracy"] for one in affine["seeds"].values()]
+    assert affine["gap"]["per_seed"] == gaps and affine["gap"]["mean"] == pytest.approx(sum(gaps) / 2)
+    assert "Over 2 seeds" in report and "Gap at the matched stop" in report
     rows = results["efficiency"]["rows"]
     assert len(rows) == 2 * 2 * 2 and len({r["steps"] for r in rows}) == 1  # same steps for every fraction
     assert {(r["routing_iters"], r["reconstruction"]) for r in results["routing"]["rows"]} == \

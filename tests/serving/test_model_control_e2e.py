@@ -176,7 +176,7 @@ def test_unload_then_load_without_a_restart(server, registered):
     images = images_of(2, seed=3)
     with server.oip_http() as rest, server.grpc() as grpc:
         rest.unload_model(NAME)
-        assert not rest.is_model_ready(NAME)
+        assert not rest.is_model_ready(NAME) and not grpc.is_model_ready(NAME)
         with pytest.raises(InferenceServerException, match="not loaded"):
             rest_infer(rest, images)
         with pytest.raises(InferenceServerException, match="NOT_FOUND"):
