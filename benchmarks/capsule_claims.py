@@ -20,8 +20,8 @@ there when done; a rerun skips finished runs. The report (report.md and PNG plot
 REPORT (default docs/claims/<scale>) from the experiments that finished. `--scale cpu` fits this
 2-core CPU in well under an hour; `--scale cpu-long` is the affine experiment only, both models
 trained until 99.0 % validation, for seeds 0, 1 and 2 (about 50 min a seed here on 2026-12-02, up to
-~2 h on a slower day; 90-minute invocations, each resuming where the last stopped); `--scale paper` is the paper's networks and schedules, for a GPU, in 13-minute
-pieces; `--scale tiny` is for the tests.
+~2 h on a slower day; 90-minute invocations, each resuming where the last stopped); `--scale paper`
+is the paper's networks and schedules, for a GPU, in 13-minute pieces; `--scale tiny` is for the tests.
 --time-limit stops an invocation cleanly (the run in progress saves last.pt) and the next resumes.
 """
 

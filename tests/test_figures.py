@@ -43,6 +43,12 @@ FIGURES = [
     Figure("shipped pair model's exact-pair error",
            lambda: f"{100 * manifest('capsnet-multimnist-cpu-best')['evaluation']['exact_pair_error']:.1f} %",
            ("README.md", "docs/weights.md", "docs/crowded-scenes.md", "docs/development.md")),
+    Figure("shipped Fashion-MNIST test accuracy (float32 checkpoint)",
+           lambda: f"{100 * result('fashion_cpu_best-cpu.json')['test_accuracy']:.2f} %",
+           ("README.md", "docs/training.md")),
+    Figure("shipped Fashion-MNIST weights as loaded (float16)",
+           lambda: f"{100 * manifest('capsnet-fashion-mnist-cpu-best')['evaluation']['accuracy']:.2f} %",
+           ("docs/weights.md", "docs/training.md")),
     Figure("fashion-quick test accuracy", lambda: f"{100 * result('fashion_quick-cpu.json')['test_accuracy']:.2f} %",
            ("README.md", "docs/training.md")),
     *[Figure(f"overload goodput ratio, {p}", lambda p=p: overload_ratio(p), ("docs/performance.md",))
