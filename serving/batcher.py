@@ -9,6 +9,11 @@ It is ours rather than BentoML's adaptive batcher because the model set changes 
 is declared) and because the statistics extension needs each request's queue time and each batch's
 compute time (serving/statistics.py), which BentoML's batcher does not expose.
 
+With a queue delay (CAPSNET_MAX_QUEUE_DELAY_MS, Triton's max_queue_delay_microseconds; default 0), a
+batch that is not full waits until its oldest request has waited that long, for batch-mates: useful
+when requests arrive just too far apart to meet (a very fast model, slow clients), at that cost in
+latency; under load batches fill without it.
+
 A request that waited longer than the latency budget (CAPSNET_MAX_LATENCY_MS) when its turn comes
 is not run: `QueuedTooLong` (the service answers 503 + Retry-After). One batch runs at a time per
 model version, in a worker thread (ONNX Runtime releases the GIL), so the event loop keeps accepting.
@@ -59,11 +64,14 @@ class DynamicBatcher:
     """Merges concurrent `submit` calls for one model version into batches of at most `max_batch_size`
     images (a request is never split), running `run` on each; records into `statistics`."""
 
-    def __init__(self, run: Run, max_batch_size: int, max_latency_ms: float, statistics: ModelStatistics) -> None:
+    def __init__(self, run: Run, max_batch_size: int, max_latency_ms: float, statistics: ModelStatistics,
+                 queue_delay_ms: float = 0.0) -> None:
         self.run, self.max_batch_size, self.statistics = run, max_batch_size, statistics
         self.max_wait_ns = int(max_latency_ms * 1e6)
+        self.queue_delay_ns = int(queue_delay_ms * 1e6)
         self.queue: deque[_Waiting] = deque()
         self.task: asyncio.Task | None = None
+        self.full = asyncio.Event()  # set when the queue holds a full batch: the delay ends early
 
     @property
     def waiting(self) -> int:
@@ -75,15 +83,30 @@ class DynamicBatcher:
         Raises QueuedTooLong, or whatever the model run raised for the batch."""
         future = asyncio.get_running_loop().create_future()
         self.queue.append(_Waiting(images, future, time.perf_counter_ns()))
+        if self.queue_delay_ns and sum(len(w.images) for w in self.queue) >= self.max_batch_size:
+            self.full.set()
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
         while self.queue:
+            await self._wait_for_batch_mates()
             batch = self._next_batch()
             if batch:
                 await self._run(batch)
+
+    async def _wait_for_batch_mates(self) -> None:
+        """With a queue delay: until the oldest request has waited that long, or a batch is full."""
+        if not self.queue_delay_ns:
+            return
+        left = self.queue[0].enqueued_ns + self.queue_delay_ns - time.perf_counter_ns()
+        if left > 0 and sum(len(w.images) for w in self.queue) < self.max_batch_size:
+            self.full.clear()
+            try:
+                await asyncio.wait_for(self.full.wait(), left / 1e9)
+            except TimeoutError:
+                pass
 
     def _next_batch(self) -> list[_Waiting]:
         """The waiting requests that fit one batch, oldest first; those past the budget are answered

@@ -86,7 +86,8 @@ class ServedModel:
         name, _, version = tag.partition(":")
         statistics = ModelStatistics(name, version, **(statistics_hooks or {}))
         return cls(tag, runtime, dict(metadata),
-                   DynamicBatcher(runtime.infer, settings.max_batch_size, settings.max_latency_ms, statistics),
+                   DynamicBatcher(runtime.infer, settings.max_batch_size, settings.max_latency_ms, statistics,
+                                  settings.max_queue_delay_ms),
                    statistics)
 
     async def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -315,6 +316,7 @@ class ServingCore:
             "require_gpu": s.require_gpu,
             # the statistics are this worker's; per version: /v2/models/stats, and nv_inference_* on /metrics
             "batching": {"max_batch_size": s.max_batch_size, "max_latency_ms": s.max_latency_ms,
+                         "max_queue_delay_ms": s.max_queue_delay_ms,
                          "workers": s.workers, **model.runtime.stats()},
             "grpc_port": s.grpc_port,
             "versions": {**(server_versions or {}), "onnxruntime": ort.__version__, "numpy": np.__version__,

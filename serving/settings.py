@@ -40,6 +40,9 @@ class ServingSettings:
     model_tags: tuple[str, ...] = ()
     max_batch_size: int = 64  # CAPSNET_MAX_BATCH_SIZE: largest batch the model sees, and per request
     max_latency_ms: int = 1000  # CAPSNET_MAX_LATENCY_MS: requests queued longer are shed with 503
+    # CAPSNET_MAX_QUEUE_DELAY_MS: how long a batch that is not full waits for batch-mates (Triton's
+    # max_queue_delay_microseconds). 0: none; under load batches fill while the model runs anyway.
+    max_queue_delay_ms: float = 0.0
     # CAPSNET_MAX_QUEUE: requests each model admits at once, over every protocol; the next gets 503 +
     # Retry-After / UNAVAILABLE at once (serving/admission.py). 128 = two full batches: measured
     # in benchmarks/overload.py, it keeps the batcher full and the wait well inside the latency budget.
@@ -72,6 +75,7 @@ class ServingSettings:
             model_tags=tuple(t.strip() for t in env.get("CAPSNET_MODEL_TAG", "").split(",") if t.strip()),
             max_batch_size=int(env.get("CAPSNET_MAX_BATCH_SIZE", d.max_batch_size)),
             max_latency_ms=int(env.get("CAPSNET_MAX_LATENCY_MS", d.max_latency_ms)),
+            max_queue_delay_ms=float(env.get("CAPSNET_MAX_QUEUE_DELAY_MS", d.max_queue_delay_ms)),
             max_queue=int(env.get("CAPSNET_MAX_QUEUE", d.max_queue)),
             retry_after_s=int(env.get("CAPSNET_RETRY_AFTER_S", d.retry_after_s)),
             grpc_port=int(env.get("CAPSNET_GRPC_PORT", d.grpc_port)),
@@ -85,6 +89,8 @@ class ServingSettings:
         )
         if settings.max_batch_size < 2:
             raise ValueError("CAPSNET_MAX_BATCH_SIZE must be at least 2")
+        if not 0 <= settings.max_queue_delay_ms < settings.max_latency_ms:
+            raise ValueError("CAPSNET_MAX_QUEUE_DELAY_MS must be at least 0 and below CAPSNET_MAX_LATENCY_MS")
         if settings.max_queue < 1:
             raise ValueError("CAPSNET_MAX_QUEUE must be at least 1")
         if settings.retry_after_s < 1:

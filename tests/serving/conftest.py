@@ -55,7 +55,11 @@ def oip_server(registered, registered_pair):
 
 @pytest.fixture(scope="module")
 def server(registered):
-    yield from ready_server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_MAX_BATCH_SIZE": "16"})
+    # The tiny test model answers in well under a millisecond, so on a busy CI machine concurrent test
+    # clients can arrive just too far apart to meet in the batcher: a 20 ms queue delay lets the
+    # batching tests see batches (seen once: 64 requests from 32 threads, every one alone).
+    yield from ready_server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_MAX_BATCH_SIZE": "16",
+                             "CAPSNET_MAX_QUEUE_DELAY_MS": "20"})
 
 
 

@@ -12,7 +12,8 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from serving.oip import OipModel
-from serving.repository import ModelRepository, VersionPolicy
+from serving.protocols import ServedOipModels
+from serving.repository import ModelRepository
 
 OUTPUTS = {"probabilities": [10], "poses": [10, 16]}
 _ROW = "[" + ",".join(["NaN"] + ["0"] * 27) + "]"
@@ -20,27 +21,19 @@ _ROW = "[" + ",".join(["NaN"] + ["0"] * 27) + "]"
 NAN_IMAGE = ('{"images": [[' + ",".join([_ROW] * 28) + "]]}").encode()
 
 
-class FixedModels:
-    """A ModelSource over fixed OipModels (name -> model), looked up by the real ModelRepository."""
+class FixedModels(ServedOipModels):
+    """The protocols' view of the served set (index, load, unload as served), over fixed OipModels
+    (name -> model) instead of opened ServedModels, looked up by the real ModelRepository."""
 
     def __init__(self, models: dict[str, OipModel], control: bool = False) -> None:
         self.repository = ModelRepository(list, lambda stored: None, control=control)
-        self.repository.served = {name: [model] for name, model in models.items()}
+        self.repository.served.update({name: [model] for name, model in models.items()})
 
     def find(self, name: str, version: str) -> OipModel:
         return self.repository.find(name, version)
 
     def statistics(self, name: str, version: str) -> list[dict[str, Any]]:
         return []
-
-    def index(self, ready_only: bool) -> list[dict[str, str]]:
-        return self.repository.index(ready_only)
-
-    async def load(self, name: str, config: str | None) -> None:
-        await self.repository.load(name, VersionPolicy.from_load_request(config))
-
-    async def unload(self, name: str) -> None:
-        await self.repository.unload(name)
 
 
 def served(model: Any, name: str = "m") -> FixedModels:

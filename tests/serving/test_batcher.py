@@ -130,3 +130,26 @@ def test_a_request_larger_than_a_batch_still_runs_alone():
     batcher = DynamicBatcher(model, max_batch_size=2, max_latency_ms=10_000, statistics=ModelStatistics("m", "1"))
     assert run(batcher.submit(images(0, n=5))).outputs["probabilities"].shape == (5, 2)
     assert model.batches == [5]
+
+
+def test_a_queue_delay_gathers_requests_that_arrive_apart_and_a_full_batch_ends_it_early():
+    model = Recording()
+    batcher = DynamicBatcher(model, max_batch_size=4, max_latency_ms=10_000, statistics=ModelStatistics("m", "1"),
+                             queue_delay_ms=200)
+
+    async def apart() -> None:  # three requests 20 ms apart: without the delay the first runs alone
+        tasks = []
+        for k in range(3):
+            tasks.append(asyncio.create_task(batcher.submit(images(k))))
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*tasks)
+
+    run(apart())
+    assert model.batches == [3]
+
+    async def full() -> float:
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(*(batcher.submit(images(k)) for k in range(4)))
+        return asyncio.get_running_loop().time() - started
+
+    assert run(full()) < 0.15 and model.batches == [3, 4]  # a full batch does not wait out the 200 ms

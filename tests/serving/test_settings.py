@@ -26,6 +26,8 @@ def test_defaults_and_environment_overrides():
                                           ({"CAPSNET_VERSION_POLICY": "newest"}, "unknown version policy 'newest'"),
                                           ({"CAPSNET_VERSION_POLICY": "m=latest:0"}, "N >= 1"),
                                           ({"CAPSNET_MODEL_CONTROL": "poll"}, "none or explicit"),
+                                          ({"CAPSNET_MAX_QUEUE_DELAY_MS": "-1"}, "CAPSNET_MAX_QUEUE_DELAY_MS"),
+                                          ({"CAPSNET_MAX_QUEUE_DELAY_MS": "1000"}, "below CAPSNET_MAX_LATENCY_MS"),
                                           ({"CAPSNET_MODEL_CONTROL": "explicit", "CAPSNET_WORKERS": "2"},
                                            "CAPSNET_WORKERS=1")])
 def test_rejects_unusable_values(env, message):
