@@ -201,10 +201,10 @@ def test_load_and_unload_under_load_drop_nothing(server, registered, second):
 
     with ThreadPoolExecutor(64) as pool, server.oip_http() as rest:  # the 64 clients
         clients = [pool.submit(client) for _ in range(64)]
-        time.sleep(0.5)
+        time.sleep(0.3)
         for versions in ((v2,), (v1, v2), (v1,), (v2, v1), (v1,)):  # every switch while requests flow
             load(rest, *versions)
-            time.sleep(0.2)
+            time.sleep(0.1)
         switching = len(statuses)
         assert set(statuses) == {200}, sorted(set(statuses))
         rest.unload_model(NAME)
