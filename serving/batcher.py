@@ -24,7 +24,6 @@ already queued and then holds nothing.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,8 +32,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.statistics import BatchTimes, ModelStatistics
-
-log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
 Run = Callable[[np.ndarray], Outputs]  # images [B, 1, S, S] -> {output name: [B, ...]}
@@ -73,17 +70,12 @@ class DynamicBatcher:
         self.task: asyncio.Task | None = None
         self.full = asyncio.Event()  # set when the queue holds a full batch: the delay ends early
 
-    @property
-    def waiting(self) -> int:
-        """Requests queued now (not counting the batch being run)."""
-        return len(self.queue)
-
     async def submit(self, images: np.ndarray) -> Answer:
         """Validated images [N, 1, S, S], N <= max_batch_size -> this request's outputs ({name: [N, ...]}).
         Raises QueuedTooLong, or whatever the model run raised for the batch."""
         future = asyncio.get_running_loop().create_future()
         self.queue.append(_Waiting(images, future, time.perf_counter_ns()))
-        if self.queue_delay_ns and sum(len(w.images) for w in self.queue) >= self.max_batch_size:
+        if self.queue_delay_ns and self._queued_images() >= self.max_batch_size:
             self.full.set()
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._drain())
@@ -101,12 +93,15 @@ class DynamicBatcher:
         if not self.queue_delay_ns:
             return
         left = self.queue[0].enqueued_ns + self.queue_delay_ns - time.perf_counter_ns()
-        if left > 0 and sum(len(w.images) for w in self.queue) < self.max_batch_size:
+        if left > 0 and self._queued_images() < self.max_batch_size:
             self.full.clear()
             try:
                 await asyncio.wait_for(self.full.wait(), left / 1e9)
             except TimeoutError:
                 pass
+
+    def _queued_images(self) -> int:
+        return sum(len(w.images) for w in self.queue)
 
     def _next_batch(self) -> list[_Waiting]:
         """The waiting requests that fit one batch, oldest first; those past the budget are answered

@@ -317,7 +317,7 @@ class ServingCore:
             # the statistics are this worker's; per version: /v2/models/stats, and nv_inference_* on /metrics
             "batching": {"max_batch_size": s.max_batch_size, "max_latency_ms": s.max_latency_ms,
                          "max_queue_delay_ms": s.max_queue_delay_ms,
-                         "workers": s.workers, **model.runtime.stats()},
+                         "workers": s.workers, **model.statistics.batching()},
             "grpc_port": s.grpc_port,
             "versions": {**(server_versions or {}), "onnxruntime": ort.__version__, "numpy": np.__version__,
                          "python": platform.python_version(), "exported_with": config.get("versions", {})},

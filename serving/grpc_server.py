@@ -137,7 +137,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 wanted = model.wanted_outputs([o.name for o in request.outputs])
                 class_counts = {o.name: o.parameters["classification"].int64_param for o in request.outputs
                                 if "classification" in o.parameters}
-                model.answer({}, [], class_counts)  # a bad classification request fails before it runs
+                model.check_classification(class_counts)
                 answer = model.answer(await model.infer(images), wanted, class_counts)
         except InputError as e:
             problem = grpc.StatusCode.INVALID_ARGUMENT, str(e)

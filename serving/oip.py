@@ -62,14 +62,20 @@ class OipModel:
             raise InputError(f"unknown outputs {unknown}; this model has {list(self.output_dims)}")
         return names or list(self.output_dims)
 
-    def answer(self, outputs: dict[str, np.ndarray], wanted: list[str], class_counts: dict[str, int]
-               ) -> dict[str, np.ndarray]:
-        """The tensors to return: each wanted output as FP32, or, where the request asked for the
-        classification extension (`class_counts`: output -> top k), as BYTES strings "value:index:label"."""
+    @staticmethod
+    def check_classification(class_counts: dict[str, int]) -> None:
+        """InputError unless every classification request (output -> top k) is on 'probabilities', k >= 1;
+        the front ends call it before the model runs."""
         for name, count in class_counts.items():
             if name != "probabilities" or count < 1:
                 raise InputError(f"classification (class_count {count}) applies to output 'probabilities' "
                                  f"with a count >= 1, not {name!r}")
+
+    def answer(self, outputs: dict[str, np.ndarray], wanted: list[str], class_counts: dict[str, int]
+               ) -> dict[str, np.ndarray]:
+        """The tensors to return: each wanted output as FP32, or, where the request asked for the
+        classification extension (`class_counts`: output -> top k, checked), as BYTES strings
+        "value:index:label"."""
         return {name: top_classes(outputs[name], class_counts[name], self.class_names) if name in class_counts
                 else outputs[name] for name in wanted}
 

@@ -244,8 +244,7 @@ class ModelRepository:
             opened = [current.get(v.version) or await asyncio.to_thread(self.open_version, v) for v in selected]
             self.served[name] = opened  # one assignment: requests see the old set or the new one
             self.unavailable.pop(name, None)
-            if policy != self.policy_of(name):
-                self.policies[name] = policy
+            self.policies[name] = policy  # a later load without a policy selects the same way
             log.info("loaded %s: serving version(s) %s (policy %s)", name,
                      ", ".join(m.version for m in opened), policy)
             return [m.version for m in opened]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +50,6 @@ class CapsNetRuntime:
         self.image_size: int = self.config["model_config"]["image_size"]
         # reconstructions_top2 is an optional export output (two-object models); served when present
         self.outputs = [o for o in ("probabilities", "poses", "reconstructions_top2") if o in self.graph_outputs]
-        self._stats_lock = threading.Lock()
-        self.batches = 0
-        self.images = 0
-        self.max_batch_seen = 0
 
     @property
     def output_dims(self) -> dict[str, list[int]]:
@@ -66,16 +61,11 @@ class CapsNetRuntime:
     def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """images float32 [N, 1, S, S] -> {output name: [N, ...]} (probabilities [N, K], poses
         [N, K, D], and reconstructions_top2 [N, 2, 1, S, S] when the export has it)."""
-        results = self.session.run(self.outputs, {"image": images})
-        with self._stats_lock:
-            self.batches += 1
-            self.images += len(images)
-            self.max_batch_seen = max(self.max_batch_seen, len(images))
-        return dict(zip(self.outputs, results, strict=True))
+        return self.run(self.outputs, images)
 
     def run(self, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
-        """Any of the graph's outputs for validated images [N, 1, S, S], outside the batcher (the
-        explorer's views); not counted in the batching statistics."""
+        """Any of the graph's outputs for validated images [N, 1, S, S]. The batcher counts what it runs
+        (serving/statistics.py); the explorer's views call this directly, outside it."""
         return dict(zip(names, self.session.run(names, {"image": images}), strict=True))
 
     def decode(self, poses: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -103,9 +93,3 @@ class CapsNetRuntime:
         """Run the sizes the batcher will use, so the first requests do not pay for allocation."""
         for n in (1, max_batch_size):
             self.session.run(None, {"image": np.zeros((n, 1, self.image_size, self.image_size), np.float32)})
-
-    def stats(self) -> dict[str, Any]:
-        with self._stats_lock:
-            return {"batches": self.batches, "images": self.images,
-                    "mean_batch_size": self.images / self.batches if self.batches else 0.0,
-                    "max_batch_size_seen": self.max_batch_seen}

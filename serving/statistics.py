@@ -92,6 +92,13 @@ class ModelStatistics:
         if self.on_request is not None:
             self.on_request(self, ok, total_ns, queue_ns, batch.compute_infer if batch else 0)
 
+    def batching(self) -> dict[str, Any]:
+        """The batch counters `metadata` reports: runs, images, mean and largest batch."""
+        with self._lock:
+            return {"batches": self.execution_count, "images": self.inference_count,
+                    "mean_batch_size": self.inference_count / self.execution_count if self.execution_count else 0.0,
+                    "max_batch_size_seen": max(self.batches, default=0)}
+
     def as_dict(self) -> dict[str, Any]:
         """Triton's ModelStatistics as JSON (the REST answer; the gRPC message is parsed from it)."""
         with self._lock:

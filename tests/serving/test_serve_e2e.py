@@ -58,10 +58,6 @@ def send_single_images_concurrently(server: Server, model: bentoml.Model, images
     np.testing.assert_allclose(np.stack(results), expected[np.arange(count) % len(images)], rtol=0, atol=1e-6)
 
 
-def stats(server: Server) -> dict:
-    return server.get("metadata").json()["batching"]
-
-
 def test_http_grpc_and_direct_onnx_runtime_agree(server, registered, images):
     session = ort.InferenceSession(registered.path_of("model.onnx"), providers=["CPUExecutionProvider"])
     direct_probs, direct_poses = session.run(["probabilities", "poses"], {"image": images})
