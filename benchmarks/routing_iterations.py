@@ -46,7 +46,8 @@ def train_run(run_dir: Path, config: TrainConfig, data_dir: str | None) -> dict[
             "parameters": sum(p.numel() for p in build_network(config.model_config()).parameters()),
             "best_val_accuracy": summary["best_val_accuracy"], "test_accuracy": summary.get("test_accuracy"),
             "test_metrics": summary.get("test_metrics", {}), "val_curve": [e["val_accuracy"] for e in curve],
-            "train_images_per_sec": statistics.median(e["train_images_per_sec"] for e in curve)}
+            # None for a run stopped (time limit, signal) before its first epoch ended
+            "train_images_per_sec": statistics.median(e["train_images_per_sec"] for e in curve) if curve else None}
 
 
 def run_one(out: Path, config: TrainConfig, data_dir: str | None) -> dict:

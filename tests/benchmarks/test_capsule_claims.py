@@ -94,3 +94,16 @@ def test_the_time_box_hands_each_run_what_is_left_and_stops_at_an_interrupted_on
     with pytest.raises(OutOfTime, match="saved its last.pt"):
         box.train(tmp_path, TrainConfig(variant="tiny"), None, lambda *a: run(*a, interrupted=True))
     assert TimeBox(None).train(tmp_path, TrainConfig(variant="tiny"), None, run) and seen[-1] is None
+
+
+def test_a_run_stopped_before_its_first_epoch_ends_is_interrupted_not_a_crash(synthetic_data_dir, tmp_path,
+                                                                               monkeypatch):
+    # seen on a real cpu-long run stopped by SIGTERM a minute in: no epoch in metrics.jsonl yet
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from routing_iterations import train_run
+
+    from training.config import TrainConfig
+
+    config = TrainConfig(variant="tiny", epochs=1, batch_size=8, val_size=120, time_limit_s=1e-6)
+    result = train_run(tmp_path / "run", config, str(synthetic_data_dir))
+    assert result["interrupted"] and result["val_curve"] == [] and result["train_images_per_sec"] is None
