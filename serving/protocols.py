@@ -63,7 +63,11 @@ class ProtocolServers:
                     settings: ServingSettings, admission: Admission) -> ProtocolServers:
         grpc_server = await serve_over_grpc(models, is_ready, settings, admission)
         app = OipHttpApp(models, is_ready, settings.max_batch_size, settings.max_request_bytes, admission)
-        return cls(grpc_server, *await serve_over_http(app, settings))
+        try:
+            return cls(grpc_server, *await serve_over_http(app, settings))
+        except BaseException:  # the REST port is taken: release the gRPC one too, so a restart can bind it
+            await grpc_server.stop(grace=None)
+            raise
 
     async def stop(self) -> None:
         await self.grpc_server.stop(grace=2)
