@@ -137,7 +137,7 @@ serve: setup  ## serve every registered capsnet-* model (the best version of eac
 
 # The talk's claims, measured against a CNN (benchmarks/capsule_claims.py): 49 min on this 2-core CPU,
 # resumable (runs in runs/claims/), the report in docs/claims/<scale>/. CLAIMS_SCALE=cpu-long: the affine claim
-# at 99.0 % validation (50 min here on 2026-12-02, up to ~2 h on a slower day; 90-min pieces); CLAIMS_SCALE=paper: the paper's scale, for a GPU, in 13-minute pieces.
+# at 99.0 % validation over 3 seeds against two CNNs (~4.5 h here in 90-min pieces, each resuming); CLAIMS_SCALE=paper: the paper's scale, for a GPU, in 13-minute pieces.
 CLAIMS_SCALE ?= cpu
 claims: setup  ## the talk's claims against a CNN (49 min on a 2-core CPU, resumable)
 	$(BIN)/python benchmarks/capsule_claims.py --scale $(CLAIMS_SCALE)

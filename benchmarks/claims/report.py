@@ -47,17 +47,21 @@ def affine_section(result: dict[str, Any], scale: Scale) -> list[str]:
     for name, run in models.items():
         rot = run["matched"]["affine"]["rotation_deg"]
         lines.append(f"| {name} | " + " | ".join(pct(rot[b]["accuracy"]) for b in bins) + " |")
-    return lines + seeds_section(result, scale)
+    lines += seeds_section(result, scale, scale.cnn)
+    for cnn, comparison in result.get("other_cnns", {}).items():
+        lines += seeds_section(comparison, scale, cnn)
+    return lines
 
 
-def seeds_section(result: dict[str, Any], scale: Scale) -> list[str]:
-    """Every seed's matched comparison and the gap's mean and spread (the tables above are the first seed's)."""
-    seeds = result.get("seeds", {})
+def seeds_section(comparison: dict[str, Any], scale: Scale, cnn: str) -> list[str]:
+    """Every seed's matched comparison of the CapsNet with one CNN (`comparison`: its `seeds` and `gap`)
+    and the gap's mean and spread."""
+    seeds = comparison.get("seeds", {})
     if len(seeds) < 2:
         return []
     target = scale.affine_target_val
-    lines = ["", f"Over {len(seeds)} seeds (the tables above are seed {next(iter(seeds))}'s): each model's best "
-             "validation, the matched stop, the affine accuracy of each there, and the gap (CapsNet − CNN)."
+    lines = ["", f"Against `{cnn}` over {len(seeds)} seeds: each model's best validation, the matched stop "
+             "(each pair matched on its own), the affine accuracy of each there, and the gap (CapsNet − CNN)."
              + (f" A model whose best stays under {pct(target, 1)} is marked as such; the pair is then matched "
                 "at the lower best, as always." if target else ""), "",
              "| seed | CapsNet best val | CNN best val | matched val | CapsNet affine | CNN affine | gap |",
@@ -70,10 +74,11 @@ def seeds_section(result: dict[str, Any], scale: Scale) -> list[str]:
         lines.append(f"| {seed} | {best['capsnet']} | {best['cnn']} | {pct(one['matched_val_accuracy'])} "
                      f"| {pct(m['capsnet']['matched']['affine']['accuracy'])} "
                      f"| {pct(m['cnn']['matched']['affine']['accuracy'])} | {100 * gap:+.1f} points |")
-    g = result["gap"]
-    lines += ["", f"Gap at the matched stop: **{100 * g['mean']:+.1f} ± {100 * g['spread']:.1f} points** (mean ± half "
-              f"the range over {len(seeds)} seeds); " + ("the same sign on every seed." if
-              len({v > 0 for v in g["per_seed"]}) == 1 else "the sign differs between seeds.")]
+    g = comparison["gap"]
+    lines += ["", f"Gap against `{cnn}` at the matched stop: **{100 * g['mean']:+.1f} ± {100 * g['spread']:.1f} "
+              f"points** (mean ± half the range over {len(seeds)} seeds); " + (
+                  "the same sign on every seed." if len({v > 0 for v in g["per_seed"]}) == 1
+                  else "the sign differs between seeds.")]
     return lines
 
 
@@ -138,7 +143,9 @@ def claims_table(results: dict[str, dict[str, Any]], scale: Scale) -> list[str]:
                     f"{pct(kept(m['capsnet']['matched']), 0)} vs {pct(kept(m['cnn']['matched']), 0)} of its "
                     "training-like accuracy)"
                     + (f"; over {seeds} seeds {100 * over_seeds['mean']:+.1f} ± {100 * over_seeds['spread']:.1f}"
-                       " points" if seeds > 1 else "") + " |")
+                       " points" if seeds > 1 else "")
+                    + "".join(f"; against `{cnn}` {100 * c['gap']['mean']:+.1f} ± {100 * c['gap']['spread']:.1f} "
+                              "points" for cnn, c in results["affine"].get("other_cnns", {}).items()) + " |")
     if "efficiency" in results:
         low = min(scale.fractions)
         acc = {mod: by_fraction[low][0] for mod, by_fraction in efficiency_stats(results["efficiency"]).items()}

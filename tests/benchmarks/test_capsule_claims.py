@@ -45,7 +45,15 @@ def test_the_tiny_report_has_every_claim_and_a_rerun_reuses_the_runs(synthetic_d
     gaps = [one["models"]["capsnet"]["matched"]["affine"]["accuracy"] - one["models"]["cnn"]["matched"]["affine"][
         "accuracy"] for one in affine["seeds"].values()]
     assert affine["gap"]["per_seed"] == gaps and affine["gap"]["mean"] == pytest.approx(sum(gaps) / 2)
-    assert "Over 2 seeds" in report and "Gap at the matched stop" in report
+    assert "Against `cnn-tiny` over 2 seeds" in report and "Gap against `cnn-tiny` at the matched stop" in report
+    # the other CNN is compared with the same CapsNet runs, matched on its own, in its own folder
+    other = affine["other_cnns"]["cnn-tiny"]
+    assert list(other["seeds"]) == ["0", "1"] and len(other["gap"]["per_seed"]) == 2
+    for seed, one in other["seeds"].items():
+        assert one["models"]["capsnet"]["val_curve"] == affine["seeds"][seed]["models"]["capsnet"]["val_curve"]
+        assert one["matched_val_accuracy"] == min(max(r["val_curve"]) for r in one["models"].values())
+    assert (tmp_path / "runs" / "tiny" / "affine" / "seed1" / "cnn-tiny" / "result.json").is_file()
+    assert report.count("Gap against `cnn-tiny`") == 2
     rows = results["efficiency"]["rows"]
     assert len(rows) == 2 * 2 * 2 and len({r["steps"] for r in rows}) == 1  # same steps for every fraction
     assert {(r["routing_iters"], r["reconstruction"]) for r in results["routing"]["rows"]} == \
