@@ -1,6 +1,6 @@
 """The weights files shipped in weights/: each has its manifest, its hash matches, the manifest says how
-it was made and how it scored, the weights themselves classify real test images about as well as the
-manifest says, and a tampered copy is refused. (Scoring all 10,000 test images again is a benchmark,
+it was made and how it scored, the weights themselves classify real test images (and pairs) about as
+well as the manifest says and read the README's two example images, and a tampered copy is refused. (Scoring all 10,000 test images again is a benchmark,
 not a test: `make pretrained-model` does it.)"""
 
 from __future__ import annotations
@@ -9,14 +9,17 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.helpers import REPO, has_dataset, real_data_roots
 from training.checkpoint import model_from_checkpoint
 from training.config import PROFILES, RESUMABLE_OVERRIDES
 from training.data import load_split
 from training.fileio import sha256_file
+from training.multimnist import fixed_pair_images, labels_found
 from training.weights_file import WeightsFileError, load_weights, paths_of
 
 SHIPPED = sorted((REPO / "weights").glob("*.safetensors"))
@@ -68,26 +71,49 @@ def test_the_profile_a_shipped_file_names_trains_it_today(weights):
     assert differ <= set(RESUMABLE_OVERRIDES), f"profile {profile.group(1)} changed since packing: {sorted(differ)}"
 
 
-SINGLE_OBJECT = [w for w in SHIPPED if json.loads(paths_of(w)[1].read_text())["evaluation"]["dataset"] != "multimnist"]
+def errors_on_test_images(model: torch.nn.Module, dataset: str, root, n: int, max_shift: int) -> int:
+    """Errors of `model` on n real test examples: the first n test images, or for pairs the first n test
+    digits each with one fixed-seed partner (the same kind of pairs as the manifest's 100,000)."""
+    if dataset == "multimnist":
+        digits, digit_labels = load_split("mnist", "test", root)
+        images, labels = fixed_pair_images(digits[:n], digit_labels[:n], 1, max_shift)  # [n, 1, 36, 36], [n, 2]
+    else:
+        images, labels = load_split(dataset, "test", root)
+        images, labels = images[:n], labels[:n]
+    with torch.no_grad():
+        lengths, _ = model(images.float() / 255.0)  # pixels in [0, 1]
+    if dataset == "multimnist":
+        return int((~labels_found(lengths, labels).all(dim=1)).sum())  # exact pairs only
+    return int((lengths.argmax(1) != labels).sum())
 
 
-@pytest.mark.parametrize("weights", SINGLE_OBJECT, ids=lambda p: p.name)
+@pytest.mark.parametrize("weights", SHIPPED, ids=lambda p: p.name)
 def test_the_weights_classify_real_test_images_as_the_manifest_says(weights):
-    """The first 1,000 test images through the float16 weights: a file that loads but is not the model
-    the manifest scored (other weights, a broken conversion) makes far more errors than its share."""
+    """1,000 real test images (500 pairs) through the float16 weights: a file that loads but is not the
+    model the manifest scored (other weights, a broken conversion) makes far more errors than its share."""
     manifest = json.loads(paths_of(weights)[1].read_text())
     dataset = manifest["evaluation"]["dataset"]
-    root = next((r for r in real_data_roots() if has_dataset(r, dataset)), None)
+    source = "mnist" if dataset == "multimnist" else dataset
+    root = next((r for r in real_data_roots() if has_dataset(r, source)), None)
     if root is None:
-        pytest.skip(f"real {dataset} not found in {[str(r) for r in real_data_roots()]}")
-    images, labels = load_split(dataset, "test", root)
-    n = 1000
+        pytest.skip(f"real {source} not found in {[str(r) for r in real_data_roots()]}")
+    n = 500 if dataset == "multimnist" else 1000
     model = model_from_checkpoint(load_weights(weights))
+    errors = errors_on_test_images(model, dataset, root, n, manifest["train_config"]["max_shift"])
+    expected = (1 - manifest["evaluation"]["accuracy"]) * n  # this file's error rate on the whole test set
+    assert errors <= 2 * expected + 10, f"{errors} errors in {n}; the manifest's rate gives {expected:.0f}"
+
+
+@pytest.mark.parametrize(("weights", "image", "answer"), [
+    ("capsnet-mnist-cpu-best", "seven.png", [7]),  # MNIST test image 0
+    ("capsnet-multimnist-cpu-best", "pair.png", [2, 7]),  # MNIST test digits 0 and 1, a 7 and a 2
+])
+def test_the_shipped_weights_read_the_example_images_the_readme_sends(weights, image, answer):
+    model = model_from_checkpoint(load_weights(REPO / "weights" / f"{weights}.safetensors"))
+    pixels = torch.from_numpy(np.asarray(Image.open(REPO / "serving" / "examples" / image), dtype=np.float32))
     with torch.no_grad():
-        lengths, _ = model(images[:n].float() / 255.0)  # [n, 1, 28, 28] pixels in [0, 1]
-    errors = int((lengths.argmax(1) != labels[:n]).sum())
-    expected = (1 - manifest["evaluation"]["accuracy"]) * n  # this file's error rate on all 10,000
-    assert errors <= 2 * expected + 10, f"{errors} errors in {n} images; the manifest's rate gives {expected:.0f}"
+        lengths, _ = model(pixels[None, None] / 255.0)  # [1, 1, H, W] -> lengths [1, 10]
+    assert sorted(lengths[0].topk(len(answer)).indices.tolist()) == answer
 
 
 @pytest.mark.parametrize("weights", SHIPPED, ids=lambda p: p.name)
