@@ -53,8 +53,9 @@ def oip_server(registered, registered_pair):
                              "CAPSNET_MAX_BATCH_SIZE": "8", "CAPSNET_MODEL_CONTROL": "explicit"})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(registered):
+    """One server with the tiny digit model for the end-to-end and browser tests (one start fewer)."""
     # The tiny test model answers in well under a millisecond, so on a busy CI machine concurrent test
     # clients can arrive just too far apart to meet in the batcher: a 20 ms queue delay lets the
     # batching tests see batches (seen once: 64 requests from 32 threads, every one alone).

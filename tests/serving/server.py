@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
+import onnxruntime as ort
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
@@ -107,3 +109,11 @@ def ready_server(env: dict[str, str]) -> Iterator[Server]:
         yield s
     finally:
         s.stop()
+
+
+def direct_outputs(model, images: np.ndarray) -> dict[str, np.ndarray]:
+    """What ONNX Runtime answers on a registered model's file (bentoml.Model), output name -> array: the
+    reference every served answer is compared with."""
+    session = ort.InferenceSession(model.path_of("model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {"image": images}), strict=True))

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.serving.server import ARTIFACTS, ready_server
+from tests.serving.server import ARTIFACTS
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 WAIT = 30  # seconds for the page to answer after an action
@@ -28,11 +28,6 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def server(registered):
-    yield from ready_server({"CAPSNET_MODEL_TAG": str(registered.tag)})
 
 
 @pytest.fixture(scope="module")

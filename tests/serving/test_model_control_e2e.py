@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 import bentoml
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -22,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from export.registry import register_export
 from serving.oip import EXTENSIONS
-from tests.serving.server import GRPC_TIMEOUT, REQUEST_TIMEOUT
+from tests.serving.server import GRPC_TIMEOUT, REQUEST_TIMEOUT, direct_outputs
 
 NAME = "capsnet-e2e"
 
@@ -43,8 +42,7 @@ def images_of(n: int, seed: int = 0) -> np.ndarray:
 
 
 def direct(model: bentoml.Model, images: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(model.path_of("model.onnx"), providers=["CPUExecutionProvider"])
-    return session.run(["probabilities"], {"image": images})[0]
+    return direct_outputs(model, images)["probabilities"]
 
 
 def rest_infer(client: httpclient.InferenceServerClient, images: np.ndarray, version: str = "",

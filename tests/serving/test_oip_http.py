@@ -6,23 +6,16 @@ from __future__ import annotations
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.serving.server import REQUEST_TIMEOUT
+from tests.serving.server import REQUEST_TIMEOUT, direct_outputs
 
 
 @pytest.fixture(scope="module")
 def server(oip_server):
     return oip_server
-
-
-def direct(model, images: np.ndarray) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(model.path_of("model.onnx"), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, {"image": images}), strict=True))
 
 
 def images_of(side: int, n: int = 3) -> np.ndarray:
@@ -55,7 +48,7 @@ def test_infer_equals_onnx_runtime(server, registered, registered_pair, binary):
             tensor.set_data_from_numpy(images, binary_data=binary)
             wanted = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("probabilities", "poses")]
             result = client.infer(model.tag.name, [tensor], outputs=wanted, request_id="r1")
-            expected = direct(model, images)
+            expected = direct_outputs(model, images)
             for name in ("probabilities", "poses"):
                 np.testing.assert_allclose(result.as_numpy(name), expected[name], atol=1e-6, rtol=0)
             assert result.get_response()["id"] == "r1"
@@ -67,7 +60,7 @@ def test_uint8_pixels_are_images_too(server, registered):
         tensor = httpclient.InferInput("image", list(pixels.shape), "UINT8")
         tensor.set_data_from_numpy(pixels, binary_data=True)
         result = client.infer(registered.tag.name, [tensor])
-    expected = direct(registered, pixels.astype(np.float32) / 255)
+    expected = direct_outputs(registered, pixels.astype(np.float32) / 255)
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected["probabilities"], atol=1e-6, rtol=0)
 
 
@@ -105,7 +98,7 @@ def test_classification_of_a_pair_model_ranks_its_capsule_lengths(server, regist
         tensor.set_data_from_numpy(images, binary_data=False)
         wanted = [httpclient.InferRequestedOutput("probabilities", binary_data=False, class_count=2)]
         top = client.infer(registered_pair.tag.name, [tensor], outputs=wanted).as_numpy("probabilities")
-    lengths = direct(registered_pair, images)["probabilities"]
+    lengths = direct_outputs(registered_pair, images)["probabilities"]
     assert top.shape == (2, 2)
     for row, scores in zip(top, lengths, strict=True):  # the two longest capsules: the pair
         as_text = [item.decode() if isinstance(item, bytes) else item for item in row]  # JSON answers: strings

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 import bentoml
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 from PIL import Image
@@ -18,7 +17,14 @@ from tritonclient.utils import InferenceServerException
 from serving.preprocess import preprocess_encoded
 from serving.providers import cuda_unavailable_reason
 from tests.serving.fakes import NAN_IMAGE
-from tests.serving.server import GRPC_TIMEOUT, REQUEST_TIMEOUT, START_TIMEOUT, TEST_LATENCY_CAP_MS, Server
+from tests.serving.server import (
+    GRPC_TIMEOUT,
+    REQUEST_TIMEOUT,
+    START_TIMEOUT,
+    TEST_LATENCY_CAP_MS,
+    Server,
+    direct_outputs,
+)
 from training.data import synthetic_digits
 
 
@@ -53,14 +59,13 @@ def send_single_images_concurrently(server: Server, model: bentoml.Model, images
     with ThreadPoolExecutor(threads) as pool:
         results = list(pool.map(lambda k: probabilities_of_one(server, images, k), range(count),
                                 timeout=REQUEST_TIMEOUT * 2))
-    session = ort.InferenceSession(model.path_of("model.onnx"), providers=["CPUExecutionProvider"])
-    expected = session.run(["probabilities"], {"image": images})[0]
+    expected = direct_outputs(model, images)["probabilities"]
     np.testing.assert_allclose(np.stack(results), expected[np.arange(count) % len(images)], rtol=0, atol=1e-6)
 
 
 def test_http_grpc_and_direct_onnx_runtime_agree(server, registered, images):
-    session = ort.InferenceSession(registered.path_of("model.onnx"), providers=["CPUExecutionProvider"])
-    direct_probs, direct_poses = session.run(["probabilities", "poses"], {"image": images})
+    direct = direct_outputs(registered, images)
+    direct_probs, direct_poses = direct["probabilities"], direct["poses"]
     http = server.post("classify", json={"images": images[:16, 0].tolist()}).json() \
         + server.post("classify", json={"images": images[16:].tolist()}).json()
     http_probs = np.array([p["probabilities"] for p in http], np.float32)

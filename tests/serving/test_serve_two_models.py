@@ -5,12 +5,11 @@ clear errors."""
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.serving.server import GRPC_TIMEOUT, ready_server
+from tests.serving.server import GRPC_TIMEOUT, direct_outputs, ready_server
 from training.multimnist import fixed_pair_images
 
 
@@ -29,12 +28,6 @@ def pairs(synthetic_data_dir) -> tuple[np.ndarray, np.ndarray]:
     return merged.numpy().astype(np.float32) / 255.0, pair_labels.numpy()
 
 
-def direct(model, images: np.ndarray) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(model.path_of("model.onnx"), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, {"image": images}), strict=True))
-
-
 def test_metadata_lists_both_models_with_size_and_task(server, registered, registered_pair):
     meta = server.get("metadata").json()
     assert meta["default_model"] == "capsnet-e2e" and meta["model_tag"] == str(registered.tag)
@@ -46,7 +39,7 @@ def test_metadata_lists_both_models_with_size_and_task(server, registered, regis
 
 def test_a_pair_comes_back_with_both_digits_over_http_and_grpc(server, registered_pair, pairs):
     images, _ = pairs
-    expected = direct(registered_pair, images)
+    expected = direct_outputs(registered_pair, images)
     top2 = np.argsort(-expected["probabilities"], axis=1, kind="stable")[:, :2]
     http = server.post("classify", json={"images": images.tolist(), "model": "capsnet-multimnist",
                                          "reconstructions": True})
@@ -78,7 +71,7 @@ def test_the_fashion_model_answers_by_name_with_its_own_classes(server, register
     from training.task_registry import SOURCES
 
     images = load_split("fashion-mnist", "test", synthetic_data_dir)[0][:5].numpy().astype(np.float32) / 255.0
-    expected = direct(registered_fashion, images)
+    expected = direct_outputs(registered_fashion, images)
     fashion_classes = list(SOURCES["fashion-mnist"].class_names)
     http = server.post("classify", json={"images": images.tolist(), "model": "capsnet-fashion-mnist"})
     assert http.status_code == 200, http.text
@@ -101,7 +94,7 @@ def test_the_single_digit_model_still_answers_by_default(server, registered):
     digit = np.zeros((1, 28, 28), np.float32)
     digit[0, 8:20, 12:16] = 1.0
     answer = server.post("classify", json={"images": digit.tolist()}).json()[0]
-    expected = direct(registered, digit[:, None])["probabilities"][0]
+    expected = direct_outputs(registered, digit[:, None])["probabilities"][0]
     np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-6)
     assert len(answer["objects"]) == 1
 
@@ -145,7 +138,7 @@ def test_an_uploaded_pair_is_fitted_to_the_pair_models_input(server, pairs):
 
 def test_the_explorer_explains_a_pair_with_both_drawings_and_a_10x10_part_grid(server, registered_pair, pairs):
     images, _ = pairs
-    expected = direct(registered_pair, images[:2])
+    expected = direct_outputs(registered_pair, images[:2])
     response = server.post("explain", json={"images": images[:2].tolist(), "model": "capsnet-multimnist"})
     assert response.status_code == 200, response.text
     for answer, recon in zip(response.json(), expected["reconstructions_top2"], strict=True):

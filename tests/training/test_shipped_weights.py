@@ -1,7 +1,7 @@
 """The weights files shipped in weights/: each has its manifest, its hash matches, the manifest says how
 it was made and how it scored, the weights themselves classify real test images (and pairs) about as
-well as the manifest says and read the README's two example images, and a tampered copy is refused. (Scoring all 10,000 test images again is a benchmark,
-not a test: `make pretrained-model` does it.)"""
+well as the manifest says and read the README's two example images, and a tampered copy is refused.
+(Scoring the whole test set again is a benchmark, not a test: `make pretrained-model` does it.)"""
 
 from __future__ import annotations
 
