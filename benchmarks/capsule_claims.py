@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = EXPERIMENTS[name](scale, out / name, args.data_dir, box)
             except OutOfTime as stopped:
                 log.warning("%s: finished runs are kept; run the same command again to resume. The report "
-                            "below covers only the experiments that finished", stopped)
+                            "below covers only what finished", stopped)
+                if stopped.partial:
+                    results[name] = stopped.partial
+                    seconds[name] = recorded_seconds(out / name, time.perf_counter() - started)
                 break
             seconds[name] = recorded_seconds(out / name, time.perf_counter() - started)
             log.info("experiment %s done in %.1f min", name, seconds[name] / 60)

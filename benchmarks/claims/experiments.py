@@ -131,7 +131,12 @@ class TimeBox:
 
 
 class OutOfTime(Exception):
-    """The invocation's time box ended; finished runs are kept and the next invocation resumes."""
+    """The invocation's time box ended; finished runs are kept and the next invocation resumes. An
+    experiment that can report what finished so far passes it as `partial`."""
+
+    def __init__(self, message: str, partial: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 class StaleRunError(UserError):
@@ -161,21 +166,40 @@ def cached(run_dir: Path, key: dict[str, Any], compute: Callable[[], dict[str, A
 def affine_experiment(scale: Scale, out: Path, data_dir: str | None, box: TimeBox) -> dict[str, Any]:
     """The first seed's comparison with the main CNN at the top level (models, matched validation), every
     seed's under `seeds`, the matched gap (CapsNet minus CNN affine accuracy) as mean and spread over
-    seeds, and the same per seed and gap for each of the scale's other CNNs under `other_cnns`."""
-    def seed_dir(i: int, seed: int) -> Path:
-        return out if i == 0 else out / f"seed{seed}"
+    seeds, and the same per seed and gap for each of the scale's other CNNs under `other_cnns`.
 
-    def over_seeds(cnn_variant: str, cnn_dir: str) -> dict[str, Any]:
-        per_seed = {seed: affine_pair(scale, seed_dir(i, seed), cnn_variant, cnn_dir, data_dir, box, seed)
-                    for i, seed in enumerate(scale.affine_seeds)}
+    The main pair runs every seed before the other CNNs start. When the time box ends after the first
+    seed's main pair, OutOfTime carries the comparisons finished so far (`partial`, marked `incomplete`)
+    so that a long scale reports as it goes."""
+    # label -> (CNN variant, its run folder, {seed: comparison with the CapsNet})
+    comparisons = {"cnn": (scale.cnn, "cnn", {}), **{v: (v, v, {}) for v in scale.affine_other_cnns}}
+    try:
+        for variant, folder, per_seed in comparisons.values():
+            for i, seed in enumerate(scale.affine_seeds):
+                seed_dir = out if i == 0 else out / f"seed{seed}"
+                per_seed[seed] = affine_pair(scale, seed_dir, variant, folder, data_dir, box, seed)
+    except OutOfTime as stopped:
+        if not comparisons["cnn"][2]:
+            raise
+        raise OutOfTime(str(stopped), partial=affine_summary(scale, comparisons)) from stopped
+    return affine_summary(scale, comparisons)
+
+
+def affine_summary(scale: Scale, comparisons: dict[str, tuple[str, str, dict[int, Any]]]) -> dict[str, Any]:
+    """The experiment's result from the comparisons finished (see affine_experiment)."""
+    def over_seeds(per_seed: dict[int, Any]) -> dict[str, Any]:
         gaps = [affine_gap(result) for result in per_seed.values()]
         mean, spread = mean_spread(gaps)
         return {"seeds": {str(s): r for s, r in per_seed.items()},
                 "gap": {"mean": mean, "spread": spread, "per_seed": gaps}}
 
-    main = over_seeds(scale.cnn, "cnn")
-    first = main["seeds"][str(scale.affine_seeds[0])]
-    return {**first, **main, "other_cnns": {v: over_seeds(v, v) for v in scale.affine_other_cnns}}
+    main = over_seeds(comparisons["cnn"][2])
+    result = {**main["seeds"][str(scale.affine_seeds[0])], **main,
+              "other_cnns": {label: over_seeds(c[2]) for label, c in comparisons.items() if label != "cnn" and c[2]}}
+    wanted, done = len(comparisons) * len(scale.affine_seeds), sum(len(c[2]) for c in comparisons.values())
+    if done < wanted:
+        result["incomplete"] = f"{done} of {wanted} comparisons (CapsNet against a CNN on one seed) finished"
+    return result
 
 
 def affine_gap(result: dict[str, Any]) -> float:

@@ -47,6 +47,8 @@ def affine_section(result: dict[str, Any], scale: Scale) -> list[str]:
     for name, run in models.items():
         rot = run["matched"]["affine"]["rotation_deg"]
         lines.append(f"| {name} | " + " | ".join(pct(rot[b]["accuracy"]) for b in bins) + " |")
+    if result.get("incomplete"):
+        lines[:0] = [f"**Incomplete**: {result['incomplete']}; the same command resumes the rest.", ""]
     lines += seeds_section(result, scale, scale.cnn)
     for cnn, comparison in result.get("other_cnns", {}).items():
         lines += seeds_section(comparison, scale, cnn)
@@ -57,11 +59,13 @@ def seeds_section(comparison: dict[str, Any], scale: Scale, cnn: str) -> list[st
     """Every seed's matched comparison of the CapsNet with one CNN (`comparison`: its `seeds` and `gap`)
     and the gap's mean and spread."""
     seeds = comparison.get("seeds", {})
-    if len(seeds) < 2:
+    if len(scale.affine_seeds) < 2:
         return []
     target = scale.affine_target_val
-    lines = ["", f"Against `{cnn}` over {len(seeds)} seeds: each model's best validation, the matched stop "
-             "(each pair matched on its own), the affine accuracy of each there, and the gap (CapsNet − CNN)."
+    so_far = "" if len(seeds) == len(scale.affine_seeds) else f" (of {len(scale.affine_seeds)}, so far)"
+    lines = ["", f"Against `{cnn}` over {seeds_words(len(seeds))}{so_far}: each model's best validation, the "
+             "matched stop (each pair matched on its own), the affine accuracy of each there, and the gap "
+             "(CapsNet − CNN)."
              + (f" A model whose best stays under {pct(target, 1)} is marked as such; the pair is then matched "
                 "at the lower best, as always." if target else ""), "",
              "| seed | CapsNet best val | CNN best val | matched val | CapsNet affine | CNN affine | gap |",
@@ -76,10 +80,14 @@ def seeds_section(comparison: dict[str, Any], scale: Scale, cnn: str) -> list[st
                      f"| {pct(m['cnn']['matched']['affine']['accuracy'])} | {100 * gap:+.1f} points |")
     g = comparison["gap"]
     lines += ["", f"Gap against `{cnn}` at the matched stop: **{100 * g['mean']:+.1f} ± {100 * g['spread']:.1f} "
-              f"points** (mean ± half the range over {len(seeds)} seeds); " + (
+              f"points** (mean ± half the range over {seeds_words(len(seeds))}{so_far}); " + (
                   "the same sign on every seed." if len({v > 0 for v in g["per_seed"]}) == 1
                   else "the sign differs between seeds.")]
     return lines
+
+
+def seeds_words(n: int) -> str:
+    return f"{n} seed" + ("" if n == 1 else "s")
 
 
 def kept(scores: dict[str, Any]) -> float:

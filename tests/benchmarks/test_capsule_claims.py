@@ -45,7 +45,8 @@ def test_the_tiny_report_has_every_claim_and_a_rerun_reuses_the_runs(synthetic_d
     gaps = [one["models"]["capsnet"]["matched"]["affine"]["accuracy"] - one["models"]["cnn"]["matched"]["affine"][
         "accuracy"] for one in affine["seeds"].values()]
     assert affine["gap"]["per_seed"] == gaps and affine["gap"]["mean"] == pytest.approx(sum(gaps) / 2)
-    assert "Against `cnn-tiny` over 2 seeds" in report and "Gap against `cnn-tiny` at the matched stop" in report
+    assert "Against `cnn-tiny` over 2 seeds:" in report and "Incomplete" not in report
+    assert "Gap against `cnn-tiny` at the matched stop" in report
     # the other CNN is compared with the same CapsNet runs, matched on its own, in its own folder
     other = affine["other_cnns"]["cnn-tiny"]
     assert list(other["seeds"]) == ["0", "1"] and len(other["gap"]["per_seed"]) == 2
@@ -115,3 +116,33 @@ def test_a_run_stopped_before_its_first_epoch_ends_is_interrupted_not_a_crash(sy
     config = TrainConfig(variant="tiny", epochs=1, batch_size=8, val_size=120, time_limit_s=1e-6)
     result = train_run(tmp_path / "run", config, str(synthetic_data_dir))
     assert result["interrupted"] and result["val_curve"] == [] and result["train_images_per_sec"] is None
+
+
+def test_a_time_box_ending_after_the_first_comparison_reports_what_finished(synthetic_data_dir, tmp_path,
+                                                                           monkeypatch):
+    """cpu-long takes hours in 90-minute pieces: each piece reports the comparisons finished so far."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from claims.experiments import SCALES, OutOfTime, TimeBox, affine_experiment
+    from claims.report import write_report
+
+    class TwoRunsBox(TimeBox):  # the CapsNet and the CNN of seed 0, then the time is up
+        def train(self, run_dir, config, data_dir, run=None):
+            if len(list(tmp_path.rglob("result.json"))) >= 2:
+                raise OutOfTime(f"time box used up before {run_dir}")
+            return super().train(run_dir, config, data_dir)
+
+    scale = SCALES["tiny"]
+    with pytest.raises(OutOfTime) as stopped:
+        affine_experiment(scale, tmp_path / "affine", str(synthetic_data_dir), TwoRunsBox(None))
+    partial = stopped.value.partial
+    assert list(partial["seeds"]) == ["0"] and partial["other_cnns"] == {}
+    assert partial["incomplete"] == "1 of 4 comparisons (CapsNet against a CNN on one seed) finished"
+    assert partial["gap"]["per_seed"] == [partial["models"]["capsnet"]["matched"]["affine"]["accuracy"]
+                                         - partial["models"]["cnn"]["matched"]["affine"]["accuracy"]]
+    report = write_report({"affine": partial}, "tiny", tmp_path / "report", {"affine": 1.0}).read_text()
+    assert "**Incomplete**: 1 of 4 comparisons" in report and "over 1 seed (of 2, so far)" in report
+
+    # nothing finished: nothing to report, the plain OutOfTime
+    with pytest.raises(OutOfTime) as nothing:
+        affine_experiment(scale, tmp_path / "other", str(synthetic_data_dir), TwoRunsBox(None))
+    assert nothing.value.partial is None
