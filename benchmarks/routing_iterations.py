@@ -50,8 +50,9 @@ def train_run(run_dir: Path, config: TrainConfig, data_dir: str | None) -> dict[
             "train_images_per_sec": statistics.median(e["train_images_per_sec"] for e in curve) if curve else None}
 
 
-def run_one(out: Path, config: TrainConfig, data_dir: str | None) -> dict:
-    """Train `config` into `out` (resuming there), export best.pt, time ONNX Runtime -> one table row."""
+def run_one(out: Path, config: TrainConfig, data_dir: str | None, timing_round_s: float = 0.5) -> dict:
+    """Train `config` into `out` (resuming there), export best.pt, time ONNX Runtime (rounds of at least
+    `timing_round_s`) -> one table row."""
     trained = train_run(out, config, data_dir)
     if trained["interrupted"]:  # stopped by a time limit: nothing to export yet
         return trained
@@ -64,7 +65,8 @@ def run_one(out: Path, config: TrainConfig, data_dir: str | None) -> dict:
             "recon_weight": config.recon_weight, "interrupted": False,
             **{k: trained[k] for k in ("epochs", "best_val_accuracy", "test_accuracy", "train_images_per_sec")},
             "onnx_p50_latency_ms_batch_1": median_latency_ms(lambda: session.run(None, {"image": one}), 200),
-            "onnx_images_per_sec_batch_64": median_rate(lambda: session.run(None, {"image": batch}), 64)}
+            "onnx_images_per_sec_batch_64": median_rate(lambda: session.run(None, {"image": batch}), 64,
+                                                                 min_seconds=timing_round_s)}
 
 
 def main() -> None:
