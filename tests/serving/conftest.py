@@ -45,11 +45,12 @@ def registered_fashion(tiny_fashion_checkpoint, synthetic_data_dir, tmp_path_fac
 
 
 @pytest.fixture(scope="session")
-def oip_server(registered, registered_pair):
-    """One server for the OIP REST tests and the model-control tests (one start fewer): the digit and
-    the pair model, batches of 8, load and unload allowed. The model-control tests leave capsnet-e2e
-    serving its first version again, as they found it."""
-    yield from ready_server({"CAPSNET_MODEL_TAG": f"{registered.tag},{registered_pair.tag}",
+def oip_server(registered, registered_pair, registered_fashion):
+    """One server for the OIP REST, several-models and model-control tests (two starts fewer): the pair
+    model listed first (the default must still be the single-digit one), the digit and the Fashion
+    model, batches of 8, load and unload allowed. The model-control tests leave capsnet-e2e serving its
+    first version again, as they found it."""
+    yield from ready_server({"CAPSNET_MODEL_TAG": f"{registered_pair.tag},{registered.tag},{registered_fashion.tag}",
                              "CAPSNET_MAX_BATCH_SIZE": "8", "CAPSNET_MODEL_CONTROL": "explicit"})
 
 

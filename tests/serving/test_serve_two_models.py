@@ -9,14 +9,13 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.serving.server import GRPC_TIMEOUT, direct_outputs, ready_server
+from tests.serving.server import GRPC_TIMEOUT, direct_outputs
 from training.multimnist import fixed_pair_images
 
 
 @pytest.fixture(scope="module")
-def server(registered, registered_pair, registered_fashion):
-    yield from ready_server({"CAPSNET_MODEL_TAG": f"{registered_pair.tag},{registered.tag},{registered_fashion.tag}",
-                             "CAPSNET_MAX_BATCH_SIZE": "8"})
+def server(oip_server):
+    return oip_server
 
 
 @pytest.fixture(scope="module")
