@@ -332,9 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="capsnet train", description="Train a CapsNet (Sabour et al. 2017).")
     p.add_argument("-o", "--out", required=True, help="run directory for last.pt, best.pt, metrics.jsonl")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick",
-                   help="preset: quick = small model, short CPU run (default); cpu-best = the best this CPU "
-                        "trains in ~2 h; paper = full schedule, GPU; fashion-quick: quick on Fashion-MNIST; "
-                        "multimnist-quick / multimnist-paper: overlapping digit pairs")
+                   help="preset (docs/training.md): quick = small model, short CPU run (default); cpu-best = "
+                        "the shipped MNIST recipe, ~1.5 h of a 2-core CPU; paper = full schedule, GPU; "
+                        "fashion-quick / fashion-cpu-best: the same on Fashion-MNIST; multimnist-quick / "
+                        "multimnist-cpu-best / multimnist-cpu-long / multimnist-paper: overlapping digit pairs")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--resume", action="store_true", help="continue OUT/last.pt exactly where it stopped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
