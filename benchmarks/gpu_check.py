@@ -87,13 +87,14 @@ class Size:
     run_config: TrainConfig
     infer_batches: tuple[int, ...]
     parity_limit: int | None
+    timing_scale: float = 1.0  # times the timed rounds' minimum length (tiny: the sections, not the speeds)
 
 
 def check_size(tiny: bool, train_batch: int, device: str) -> Size:
     if tiny:
         config = TrainConfig(variant="tiny", epochs=2, batch_size=32, val_size=120, train_limit=256,
                              eval_batch_size=100, device=device)
-        return Size("tiny", "tiny", 32, config, (1, 8, 32), 64)
+        return Size("tiny", "tiny", 32, config, (1, 8, 32), 64, timing_scale=0.1)
     # The paper profile as capsnet train runs it; another batch would need its own learning-rate
     # scaling and evidence that accuracy holds, so the run keeps the paper's 128.
     return Size("full", "paper", train_batch, dataclasses.replace(PROFILES["paper"], device=device),
@@ -203,7 +204,7 @@ def training_throughput(size: Size, device: torch.device, repeats: int, train_im
     for precision, bf16 in (("fp32", False), ("bf16", True)):
         for name, model in (("ours", ours), ("reference", reference)):
             rates[f"{name} {precision}"] = median_rate(train_step_fn(model, x, y, bf16=bf16), size.train_batch,
-                                                       repeats, min_seconds=0.5, sync=sync)
+                                                       repeats, min_seconds=0.5 * size.timing_scale, sync=sync)
             log.info("training %s %s: %.0f images/s", name, precision, rates[f"{name} {precision}"])
     faster = max(("fp32", "bf16"), key=lambda p: rates[f"ours {p}"])
     return {"batch": size.train_batch, "variant": size.variant,
@@ -231,7 +232,7 @@ def training_compiled(size: Size, device: torch.device, repeats: int, backend: s
     step()
     sync()
     compile_seconds = time.monotonic() - t
-    rate = median_rate(step, size.train_batch, repeats, min_seconds=0.5, sync=sync)
+    rate = median_rate(step, size.train_batch, repeats, min_seconds=0.5 * size.timing_scale, sync=sync)
     rates = eager["images_per_sec"]
     return {"backend": backend, "precision": precision, "compile_seconds": round(compile_seconds, 2),
             "images_per_sec": rate, "speedup_vs_eager": rate / rates[f"ours {precision}"],
@@ -334,7 +335,8 @@ def inference(size: Size, device: torch.device, run_dir: Path, repeats: int,
             t = time.monotonic()
             run(x)  # the first call at a new shape compiles / plans; timed apart
             row[f"{name} first call s"] = round(time.monotonic() - t, 3)
-            row[name] = median_rate(lambda run=run, x=x: run(x), batch, repeats, min_seconds=0.3, sync=sync)
+            row[name] = median_rate(lambda run=run, x=x: run(x), batch, repeats,
+                                    min_seconds=0.3 * size.timing_scale, sync=sync)
             log.info("inference batch %d, %s: %.0f images/s", batch, name, row[name])
         rows.append(row)
     one = rng.random((1, 1, side, side), dtype=np.float32)
