@@ -37,15 +37,19 @@ def hour_marks(curve: list[dict[str, Any]], every_s: float) -> list[dict[str, An
     """Where each mark falls in a run's metrics (`curve`, one dict per epoch with `epoch_seconds`,
     `validation_seconds` and `val_accuracy`): a row per full `every_s` of recorded time, and one for
     the last epoch, each with the epochs done by then and the best-validation epoch among them."""
-    done, elapsed = [], 0.0
+    done, elapsed = [], 0.0  # recorded seconds at the end of each epoch
     for row in curve:
         elapsed += row["epoch_seconds"] + row.get("validation_seconds", 0.0)
         done.append(elapsed)
-    marks = [every_s * k for k in range(1, int(done[-1] // every_s) + 1)] if done else []
+    if not done:
+        return []
+    marks = [every_s * k for k in range(1, int(done[-1] // every_s) + 1)]
+    if not marks or marks[-1] < done[-1]:
+        marks.append(done[-1])  # the last epoch trained
     rows = []
-    for seconds in [*marks, *([done[-1]] if done and (not marks or marks[-1] < done[-1]) else [])]:
+    for seconds in marks:
         epochs = sum(1 for t in done if t <= seconds)
-        if epochs == 0:
+        if epochs == 0:  # a mark before the first epoch ended
             continue
         vals = [row["val_accuracy"] for row in curve[:epochs]]
         rows.append({"hours": seconds / 3600, "epochs": epochs, "selected_epoch": vals.index(max(vals)) + 1,
