@@ -1,6 +1,7 @@
 """A Triton Inference Server model repository from an export, for users who scale on Triton:
 
     DIR/<model>/config.pbtxt     Triton's ModelConfig (serving/triton_config.py), from the graph
+    DIR/<model>/labels.txt       the class names, one per line: the classification extension's labels
     DIR/<model>/1/model.onnx     the exported graph, unchanged
     DIR/<model>/parity.json      the parity report and config.json of the export, beside it (Triton
     DIR/<model>/config.json      reads only config.pbtxt and the numbered version folders)
@@ -22,7 +23,7 @@ from pathlib import Path
 import onnx
 
 from export.onnx_io import UnusableInputError, load_checked
-from serving.triton_config import Tensor, model_config, to_pbtxt
+from serving.triton_config import LABELS_FILE, Tensor, labels_text, model_config, to_pbtxt
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def write_triton_repository(export_dir: str | Path, repo_dir: str | Path, name: 
         for extra in ("parity.json", "config.json"):
             shutil.copy2(export_dir / extra, staging / extra)
         (staging / "config.pbtxt").write_text(to_pbtxt(config))
+        (staging / LABELS_FILE).write_text(labels_text(meta["class_names"]))
         os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the model from a Triton running as another user
         target = repo_dir / name
         if target.exists():

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from serving.triton_config import PLATFORM, Tensor, model_config
+from serving.triton_config import CLASSIFIED_OUTPUT, PLATFORM, Tensor, model_config
 from serving.validation import InputError, validate_images
 
 Infer = Callable[[np.ndarray], Awaitable[dict[str, np.ndarray]]]
@@ -64,11 +64,11 @@ class OipModel:
 
     @staticmethod
     def check_classification(class_counts: dict[str, int]) -> None:
-        """InputError unless every classification request (output -> top k) is on 'probabilities', k >= 1;
-        the front ends call it before the model runs."""
+        """InputError unless every classification request (output -> top k) is on CLASSIFIED_OUTPUT
+        ('probabilities'), k >= 1; the front ends call it before the model runs."""
         for name, count in class_counts.items():
-            if name != "probabilities" or count < 1:
-                raise InputError(f"classification (class_count {count}) applies to output 'probabilities' "
+            if name != CLASSIFIED_OUTPUT or count < 1:
+                raise InputError(f"classification (class_count {count}) applies to output {CLASSIFIED_OUTPUT!r} "
                                  f"with a count >= 1, not {name!r}")
 
     def answer(self, outputs: dict[str, np.ndarray], wanted: list[str], class_counts: dict[str, int]

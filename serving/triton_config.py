@@ -21,6 +21,10 @@ PREFERRED_BATCH_SIZES = (32, 64)
 MAX_QUEUE_DELAY_US = 2_000  # how long Triton may hold a request to fill a preferred batch
 DATA_TYPES = {"FP32": mc.TYPE_FP32, "FP16": mc.TYPE_FP16, "INT64": mc.TYPE_INT64}
 INSTANCE_KINDS = {"gpu": mc.ModelInstanceGroup.KIND_GPU, "cpu": mc.ModelInstanceGroup.KIND_CPU}
+# The classification extension ranks this output's scores; its labels file (one class name per line,
+# in class order, beside config.pbtxt) names them, so Triton answers "value:index:label" as we do.
+CLASSIFIED_OUTPUT = "probabilities"
+LABELS_FILE = "labels.txt"
 
 
 @dataclass(frozen=True)
@@ -37,11 +41,15 @@ def model_config(name: str, inputs: Iterable[Tensor], outputs: Iterable[Tensor],
                  max_batch_size: int = MAX_BATCH_SIZE, instance_kind: str | None = "gpu") -> mc.ModelConfig:
     """The ModelConfig of an ONNX model with a leading batch axis on every tensor: platform
     onnxruntime_onnx, dims without the batch axis, dynamic batching preferring PREFERRED_BATCH_SIZES
-    (those up to max_batch_size), one instance of `instance_kind` ("gpu", "cpu"; None: Triton's default)."""
+    (those up to max_batch_size), one instance of `instance_kind` ("gpu", "cpu"; None: Triton's default).
+    CLASSIFIED_OUTPUT names LABELS_FILE as its label file (write it with `labels_text`)."""
     config = mc.ModelConfig(name=name, platform=PLATFORM, max_batch_size=max_batch_size)
     for group, tensors in ((config.input, inputs), (config.output, outputs)):
         for t in tensors:
             group.add(name=t.name, data_type=DATA_TYPES[t.datatype], dims=list(t.dims))
+    for output in config.output:
+        if output.name == CLASSIFIED_OUTPUT:
+            output.label_filename = LABELS_FILE
     config.dynamic_batching.preferred_batch_size.extend(b for b in PREFERRED_BATCH_SIZES if b <= max_batch_size)
     config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
     if instance_kind is not None:
@@ -52,3 +60,11 @@ def model_config(name: str, inputs: Iterable[Tensor], outputs: Iterable[Tensor],
 def to_pbtxt(config: mc.ModelConfig) -> str:
     """config.pbtxt text, as Triton reads it."""
     return text_format.MessageToString(config)
+
+
+def labels_text(class_names: Iterable[str]) -> str:
+    """LABELS_FILE's text: one class name per line, line i naming class i."""
+    names = list(class_names)
+    if any("\n" in n or not n.strip() for n in names):
+        raise ValueError(f"class names must be non-empty single lines for {LABELS_FILE}: {names!r}")
+    return "".join(f"{n}\n" for n in names)

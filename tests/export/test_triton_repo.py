@@ -13,6 +13,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export.onnx_export import export_onnx, main
 from export.onnx_io import UnusableInputError
 from export.triton_repo import write_triton_repository
+from serving.triton_config import labels_text
 
 ELEM_TYPES = {mc.TYPE_FP32: onnx.TensorProto.FLOAT, mc.TYPE_INT64: onnx.TensorProto.INT64}
 
@@ -49,6 +50,10 @@ def test_the_repository_declares_every_tensor_of_the_graph(explorer_export, tmp_
     assert [t.name for t in config.output] == ["probabilities", "poses", "reconstruction", "routing",
                                                "primary_lengths"]
     assert list(config.input[0].dims) == [1, 28, 28] and list(config.output[1].dims) == [10, 8]
+    # Triton's classification extension names classes from the label file of the output it ranks
+    assert [t.label_filename for t in config.output] == ["labels.txt", "", "", "", ""]
+    class_names = json.loads((explorer_export / "config.json").read_text())["class_names"]
+    assert (folder / "labels.txt").read_text().splitlines() == class_names and len(class_names) == 10
     assert list(config.dynamic_batching.preferred_batch_size) == [32, 64]
     assert [(g.count, g.kind) for g in config.instance_group] == [(1, mc.ModelInstanceGroup.KIND_GPU)]
     assert (folder / "1" / "model.onnx").read_bytes() == (explorer_export / "model.onnx").read_bytes()
@@ -78,4 +83,12 @@ def test_capsnet_export_adds_a_pair_model_to_a_cpu_repository(tiny_pair_checkpoi
     config = parsed(folder)
     assert_matches_graph(config, onnx.load(str(folder / "1" / "model.onnx")))
     assert list(config.output[2].dims) == [2, 1, 36, 36]
+    assert (folder / "labels.txt").read_text().splitlines() == [str(d) for d in range(10)]
     assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+
+
+def test_a_class_name_that_is_not_one_line_is_refused():
+    assert labels_text(["T-shirt/top", "Ankle boot"]) == "T-shirt/top\nAnkle boot\n"
+    for bad in (["one\ntwo"], ["ok", " "]):
+        with pytest.raises(ValueError, match="single lines"):
+            labels_text(bad)

@@ -61,6 +61,7 @@ def test_a_pair_comes_back_with_both_digits_over_http_and_grpc(server, registere
             assert config.name == name and config.platform == "onnxruntime_onnx" and config.max_batch_size == 8
             assert [(t.name, list(t.dims)) for t in config.input] == [("image", [1, side, side])]
             assert [t.name for t in config.output][:2] == ["probabilities", "poses"]
+            assert [t.label_filename for t in config.output][:2] == ["labels.txt", ""]  # as in a Triton repository
         pair_outputs = client.get_model_config("capsnet-multimnist", client_timeout=GRPC_TIMEOUT).config.output
         assert [list(t.dims) for t in pair_outputs] == [[10], [10, 8], [2, 1, 36, 36]]
 
