@@ -200,7 +200,8 @@ def affine_summary(scale: Scale, comparisons: dict[str, tuple[str, str, dict[int
               "other_cnns": {label: over_seeds(c[2]) for label, c in comparisons.items() if label != "cnn" and c[2]}}
     wanted, done = len(comparisons) * len(scale.affine_seeds), sum(len(c[2]) for c in comparisons.values())
     if done < wanted:
-        result["incomplete"] = f"{done} of {wanted} comparisons (CapsNet against a CNN on one seed) finished"
+        result["incomplete"] = (f"{done} of {wanted} comparisons finished "
+                                "(each: the CapsNet against one CNN on one seed)")
     return result
 
 

@@ -64,18 +64,23 @@ def seeds_section(comparison: dict[str, Any], scale: Scale, cnn: str) -> list[st
     target = scale.affine_target_val
     so_far = "" if len(seeds) == len(scale.affine_seeds) else f" (of {len(scale.affine_seeds)}, so far)"
     lines = ["", f"Against `{cnn}` over {seeds_words(len(seeds))}{so_far}: each model's best validation, the "
-             "matched stop (each pair matched on its own), the affine accuracy of each there, and the gap "
-             "(CapsNet − CNN)."
+             "accuracy the pair is matched at (the lower best; each pair matched on its own), each model's "
+             "matched stop (its first epoch at or above it, and that epoch's validation), the affine accuracy "
+             "of each there, and the gap (CapsNet − CNN)."
              + (f" A model whose best stays under {pct(target, 1)} is marked as such; the pair is then matched "
                 "at the lower best, as always." if target else ""), "",
-             "| seed | CapsNet best val | CNN best val | matched val | CapsNet affine | CNN affine | gap |",
-             "|---|---|---|---|---|---|---|"]
+             "| seed | CapsNet best val | CNN best val | matched at | CapsNet stop | CNN stop | CapsNet affine "
+             "| CNN affine | gap |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for seed, one in seeds.items():
         m = one["models"]
         best = {name: pct(max(m[name]["val_curve"])) + (" (under target)" if target and max(
             m[name]["val_curve"]) < target else "") for name in ("capsnet", "cnn")}
+        stop = {name: f"epoch {m[name]['matched']['epoch']}, {pct(m[name]['matched']['val_accuracy'])}"
+                for name in ("capsnet", "cnn")}
         gap = m["capsnet"]["matched"]["affine"]["accuracy"] - m["cnn"]["matched"]["affine"]["accuracy"]
         lines.append(f"| {seed} | {best['capsnet']} | {best['cnn']} | {pct(one['matched_val_accuracy'])} "
+                     f"| {stop['capsnet']} | {stop['cnn']} "
                      f"| {pct(m['capsnet']['matched']['affine']['accuracy'])} "
                      f"| {pct(m['cnn']['matched']['affine']['accuracy'])} | {100 * gap:+.1f} points |")
     g = comparison["gap"]
