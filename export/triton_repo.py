@@ -4,7 +4,7 @@
     DIR/<model>/labels.txt       the class names, one per line: the classification extension's labels
     DIR/<model>/1/model.onnx     the exported graph, unchanged
     DIR/<model>/parity.json      the parity report and config.json of the export, beside it (Triton
-    DIR/<model>/config.json      reads only config.pbtxt and the numbered version folders)
+    DIR/<model>/config.json      reads only config.pbtxt, labels.txt and the numbered version folders)
 
 Every tensor the graph declares is declared, with its dims after the batch axis; the instance group
 is one GPU instance (`instance_kind="cpu"` for a CPU-only Triton). The folder is written beside the
