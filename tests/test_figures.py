@@ -31,16 +31,20 @@ def overload_ratio(protocol: str) -> str:
     return f"**{rate[512] / rate[64]:.2f}**"
 
 
+def cpu_long_affine() -> dict:
+    return json.loads((REPO / "docs" / "claims" / "cpu-long" / "results.json").read_text())["affine"]
+
+
 def claims_gap() -> str:
     """The cpu-long affine gap (CapsNet minus the pooled CNN at matched validation, first seed)."""
-    models = json.loads((REPO / "docs" / "claims" / "cpu-long" / "results.json").read_text())["affine"]["models"]
+    models = cpu_long_affine()["models"]
     gap = models["capsnet"]["matched"]["affine"]["accuracy"] - models["cnn"]["matched"]["affine"]["accuracy"]
     return f"{100 * gap:.1f}".replace("-", "−") + " points"
 
 
 def claims_gap_over_seeds() -> str:
     """The cpu-long affine gap against the pooled CNN over the seeds run so far: mean ± half the range."""
-    gap = json.loads((REPO / "docs" / "claims" / "cpu-long" / "results.json").read_text())["affine"]["gap"]
+    gap = cpu_long_affine()["gap"]
     return f"{100 * gap['mean']:.1f} ± {100 * gap['spread']:.1f} points".replace("-", "−")
 
 

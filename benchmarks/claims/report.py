@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from claims.experiments import SCALES, Scale, efficiency_stats
+from claims.experiments import SCALES, Scale, affine_gap, efficiency_stats
 from claims.plots import PLOTS
 from training.fileio import atomic_path, write_json
 
@@ -78,7 +78,7 @@ def seeds_section(comparison: dict[str, Any], scale: Scale, cnn: str) -> list[st
             m[name]["val_curve"]) < target else "") for name in ("capsnet", "cnn")}
         stop = {name: f"epoch {m[name]['matched']['epoch']}, {pct(m[name]['matched']['val_accuracy'])}"
                 for name in ("capsnet", "cnn")}
-        gap = m["capsnet"]["matched"]["affine"]["accuracy"] - m["cnn"]["matched"]["affine"]["accuracy"]
+        gap = affine_gap(one)
         lines.append(f"| {seed} | {best['capsnet']} | {best['cnn']} | {pct(one['matched_val_accuracy'])} "
                      f"| {stop['capsnet']} | {stop['cnn']} "
                      f"| {pct(m['capsnet']['matched']['affine']['accuracy'])} "
@@ -147,7 +147,7 @@ def claims_table(results: dict[str, dict[str, Any]], scale: Scale) -> list[str]:
     rows = ["| claim | paper | measured here |", "|---|---|---|"]
     if "affine" in results:
         m = results["affine"]["models"]
-        gap = m["capsnet"]["matched"]["affine"]["accuracy"] - m["cnn"]["matched"]["affine"]["accuracy"]
+        gap = affine_gap(results["affine"])
         over_seeds = results["affine"].get("gap", {})
         seeds = len(over_seeds.get("per_seed", []))
         rows.append(f"| robust to affine transformations | affNIST 79 % vs 66 % (+13 points) | affine set "
