@@ -25,6 +25,12 @@ a seed) against the same CapsNet runs: ~4.5 h in all, in 90-minute invocations, 
 the last stopped; `--scale paper`
 is the paper's networks and schedules, for a GPU, in 13-minute pieces; `--scale tiny` is for the tests.
 --time-limit stops an invocation cleanly (the run in progress saves last.pt) and the next resumes.
+
+Run folders live on one machine; a report's results.json travels with the code. `--from-report
+docs/claims/<scale>/results.json` (on a fresh clone, say) writes the affine runs it records into the run
+folders first, so only the comparisons it lacks train. A comparison that needs a restored run's checkpoint
+(a stop not scored yet) trains that model again in <folder>-retrained, and the report says so: training
+differs between machines in its last digits, so a record's checkpoints cannot be remade exactly.
 """
 
 from __future__ import annotations
@@ -36,11 +42,11 @@ import sys
 import time
 from pathlib import Path
 
-from claims.experiments import EXPERIMENTS, SCALES, OutOfTime, TimeBox
+from claims.experiments import EXPERIMENTS, SCALES, OutOfTime, TimeBox, restore_affine_runs
 from claims.report import write_report
 
 from training.data import DATA_DIR_HELP
-from training.errors import run_cli, setup_cli_logging
+from training.errors import UserError, run_cli, setup_cli_logging
 
 log = logging.getLogger("capsule_claims")
 
@@ -55,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
                         "default: the scale's time box (cpu-long 90 min, paper 13 min), else none")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--only", nargs="+", choices=sorted(EXPERIMENTS), help="run only these experiments")
+    p.add_argument("--from-report", type=Path, metavar="RESULTS_JSON",
+                   help="first restore the affine runs recorded in this results.json (same scale) into the run "
+                        "folders that lack them, so only what it lacks trains")
     args = p.parse_args(argv)
     setup_cli_logging()
     scale = SCALES[args.scale]
@@ -62,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     box = TimeBox(args.time_limit if args.time_limit is not None else scale.time_box_s)
 
     def body() -> int:
+        if args.from_report:
+            restored = restore_affine_runs(read_report_results(args.from_report, args.scale), scale, out / "affine")
+            log.info("restored %d run and score records from %s", restored, args.from_report)
         results, seconds = {}, {}
         for name in scale.experiments:
             if args.only and name not in args.only:
@@ -85,6 +97,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run_cli(body)
+
+
+def read_report_results(path: Path, scale: str) -> dict:
+    """The affine result of a report's results.json, which must be of `scale`."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--from-report {path}: cannot read it as a claims results.json ({e})") from e
+    if results.get("scale") != scale or "affine" not in results:
+        raise UserError(f"--from-report {path}: a {results.get('scale')!r} report without this scale's "
+                        f"({scale!r}) affine results")
+    return results["affine"]
 
 
 def recorded_seconds(experiment_dir: Path, this_call: float) -> float:

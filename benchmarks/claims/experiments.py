@@ -215,30 +215,90 @@ def affine_pair(scale: Scale, out: Path, cnn_variant: str, cnn_dir: str, data_di
                 seed: int) -> dict[str, Any]:
     """The CapsNet (out/capsnet, shared by every CNN it is compared with) and one CNN (out/<cnn_dir>), both
     scored on the affine sets at the matched validation (the lower of the two best, each model's first
-    epoch reaching it) and at each one's best."""
+    epoch reaching it) and at each one's best.
+
+    A finished run whose checkpoint for a stop not scored yet is gone (its record restored from a report
+    made elsewhere, see restore_affine_runs) is trained again with the same settings in
+    <folder>-retrained, which this comparison then uses: training differs between machines in its last
+    digits, so a record's checkpoints cannot be remade, only a new run of the same seed."""
     models = {"capsnet": (scale.capsnet, "capsnet"), "cnn": (cnn_variant, cnn_dir)}
-    runs = {}
-    for name, (variant, folder) in models.items():
-        config = base_config(scale, variant, dataset="translated-mnist", max_shift=6, epochs=scale.affine_epochs,
-                             keep_epoch_checkpoints=True, target_val_accuracy=scale.affine_target_val, seed=seed)
-        runs[name] = cached(out / folder, config.to_dict(),
-                            lambda run_dir=out / folder, c=config: box.train(run_dir, c, data_dir))
-    target = min(max(r["val_curve"]) for r in runs.values())
+
+    def trained(name: str, folder: str) -> dict[str, Any]:
+        config = base_config(scale, models[name][0], dataset="translated-mnist", max_shift=6,
+                             epochs=scale.affine_epochs, keep_epoch_checkpoints=True,
+                             target_val_accuracy=scale.affine_target_val, seed=seed)
+        return cached(out / folder, config.to_dict(), lambda: box.train(out / folder, config, data_dir))
+
+    folders = {name: folder for name, (_, folder) in models.items()}
+    runs = {name: trained(name, folder) for name, folder in folders.items()}
+    for name, folder in list(folders.items()):
+        if any(not (scores_folder(out / folder, epoch) / "result.json").exists()
+               and not (out / folder / epoch_checkpoint_name(epoch)).exists()
+               for epoch in stop_epochs(runs, name).values()):
+            log.warning("%s: a stop to score has no checkpoint here; the comparison with %s trains it again "
+                        "in %s", out / folder, cnn_dir, out / (folder + RETRAINED))
+            folders[name] = folder + RETRAINED
+            runs[name] = {**trained(name, folders[name]), "retrained": True}
+    target = matched_accuracy(runs)
     device = resolve_device("auto")
     data = training_data(base_config(scale, scale.capsnet, dataset="translated-mnist", max_shift=6), data_dir)
     sets = functools.cache(lambda: affine_sets(data, scale.affine_digits))  # made once, only if a score is due
     for name, run in runs.items():
-        folder = out / models[name][1]
-        matched_epoch = next(i + 1 for i, v in enumerate(run["val_curve"]) if v >= target)
-        best_epoch = run["val_curve"].index(max(run["val_curve"])) + 1
-        for stop, epoch in (("matched", matched_epoch), ("best", best_epoch)):
+        folder = out / folders[name]
+        for stop, epoch in stop_epochs(runs, name).items():
             def score(epoch: int = epoch, folder: Path = folder) -> dict[str, Any]:
                 model = model_from_checkpoint(load_checkpoint(folder / epoch_checkpoint_name(epoch))).to(device)
                 return affine_evaluation(model, sets(), 500, device)
             run[stop] = {"epoch": epoch, "val_accuracy": run["val_curve"][epoch - 1],
-                         **cached(folder / f"scores-epoch-{epoch:03d}",
+                         **cached(scores_folder(folder, epoch),
                                   {"epoch": epoch, "affine_digits": scale.affine_digits}, score)}
     return {"matched_val_accuracy": target, "models": runs}
+
+
+RETRAINED = "-retrained"  # the folder suffix of a run trained again (see affine_pair)
+
+
+def scores_folder(run_dir: Path, epoch: int) -> Path:
+    """Where the affine scores of `run_dir`'s checkpoint after `epoch` are cached."""
+    return run_dir / f"scores-epoch-{epoch:03d}"
+
+
+def matched_accuracy(runs: dict[str, dict[str, Any]]) -> float:
+    """The validation accuracy a pair is matched at: the lower of the two models' best."""
+    return min(max(r["val_curve"]) for r in runs.values())
+
+
+def stop_epochs(runs: dict[str, dict[str, Any]], name: str) -> dict[str, int]:
+    """Model `name`'s two stops (1-based epochs): matched (its first epoch at or above the matched
+    accuracy) and best (its best validation)."""
+    curve, target = runs[name]["val_curve"], matched_accuracy(runs)
+    return {"matched": next(i + 1 for i, v in enumerate(curve) if v >= target), "best": curve.index(max(curve)) + 1}
+
+
+def restore_affine_runs(result: dict[str, Any], scale: Scale, out: Path) -> int:
+    """Write the run records of a report's affine result (`results.json`'s "affine", say the committed
+    docs/claims/<scale>/results.json on a fresh clone) into the run folders under `out` (the experiment's
+    folder) where none is: each run's result.json and each scored stop's, so that only what the report
+    lacks trains. Checkpoints are not in a report: a comparison that needs one trains that model again
+    (affine_pair). Returns how many records were written."""
+    comparisons = [("cnn", result)] + list(result.get("other_cnns", {}).items())
+    written = 0
+    for cnn_dir, comparison in comparisons:
+        for seed, one in comparison["seeds"].items():
+            seed_dir = out if int(seed) == scale.affine_seeds[0] else out / f"seed{seed}"
+            for name, run in one["models"].items():
+                folder = seed_dir / (("capsnet" if name == "capsnet" else cnn_dir)
+                                     + (RETRAINED if run.get("retrained") else ""))
+                records = {folder: {k: v for k, v in run.items() if k not in ("matched", "best", "retrained")}}
+                for stop in ("matched", "best"):
+                    records[scores_folder(folder, run[stop]["epoch"])] = {
+                        k: v for k, v in run[stop].items() if k not in ("epoch", "val_accuracy")}
+                for run_dir, record in records.items():
+                    if not (run_dir / "result.json").exists():
+                        run_dir.mkdir(parents=True, exist_ok=True)
+                        write_json(run_dir / "result.json", record)
+                        written += 1
+    return written
 
 
 def efficiency_experiment(scale: Scale, out: Path, data_dir: str | None, box: TimeBox) -> dict[str, Any]:

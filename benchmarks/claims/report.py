@@ -77,12 +77,17 @@ def seeds_section(comparison: dict[str, Any], scale: Scale, cnn: str) -> list[st
         best = {name: pct(max(m[name]["val_curve"])) + (" (under target)" if target and max(
             m[name]["val_curve"]) < target else "") for name in ("capsnet", "cnn")}
         stop = {name: f"epoch {m[name]['matched']['epoch']}, {pct(m[name]['matched']['val_accuracy'])}"
-                for name in ("capsnet", "cnn")}
+                      + (" (trained again)" if m[name].get("retrained") else "") for name in ("capsnet", "cnn")}
         gap = affine_gap(one)
         lines.append(f"| {seed} | {best['capsnet']} | {best['cnn']} | {pct(one['matched_val_accuracy'])} "
                      f"| {stop['capsnet']} | {stop['cnn']} "
                      f"| {pct(m['capsnet']['matched']['affine']['accuracy'])} "
                      f"| {pct(m['cnn']['matched']['affine']['accuracy'])} | {100 * gap:+.1f} points |")
+    if any(run.get("retrained") for one in seeds.values() for run in one["models"].values()):
+        lines += ["", "*Trained again*: that run's record came from an earlier report and its checkpoints were "
+                  "not on the machine that made this comparison, so the model was trained again with the same "
+                  "settings and seed (`--from-report`). Training differs between machines in its last digits, "
+                  "so it is a second run of that seed, not the one in the other comparisons."]
     g = comparison["gap"]
     lines += ["", f"Gap against `{cnn}` at the matched stop: **{100 * g['mean']:+.1f} ± {100 * g['spread']:.1f} "
               f"points** (mean ± half the range over {seeds_words(len(seeds))}{so_far}); " + (

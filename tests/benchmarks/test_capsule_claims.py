@@ -61,6 +61,20 @@ def test_the_tiny_report_has_every_claim_and_a_rerun_reuses_the_runs(synthetic_d
         {(1, True), (1, False), (3, True), (3, False)}
     assert all("exact_pair_error" in m["test_metrics"] for m in results["crowded"]["models"].values())
 
+    # A fresh clone has the report but not the run folders: --from-report rebuilds the affine result
+    # from the records alone, training nothing (no time to train) and writing no checkpoint.
+    fresh = run_report("--scale", "tiny", "--data-dir", str(synthetic_data_dir), "--out", str(tmp_path / "fresh"),
+                       "--report", str(tmp_path / "fresh-report"), "--only", "affine", "--time-limit", "0",
+                       "--from-report", str(tmp_path / "report" / "results.json"))
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    records = len(list((tmp_path / "runs" / "tiny" / "affine").rglob("result.json")))  # every run and score
+    assert f"restored {records} run and score records" in fresh.stderr
+    assert json.loads((tmp_path / "fresh-report" / "results.json").read_text())["affine"] == affine
+    assert not list((tmp_path / "fresh").rglob("*.pt"))
+    wrong = run_report("--scale", "cpu", "--out", str(tmp_path / "fresh"), "--from-report",
+                       str(tmp_path / "report" / "results.json"))
+    assert wrong.returncode == 2 and "a 'tiny' report without this scale's ('cpu') affine results" in wrong.stderr
+
     checkpoints = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*.pt")}
     again = run_report(*args, "--time-limit", "0")  # no time to train: the report from the finished runs
     assert again.returncode == 0, again.stderr[-3000:]
@@ -146,3 +160,45 @@ def test_a_time_box_ending_after_the_first_comparison_reports_what_finished(synt
     with pytest.raises(OutOfTime) as nothing:
         affine_experiment(scale, tmp_path / "other", str(synthetic_data_dir), TwoRunsBox(None))
     assert nothing.value.partial is None
+
+
+def test_a_restored_run_whose_checkpoint_is_needed_is_trained_again_and_restores_as_such(synthetic_data_dir,
+                                                                                         tmp_path, monkeypatch):
+    """Run folders stay on the machine that trained them; a report's records travel. A comparison that
+    needs a stop nobody scored, of a run whose checkpoints are elsewhere, trains that model again."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from claims.experiments import SCALES, OutOfTime, TimeBox, affine_pair, restore_affine_runs
+
+    scale, data = SCALES["tiny"], str(synthetic_data_dir)
+    here = affine_pair(scale, tmp_path / "here", "cnn-tiny", "cnn", data, TimeBox(None), seed=0)
+    assert not any(run.get("retrained") for run in here["models"].values())
+
+    elsewhere = tmp_path / "elsewhere"  # the records without a checkpoint: the same comparison, nothing trains
+    assert restore_affine_runs({"seeds": {"0": here}}, scale, elsewhere) > 2
+    assert affine_pair(scale, elsewhere, "cnn-tiny", "cnn", data, TimeBox(0), seed=0) == here
+
+    for scores in (elsewhere / "capsnet").glob("scores-epoch-*"):  # the CapsNet's stops were never scored there
+        for f in scores.iterdir():
+            f.unlink()
+        scores.rmdir()
+    with pytest.raises(OutOfTime):  # it would have to train
+        affine_pair(scale, elsewhere, "cnn-tiny", "cnn", data, TimeBox(0), seed=0)
+    again = affine_pair(scale, elsewhere, "cnn-tiny", "cnn", data, TimeBox(None), seed=0)
+    assert again["models"]["capsnet"]["retrained"] is True and "retrained" not in again["models"]["cnn"]
+    assert (elsewhere / "capsnet-retrained" / "epoch-001.pt").is_file()
+    for run in again["models"].values():
+        assert run["matched"]["val_accuracy"] >= again["matched_val_accuracy"]
+
+    # restored elsewhere again, the retrained record goes back to its own folder and nothing trains
+    third = tmp_path / "third"
+    (third / "capsnet").mkdir(parents=True)
+    (third / "capsnet" / "result.json").write_bytes((elsewhere / "capsnet" / "result.json").read_bytes())
+    restore_affine_runs({"seeds": {"0": again}}, scale, third)
+    assert (third / "capsnet-retrained" / "result.json").is_file()
+    assert affine_pair(scale, third, "cnn-tiny", "cnn", data, TimeBox(0), seed=0) == again
+    assert not list(third.rglob("*.pt"))
+
+    from claims.report import seeds_section
+    lines = seeds_section({"seeds": {"0": again, "1": here}, "gap": {"mean": 0.0, "spread": 0.0,
+                                                                    "per_seed": [0.0, 0.0]}}, scale, "cnn-tiny")
+    assert sum("(trained again)" in line for line in lines) == 1 and any("*Trained again*" in x for x in lines)
