@@ -90,10 +90,21 @@ def seeds_section(comparison: dict[str, Any], scale: Scale, cnn: str) -> list[st
                   "so it is a second run of that seed, not the one in the other comparisons."]
     g = comparison["gap"]
     lines += ["", f"Gap against `{cnn}` at the matched stop: **{100 * g['mean']:+.1f} ± {100 * g['spread']:.1f} "
-              f"points** (mean ± half the range over {seeds_words(len(seeds))}{so_far}); " + (
-                  "the same sign on every seed." if len({v > 0 for v in g["per_seed"]}) == 1
-                  else "the sign differs between seeds.")]
+              f"points** (mean ± half the range over {seeds_words(len(seeds))}{so_far})" + who_is_ahead(g["per_seed"])]
     return lines
+
+
+def who_is_ahead(gaps: list[float]) -> str:
+    """Which model each seed's gap (CapsNet − CNN) favours, as the end of a sentence; a gap that rounds to
+    0.0 points is a tie. Nothing to say about one seed beyond its gap."""
+    if len(gaps) < 2:
+        return "."
+    ahead = [("the CapsNet ahead" if g > 0 else "the CNN ahead") if round(100 * g, 1) else "a tie (under 0.05 points)"
+             for g in gaps]
+    if len(set(ahead)) == 1:
+        return f"; {ahead[0]} on every seed."
+    counts = ", ".join(f"{who} on {ahead.count(who)}" for who in dict.fromkeys(ahead))
+    return f"; {counts} of the {len(gaps)} seeds."
 
 
 def seeds_words(n: int) -> str:

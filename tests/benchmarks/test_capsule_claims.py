@@ -202,3 +202,14 @@ def test_a_restored_run_whose_checkpoint_is_needed_is_trained_again_and_restores
     lines = seeds_section({"seeds": {"0": again, "1": here}, "gap": {"mean": 0.0, "spread": 0.0,
                                                                     "per_seed": [0.0, 0.0]}}, scale, "cnn-tiny")
     assert sum("(trained again)" in line for line in lines) == 1 and any("*Trained again*" in x for x in lines)
+
+
+def test_the_gap_line_says_which_model_each_seed_favours_and_nothing_for_one_seed(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from claims.report import who_is_ahead
+
+    assert who_is_ahead([0.0]) == who_is_ahead([-0.05]) == "."
+    assert who_is_ahead([-0.063, -0.08, -0.073]) == "; the CNN ahead on every seed."
+    assert who_is_ahead([0.0001, -0.02, -0.03]) == \
+        "; a tie (under 0.05 points) on 1, the CNN ahead on 2 of the 3 seeds."  # +0.01 points rounds to 0.0
+    assert who_is_ahead([0.01, -0.02]) == "; the CapsNet ahead on 1, the CNN ahead on 1 of the 2 seeds."
