@@ -139,7 +139,7 @@ serve: setup  ## serve every registered capsnet-* model (the best version of eac
 # resumable (runs in runs/claims/), the report in docs/claims/<scale>/. CLAIMS_SCALE=cpu-long: the affine claim
 # at 99.0 % validation over 3 seeds against two CNNs (~4.5 h here in 90-min pieces, each resuming); CLAIMS_SCALE=paper: the paper's scale, for a GPU, in 13-minute pieces.
 # CLAIMS_ARGS passes more options, e.g. on a fresh clone
-# CLAIMS_ARGS="--from-report docs/claims/cpu-long/results.json" (only what the committed report lacks trains).
+# CLAIMS_ARGS="--from-report docs/claims/cpu-long" (only what the committed report lacks trains).
 CLAIMS_SCALE ?= cpu
 CLAIMS_ARGS ?=
 claims: setup  ## the talk's claims against a CNN (49 min on a 2-core CPU, resumable)

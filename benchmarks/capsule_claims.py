@@ -26,9 +26,10 @@ the last stopped; `--scale paper`
 is the paper's networks and schedules, for a GPU, in 13-minute pieces; `--scale tiny` is for the tests.
 --time-limit stops an invocation cleanly (the run in progress saves last.pt) and the next resumes.
 
-Run folders live on one machine; a report's results.json travels with the code. `--from-report
-docs/claims/<scale>/results.json` (on a fresh clone, say) writes the affine runs it records into the run
-folders first, so only the comparisons it lacks train. A comparison that needs a restored run's checkpoint
+Run folders live on one machine; the report travels with the code. Beside report.md it writes runs.json,
+the record of every finished run and score (each run's best stop is scored as soon as it finishes), and
+`--from-report docs/claims/<scale>` (on a fresh clone, say) writes those records back into the run
+folders first, so only what the report lacks trains. A comparison that needs a restored run's checkpoint
 (a stop not scored yet) trains that model again in <folder>-retrained, and the report says so: training
 differs between machines in its last digits, so a record's checkpoints cannot be remade exactly.
 """
@@ -42,11 +43,12 @@ import sys
 import time
 from pathlib import Path
 
-from claims.experiments import EXPERIMENTS, SCALES, OutOfTime, TimeBox, restore_affine_runs
+from claims.experiments import EXPERIMENTS, SCALES, OutOfTime, TimeBox, restore_runs, run_records
 from claims.report import write_report
 
 from training.data import DATA_DIR_HELP
 from training.errors import UserError, run_cli, setup_cli_logging
+from training.fileio import write_json
 
 log = logging.getLogger("capsule_claims")
 
@@ -61,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                         "default: the scale's time box (cpu-long 90 min, paper 13 min), else none")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--only", nargs="+", choices=sorted(EXPERIMENTS), help="run only these experiments")
-    p.add_argument("--from-report", type=Path, metavar="RESULTS_JSON",
-                   help="first restore the affine runs recorded in this results.json (same scale) into the run "
-                        "folders that lack them, so only what it lacks trains")
+    p.add_argument("--from-report", type=Path, metavar="REPORT_DIR",
+                   help="first write the run records of this report folder's runs.json (same scale) into the run "
+                        "folders that lack them, so only what that report lacks trains")
     args = p.parse_args(argv)
     setup_cli_logging()
     scale = SCALES[args.scale]
@@ -71,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     box = TimeBox(args.time_limit if args.time_limit is not None else scale.time_box_s)
 
     def body() -> int:
+        report_dir = args.report or Path("docs/claims") / args.scale
         if args.from_report:
-            restored = restore_affine_runs(read_report_results(args.from_report, args.scale), scale, out / "affine")
-            log.info("restored %d run and score records from %s", restored, args.from_report)
+            restored = restore_runs(read_run_records(args.from_report / RUNS, args.scale), out)
+            log.info("restored %d run and score records from %s", restored, args.from_report / RUNS)
         results, seconds = {}, {}
         for name in scale.experiments:
             if args.only and name not in args.only:
@@ -91,24 +94,31 @@ def main(argv: list[str] | None = None) -> int:
                 break
             seconds[name] = recorded_seconds(out / name, time.perf_counter() - started)
             log.info("experiment %s done in %.1f min", name, seconds[name] / 60)
+        records = run_records(out)
+        if records:  # even with no report yet: what finished travels
+            report_dir.mkdir(parents=True, exist_ok=True)
+            write_json(report_dir / RUNS, {"scale": args.scale, "records": records})
         if results:
-            path = write_report(results, args.scale, args.report or Path("docs/claims") / args.scale, seconds)
+            path = write_report(results, args.scale, report_dir, seconds)
             print(path.read_text())
         return 0
 
     return run_cli(body)
 
 
-def read_report_results(path: Path, scale: str) -> dict:
-    """The affine result of a report's results.json, which must be of `scale`."""
+RUNS = "runs.json"  # beside report.md: every finished run's and score's record (experiments.run_records)
+
+
+def read_run_records(path: Path, scale: str) -> dict:
+    """The run records of a report's runs.json, which must be of `scale`."""
     try:
-        results = json.loads(path.read_text())
+        runs = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise UserError(f"--from-report {path}: cannot read it as a claims results.json ({e})") from e
-    if results.get("scale") != scale or "affine" not in results:
-        raise UserError(f"--from-report {path}: a {results.get('scale')!r} report without this scale's "
-                        f"({scale!r}) affine results")
-    return results["affine"]
+        raise UserError(f"--from-report: cannot read {path} ({e}); reports written before 2026-12-07 carry "
+                        "no runs.json") from e
+    if runs.get("scale") != scale or not isinstance(runs.get("records"), dict):
+        raise UserError(f"--from-report: {path} holds the runs of the {runs.get('scale')!r} scale, not {scale!r}")
+    return runs["records"]
 
 
 def recorded_seconds(experiment_dir: Path, this_call: float) -> float:

@@ -163,6 +163,28 @@ def cached(run_dir: Path, key: dict[str, Any], compute: Callable[[], dict[str, A
     return result
 
 
+def run_records(out: Path) -> dict[str, Any]:
+    """Every result.json that cached() wrote under `out` (finished runs and their scores), by folder
+    relative to `out`: what a report carries so that another machine resumes it (restore_runs)."""
+    return {p.parent.relative_to(out).as_posix(): json.loads(p.read_text()) for p in sorted(out.rglob("result.json"))}
+
+
+def restore_runs(records: dict[str, Any], out: Path) -> int:
+    """Write `records` (run_records of another machine) back under `out` where no result.json is, so that
+    cached() finds them; returns how many were written. Checkpoints are not records: a comparison that
+    needs a restored run's unscored stop trains that model again (affine_pair)."""
+    written = 0
+    for folder, record in records.items():
+        run_dir = (out / folder).resolve()
+        if not run_dir.is_relative_to(out.resolve()):
+            raise UserError(f"a run record names {folder!r}, outside the run folder {out}")
+        if not (run_dir / "result.json").exists():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / "result.json", record)
+            written += 1
+    return written
+
+
 # --- the four experiments -------------------------------------------------------------------------
 
 def affine_experiment(scale: Scale, out: Path, data_dir: str | None, box: TimeBox) -> dict[str, Any]:
@@ -218,41 +240,53 @@ def affine_pair(scale: Scale, out: Path, cnn_variant: str, cnn_dir: str, data_di
     epoch reaching it) and at each one's best.
 
     A finished run whose checkpoint for a stop not scored yet is gone (its record restored from a report
-    made elsewhere, see restore_affine_runs) is trained again with the same settings in
+    made elsewhere, see restore_runs) is trained again with the same settings in
     <folder>-retrained, which this comparison then uses: training differs between machines in its last
     digits, so a record's checkpoints cannot be remade, only a new run of the same seed."""
     models = {"capsnet": (scale.capsnet, "capsnet"), "cnn": (cnn_variant, cnn_dir)}
+    folders = {name: folder for name, (_, folder) in models.items()}
+    device = resolve_device("auto")
+    sets = functools.cache(lambda: affine_sets(  # made once, only if a score is due
+        training_data(base_config(scale, scale.capsnet, dataset="translated-mnist", max_shift=6), data_dir),
+        scale.affine_digits))
 
-    def trained(name: str, folder: str) -> dict[str, Any]:
+    def scored(name: str, epoch: int) -> dict[str, Any]:
+        folder = out / folders[name]
+
+        def score() -> dict[str, Any]:
+            model = model_from_checkpoint(load_checkpoint(folder / epoch_checkpoint_name(epoch))).to(device)
+            return affine_evaluation(model, sets(), 500, device)
+        return cached(scores_folder(folder, epoch), {"epoch": epoch, "affine_digits": scale.affine_digits}, score)
+
+    def scorable(name: str, epoch: int) -> bool:  # scored already, or its checkpoint is here
+        folder = out / folders[name]
+        return (scores_folder(folder, epoch) / "result.json").exists() or \
+            (folder / epoch_checkpoint_name(epoch)).exists()
+
+    def trained(name: str) -> dict[str, Any]:
         config = base_config(scale, models[name][0], dataset="translated-mnist", max_shift=6,
                              epochs=scale.affine_epochs, keep_epoch_checkpoints=True,
                              target_val_accuracy=scale.affine_target_val, seed=seed)
-        return cached(out / folder, config.to_dict(), lambda: box.train(out / folder, config, data_dir))
+        run_dir = out / folders[name]
+        run = cached(run_dir, config.to_dict(), lambda: box.train(run_dir, config, data_dir))
+        # Its best stop is scored at once, before the other model trains: it needs only this run, and it is
+        # the matched stop too when this model has the lower best, so a pair that finishes on a later
+        # machine (this one's checkpoints gone, its records restored) does not have to train it again.
+        if scorable(name, best_epoch(run)):
+            scored(name, best_epoch(run))
+        return run
 
-    folders = {name: folder for name, (_, folder) in models.items()}
-    runs = {name: trained(name, folder) for name, folder in folders.items()}
-    for name, folder in list(folders.items()):
-        if any(not (scores_folder(out / folder, epoch) / "result.json").exists()
-               and not (out / folder / epoch_checkpoint_name(epoch)).exists()
-               for epoch in stop_epochs(runs, name).values()):
+    runs = {name: trained(name) for name in models}
+    for name in models:
+        if not all(scorable(name, epoch) for epoch in stop_epochs(runs, name).values()):
             log.warning("%s: a stop to score has no checkpoint here; the comparison with %s trains it again "
-                        "in %s", out / folder, cnn_dir, out / (folder + RETRAINED))
-            folders[name] = folder + RETRAINED
-            runs[name] = {**trained(name, folders[name]), "retrained": True}
-    target = matched_accuracy(runs)
-    device = resolve_device("auto")
-    data = training_data(base_config(scale, scale.capsnet, dataset="translated-mnist", max_shift=6), data_dir)
-    sets = functools.cache(lambda: affine_sets(data, scale.affine_digits))  # made once, only if a score is due
+                        "in %s", out / folders[name], cnn_dir, out / (folders[name] + RETRAINED))
+            folders[name] += RETRAINED
+            runs[name] = {**trained(name), "retrained": True}
     for name, run in runs.items():
-        folder = out / folders[name]
         for stop, epoch in stop_epochs(runs, name).items():
-            def score(epoch: int = epoch, folder: Path = folder) -> dict[str, Any]:
-                model = model_from_checkpoint(load_checkpoint(folder / epoch_checkpoint_name(epoch))).to(device)
-                return affine_evaluation(model, sets(), 500, device)
-            run[stop] = {"epoch": epoch, "val_accuracy": run["val_curve"][epoch - 1],
-                         **cached(scores_folder(folder, epoch),
-                                  {"epoch": epoch, "affine_digits": scale.affine_digits}, score)}
-    return {"matched_val_accuracy": target, "models": runs}
+            run[stop] = {"epoch": epoch, "val_accuracy": run["val_curve"][epoch - 1], **scored(name, epoch)}
+    return {"matched_val_accuracy": matched_accuracy(runs), "models": runs}
 
 
 RETRAINED = "-retrained"  # the folder suffix of a run trained again (see affine_pair)
@@ -272,33 +306,12 @@ def stop_epochs(runs: dict[str, dict[str, Any]], name: str) -> dict[str, int]:
     """Model `name`'s two stops (1-based epochs): matched (its first epoch at or above the matched
     accuracy) and best (its best validation)."""
     curve, target = runs[name]["val_curve"], matched_accuracy(runs)
-    return {"matched": next(i + 1 for i, v in enumerate(curve) if v >= target), "best": curve.index(max(curve)) + 1}
+    return {"matched": next(i + 1 for i, v in enumerate(curve) if v >= target), "best": best_epoch(runs[name])}
 
 
-def restore_affine_runs(result: dict[str, Any], scale: Scale, out: Path) -> int:
-    """Write the run records of a report's affine result (`results.json`'s "affine", say the committed
-    docs/claims/<scale>/results.json on a fresh clone) into the run folders under `out` (the experiment's
-    folder) where none is: each run's result.json and each scored stop's, so that only what the report
-    lacks trains. Checkpoints are not in a report: a comparison that needs one trains that model again
-    (affine_pair). Returns how many records were written."""
-    comparisons = [("cnn", result)] + list(result.get("other_cnns", {}).items())
-    written = 0
-    for cnn_dir, comparison in comparisons:
-        for seed, one in comparison["seeds"].items():
-            seed_dir = out if int(seed) == scale.affine_seeds[0] else out / f"seed{seed}"
-            for name, run in one["models"].items():
-                folder = seed_dir / (("capsnet" if name == "capsnet" else cnn_dir)
-                                     + (RETRAINED if run.get("retrained") else ""))
-                records = {folder: {k: v for k, v in run.items() if k not in ("matched", "best", "retrained")}}
-                for stop in ("matched", "best"):
-                    records[scores_folder(folder, run[stop]["epoch"])] = {
-                        k: v for k, v in run[stop].items() if k not in ("epoch", "val_accuracy")}
-                for run_dir, record in records.items():
-                    if not (run_dir / "result.json").exists():
-                        run_dir.mkdir(parents=True, exist_ok=True)
-                        write_json(run_dir / "result.json", record)
-                        written += 1
-    return written
+def best_epoch(run: dict[str, Any]) -> int:
+    """The first epoch (1-based) with the run's best validation."""
+    return run["val_curve"].index(max(run["val_curve"])) + 1
 
 
 def efficiency_experiment(scale: Scale, out: Path, data_dir: str | None, box: TimeBox) -> dict[str, Any]:

@@ -62,18 +62,21 @@ def test_the_tiny_report_has_every_claim_and_a_rerun_reuses_the_runs(synthetic_d
     assert all("exact_pair_error" in m["test_metrics"] for m in results["crowded"]["models"].values())
 
     # A fresh clone has the report but not the run folders: --from-report rebuilds the affine result
-    # from the records alone, training nothing (no time to train) and writing no checkpoint.
+    # from the records in runs.json alone, training nothing (no time to train) and writing no checkpoint.
+    runs = json.loads((tmp_path / "report" / "runs.json").read_text())
+    assert runs["scale"] == "tiny" and len(runs["records"]) == len(list((tmp_path / "runs").rglob("result.json")))
     fresh = run_report("--scale", "tiny", "--data-dir", str(synthetic_data_dir), "--out", str(tmp_path / "fresh"),
                        "--report", str(tmp_path / "fresh-report"), "--only", "affine", "--time-limit", "0",
-                       "--from-report", str(tmp_path / "report" / "results.json"))
+                       "--from-report", str(tmp_path / "report"))
     assert fresh.returncode == 0, fresh.stderr[-3000:]
-    records = len(list((tmp_path / "runs" / "tiny" / "affine").rglob("result.json")))  # every run and score
-    assert f"restored {records} run and score records" in fresh.stderr
+    assert f"restored {len(runs['records'])} run and score records" in fresh.stderr
     assert json.loads((tmp_path / "fresh-report" / "results.json").read_text())["affine"] == affine
+    assert json.loads((tmp_path / "fresh-report" / "runs.json").read_text()) == runs
     assert not list((tmp_path / "fresh").rglob("*.pt"))
-    wrong = run_report("--scale", "cpu", "--out", str(tmp_path / "fresh"), "--from-report",
-                       str(tmp_path / "report" / "results.json"))
-    assert wrong.returncode == 2 and "a 'tiny' report without this scale's ('cpu') affine results" in wrong.stderr
+    wrong = run_report("--scale", "cpu", "--out", str(tmp_path / "fresh"), "--from-report", str(tmp_path / "report"))
+    assert wrong.returncode == 2 and "holds the runs of the 'tiny' scale, not 'cpu'" in wrong.stderr
+    missing = run_report("--scale", "tiny", "--out", str(tmp_path / "fresh"), "--from-report", str(tmp_path))
+    assert missing.returncode == 2 and "carry no runs.json" in missing.stderr and "Traceback" not in missing.stderr
 
     checkpoints = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*.pt")}
     again = run_report(*args, "--time-limit", "0")  # no time to train: the report from the finished runs
@@ -141,7 +144,7 @@ def test_a_time_box_ending_after_the_first_comparison_reports_what_finished(synt
 
     class TwoRunsBox(TimeBox):  # the CapsNet and the CNN of seed 0, then the time is up
         def train(self, run_dir, config, data_dir, run=None):
-            if len(list(tmp_path.rglob("result.json"))) >= 2:
+            if len(list(tmp_path.rglob("metrics.jsonl"))) >= 2:  # two runs trained
                 raise OutOfTime(f"time box used up before {run_dir}")
             return super().train(run_dir, config, data_dir)
 
@@ -164,23 +167,23 @@ def test_a_time_box_ending_after_the_first_comparison_reports_what_finished(synt
 
 def test_a_restored_run_whose_checkpoint_is_needed_is_trained_again_and_restores_as_such(synthetic_data_dir,
                                                                                          tmp_path, monkeypatch):
-    """Run folders stay on the machine that trained them; a report's records travel. A comparison that
-    needs a stop nobody scored, of a run whose checkpoints are elsewhere, trains that model again."""
+    """Run folders stay on the machine that trained them; their records travel. A comparison that needs a
+    stop nobody scored, of a run whose checkpoints are elsewhere, trains that model again."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    from claims.experiments import SCALES, OutOfTime, TimeBox, affine_pair, restore_affine_runs
+    from claims.experiments import SCALES, OutOfTime, TimeBox, affine_pair, restore_runs, run_records
+
+    from training.errors import UserError
 
     scale, data = SCALES["tiny"], str(synthetic_data_dir)
     here = affine_pair(scale, tmp_path / "here", "cnn-tiny", "cnn", data, TimeBox(None), seed=0)
     assert not any(run.get("retrained") for run in here["models"].values())
 
     elsewhere = tmp_path / "elsewhere"  # the records without a checkpoint: the same comparison, nothing trains
-    assert restore_affine_runs({"seeds": {"0": here}}, scale, elsewhere) > 2
+    assert restore_runs(run_records(tmp_path / "here"), elsewhere) >= 4
     assert affine_pair(scale, elsewhere, "cnn-tiny", "cnn", data, TimeBox(0), seed=0) == here
 
     for scores in (elsewhere / "capsnet").glob("scores-epoch-*"):  # the CapsNet's stops were never scored there
-        for f in scores.iterdir():
-            f.unlink()
-        scores.rmdir()
+        (scores / "result.json").unlink()
     with pytest.raises(OutOfTime):  # it would have to train
         affine_pair(scale, elsewhere, "cnn-tiny", "cnn", data, TimeBox(0), seed=0)
     again = affine_pair(scale, elsewhere, "cnn-tiny", "cnn", data, TimeBox(None), seed=0)
@@ -189,19 +192,36 @@ def test_a_restored_run_whose_checkpoint_is_needed_is_trained_again_and_restores
     for run in again["models"].values():
         assert run["matched"]["val_accuracy"] >= again["matched_val_accuracy"]
 
-    # restored elsewhere again, the retrained record goes back to its own folder and nothing trains
-    third = tmp_path / "third"
-    (third / "capsnet").mkdir(parents=True)
-    (third / "capsnet" / "result.json").write_bytes((elsewhere / "capsnet" / "result.json").read_bytes())
-    restore_affine_runs({"seeds": {"0": again}}, scale, third)
-    assert (third / "capsnet-retrained" / "result.json").is_file()
+    third = tmp_path / "third"  # restored once more: the retrained run's records come along, nothing trains
+    restore_runs(run_records(elsewhere), third)
     assert affine_pair(scale, third, "cnn-tiny", "cnn", data, TimeBox(0), seed=0) == again
     assert not list(third.rglob("*.pt"))
+    with pytest.raises(UserError, match="outside the run folder"):
+        restore_runs({"../escaped": {}}, third)
 
     from claims.report import seeds_section
     lines = seeds_section({"seeds": {"0": again, "1": here}, "gap": {"mean": 0.0, "spread": 0.0,
                                                                     "per_seed": [0.0, 0.0]}}, scale, "cnn-tiny")
     assert sum("(trained again)" in line for line in lines) == 1 and any("*Trained again*" in x for x in lines)
+
+
+def test_a_run_is_scored_at_its_best_as_soon_as_it_finishes(synthetic_data_dir, tmp_path, monkeypatch):
+    """The lower model's best is also its matched stop: scored before the other model trains, it survives a
+    time box that ends there, when this machine's checkpoints will be gone by the next invocation."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from claims.experiments import SCALES, OutOfTime, TimeBox, affine_pair, best_epoch, scores_folder
+
+    class OneRunBox(TimeBox):
+        def train(self, run_dir, config, data_dir, run=None):
+            if list(tmp_path.rglob("metrics.jsonl")):
+                raise OutOfTime(f"time box used up before {run_dir}")
+            return super().train(run_dir, config, data_dir)
+
+    with pytest.raises(OutOfTime):
+        affine_pair(SCALES["tiny"], tmp_path, "cnn-tiny", "cnn", str(synthetic_data_dir), OneRunBox(None), seed=0)
+    run = json.loads((tmp_path / "capsnet" / "result.json").read_text())
+    assert (scores_folder(tmp_path / "capsnet", best_epoch(run)) / "result.json").is_file()
+    assert not any((tmp_path / "cnn").iterdir())  # the CNN never started
 
 
 def test_the_gap_line_says_which_model_each_seed_favours_and_nothing_for_one_seed(monkeypatch):
