@@ -48,6 +48,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from bench_timing import median_latency_ms, median_rate
+from machine import cpu_name
 from train_throughput import BroadcastCapsNet, train_step_fn
 
 from export.inference_graph import InferenceGraph
@@ -176,7 +177,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "onnxruntime_providers": ort.get_available_providers(),
         "onnxruntime_cuda_unavailable": cuda_unavailable_reason(),
         "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from bench_timing import median_latency_ms, median_rate
+from machine import machine_words
 
 from export.onnx_export import export_onnx
 from training.config import PROFILES, TrainConfig
@@ -47,7 +48,8 @@ def train_run(run_dir: Path, config: TrainConfig, data_dir: str | None) -> dict[
             "best_val_accuracy": summary["best_val_accuracy"], "test_accuracy": summary.get("test_accuracy"),
             "test_metrics": summary.get("test_metrics", {}), "val_curve": [e["val_accuracy"] for e in curve],
             # None for a run stopped (time limit, signal) before its first epoch ended
-            "train_images_per_sec": statistics.median(e["train_images_per_sec"] for e in curve) if curve else None}
+            "train_images_per_sec": statistics.median(e["train_images_per_sec"] for e in curve) if curve else None,
+            "machine": machine_words()}
 
 
 def run_one(out: Path, config: TrainConfig, data_dir: str | None, timing_round_s: float = 0.5) -> dict:
@@ -63,7 +65,8 @@ def run_one(out: Path, config: TrainConfig, data_dir: str | None, timing_round_s
         np.random.default_rng(1).random((64, 1, side, side), np.float32)
     return {"routing_iters": config.routing_iters, "reconstruction": config.recon_weight > 0,
             "recon_weight": config.recon_weight, "interrupted": False,
-            **{k: trained[k] for k in ("epochs", "best_val_accuracy", "test_accuracy", "train_images_per_sec")},
+            **{k: trained[k] for k in ("epochs", "best_val_accuracy", "test_accuracy", "train_images_per_sec",
+                                       "machine")},
             "onnx_p50_latency_ms_batch_1": median_latency_ms(lambda: session.run(None, {"image": one}), 200),
             "onnx_images_per_sec_batch_64": median_rate(lambda: session.run(None, {"image": batch}), 64,
                                                                  min_seconds=timing_round_s)}

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from collections.abc import Callable
 
 import torch
 from bench_timing import median_rate
+from machine import machine_words
 from torch import Tensor
 
 from training.config import TrainConfig, variant_config
@@ -89,7 +89,7 @@ def main() -> None:
 
     result = {
         "variant": args.variant, "batch": args.batch, "repeats": args.repeats,
-        "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "hardware": machine_words(),
         "torch": str(torch.__version__),
         "max_abs_diff_probabilities": max_diff,
         "inference_images_per_sec": infer,

@@ -33,6 +33,9 @@ def test_the_tiny_report_has_every_claim_and_a_fresh_clone_rebuilds_it_from_its_
         assert f"({plot}.png)" in report and Image.open(tmp_path / "report" / f"{plot}.png").size[0] > 200
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     affine = results["affine"]
+    # every run says where it trained, and the report names the machines (here: one, for every run)
+    machine = affine["models"]["capsnet"]["machine"]
+    assert machine.startswith("CPU ") and f"Runs trained on: {machine}: " in report and "not recorded" not in report
     assert results["scale"] == "tiny" and results["budget"]["affine_digits"] == 3
     for run in affine["models"].values():  # each model stopped where it first reached the matched accuracy
         assert run["matched"]["val_accuracy"] >= affine["matched_val_accuracy"]
@@ -225,6 +228,21 @@ def test_a_run_is_scored_at_its_best_as_soon_as_it_finishes(synthetic_data_dir, 
     run = json.loads((tmp_path / "capsnet" / "result.json").read_text())
     assert (scores_folder(tmp_path / "capsnet", best_epoch(run)) / "result.json").is_file()
     assert not any((tmp_path / "cnn").iterdir())  # the CNN never started
+
+
+def test_the_report_counts_each_run_once_under_the_machine_it_trained_on(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from claims.report import run_machines
+
+    capsnet = {"key": {"variant": "small", "seed": 0}, "val_curve": [0.9], "machine": "CPU A (AVX512)",
+               "matched": {"key": {"epoch": 1}}}  # a score's record is not a run
+    again = {**capsnet, "val_curve": [0.8], "machine": "CPU B (AVX2)"}  # the same settings, trained again
+    old = {"key": {"variant": "small", "seed": 1}, "val_curve": [0.9]}
+    results = {"affine": {"models": {"capsnet": capsnet}, "seeds": {"0": {"models": {"capsnet": capsnet}},
+                                                                   "1": {"models": {"capsnet": old}}},
+                          "other_cnns": {"x": {"seeds": {"0": {"models": {"capsnet": again}}}}}}}
+    assert run_machines(results) == \
+        "CPU A (AVX512): 1 run; not recorded (runs before 2026-12-07): 1 run; CPU B (AVX2): 1 run"
 
 
 def test_the_gap_line_says_which_model_each_seed_favours_and_nothing_for_one_seed(monkeypatch):

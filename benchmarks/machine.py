@@ -1,0 +1,32 @@
+"""What a benchmark ran on, in words, so that numbers from different machines are not mixed up unawares:
+the GPU's name, or the CPU's model with the vector instructions torch uses and its thread count. Two
+2-core CPUs both called "AMD EPYC" here differed 3-4x in training speed (AVX-512 against AVX2) and in
+training's last digits, so the model name alone does not tell them apart."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux; elsewhere platform.processor())."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_words() -> str:
+    """'NVIDIA H100 80GB HBM3, torch 2.x' or 'CPU AMD EPYC (AVX2), 2 threads, torch 2.x': where torch
+    computes in this process (the GPU when there is one, as the benchmarks' device "auto" picks)."""
+    if torch.cuda.is_available():
+        where = torch.cuda.get_device_name(0)
+    else:
+        where = f"CPU {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
+    return f"{where}, torch {torch.__version__}"
