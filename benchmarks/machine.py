@@ -1,7 +1,8 @@
 """What a benchmark ran on, in words, so that numbers from different machines are not mixed up unawares:
 the GPU's name, or the CPU's model with the vector instructions torch uses and its thread count. Two
-2-core CPUs both called "AMD EPYC" here differed 3-4x in training speed (AVX-512 against AVX2) and in
-training's last digits, so the model name alone does not tell them apart."""
+2-core CPUs both called "AMD EPYC" here differed 3-4x in training speed and in training's last digits
+(the slower one had AVX2 and no AVX-512; the other's was not recorded), so the name alone does not
+tell them apart."""
 
 from __future__ import annotations
 
