@@ -124,7 +124,7 @@ def read_run_records(path: Path, scale: str) -> dict:
 def recorded_seconds(experiment_dir: Path, this_call: float) -> float:
     """Wall time the experiment's runs took when they ran (a resumed report reuses finished runs):
     the sum of their result.json times, or this call's time if that is larger."""
-    recorded = sum(json.loads(f.read_text()).get("wall_seconds") or 0 for f in experiment_dir.rglob("result.json"))
+    recorded = sum(r.get("wall_seconds") or 0 for r in run_records(experiment_dir).values())
     return max(recorded, this_call)
 
 

@@ -149,7 +149,7 @@ def cached(run_dir: Path, key: dict[str, Any], compute: Callable[[], dict[str, A
     """run_dir/result.json if a previous invocation finished this run with the same settings (`key`),
     else compute() and store it with its key. A result made with other settings is an error, not
     silently reused or overwritten."""
-    done = run_dir / "result.json"
+    done = run_dir / RESULT
     if done.exists():
         result = json.loads(done.read_text())
         if result.get("key") != key:
@@ -163,10 +163,18 @@ def cached(run_dir: Path, key: dict[str, Any], compute: Callable[[], dict[str, A
     return result
 
 
+RESULT = "result.json"  # a finished run's (or score's) record in its folder, written by cached()
+
+
+def is_cached(run_dir: Path) -> bool:
+    """Whether cached() finds a finished result in `run_dir`."""
+    return (run_dir / RESULT).exists()
+
+
 def run_records(out: Path) -> dict[str, Any]:
     """Every result.json that cached() wrote under `out` (finished runs and their scores), by folder
     relative to `out`: what a report carries so that another machine resumes it (restore_runs)."""
-    return {p.parent.relative_to(out).as_posix(): json.loads(p.read_text()) for p in sorted(out.rglob("result.json"))}
+    return {p.parent.relative_to(out).as_posix(): json.loads(p.read_text()) for p in sorted(out.rglob(RESULT))}
 
 
 def restore_runs(records: dict[str, Any], out: Path) -> int:
@@ -178,9 +186,9 @@ def restore_runs(records: dict[str, Any], out: Path) -> int:
         run_dir = (out / folder).resolve()
         if not run_dir.is_relative_to(out.resolve()):
             raise UserError(f"a run record names {folder!r}, outside the run folder {out}")
-        if not (run_dir / "result.json").exists():
+        if not is_cached(run_dir):
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(run_dir / "result.json", record)
+            write_json(run_dir / RESULT, record)
             written += 1
     return written
 
@@ -260,8 +268,7 @@ def affine_pair(scale: Scale, out: Path, cnn_variant: str, cnn_dir: str, data_di
 
     def scorable(name: str, epoch: int) -> bool:  # scored already, or its checkpoint is here
         folder = out / folders[name]
-        return (scores_folder(folder, epoch) / "result.json").exists() or \
-            (folder / epoch_checkpoint_name(epoch)).exists()
+        return is_cached(scores_folder(folder, epoch)) or (folder / epoch_checkpoint_name(epoch)).exists()
 
     def trained(name: str) -> dict[str, Any]:
         config = base_config(scale, models[name][0], dataset="translated-mnist", max_shift=6,
