@@ -15,8 +15,10 @@ LINK = re.compile(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
 def markdown_files() -> list[Path]:
-    skip = {".venv", ".git", "node_modules", "test-artifacts", "runs"}
-    return sorted(p for p in REPO.rglob("*.md") if not skip & set(p.relative_to(REPO).parts))
+    # ours only: not tools' caches and folders (.venv, .git, .pytest_cache, ...) nor run output
+    skip = {"node_modules", "test-artifacts", "runs"}
+    return sorted(p for p in REPO.rglob("*.md")
+                  if not any(part in skip or part.startswith(".") for part in p.relative_to(REPO).parts))
 
 
 def heading_anchors(text: str) -> set[str]:
