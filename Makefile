@@ -145,8 +145,7 @@ CLAIMS_ARGS ?=
 claims: setup  ## the talk's claims against a CNN (49 min on a 2-core CPU, resumable)
 	$(BIN)/python benchmarks/capsule_claims.py --scale $(CLAIMS_SCALE) $(CLAIMS_ARGS)
 
-# pytest in two workers: the server tests mostly wait on their servers, so a second worker fills the gaps
-# (2026-12-07: 246-253 s against 313 s serially on one machine, 357-363 s against 557 s on a slower one).
+# pytest in two workers: the server tests mostly wait on their servers (timings: docs/testing.md)
 test: setup  ## ruff, then the test suite (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --durations=15
