@@ -55,7 +55,7 @@ from export.inference_graph import InferenceGraph
 from export.onnx_export import export_onnx
 from export.onnx_io import open_session
 from export.parity_report import parity_summary
-from serving.providers import CPU, CUDA, cuda_unavailable_reason, cuda_usable
+from serving.engine.providers import CPU, CUDA, cuda_unavailable_reason, cuda_usable
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import PROFILES, TrainConfig, variant_config
 from training.data import DATA_DIR_HELP

@@ -21,7 +21,7 @@ from bench_timing import median_rate
 from export.inference_graph import InferenceGraph
 from export.onnx_export import export_graph
 from export.onnx_io import open_session
-from serving.providers import cuda_usable
+from serving.engine.providers import cuda_usable
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import variant_config
 from training.model import CapsNet

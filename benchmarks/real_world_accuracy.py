@@ -1,5 +1,5 @@
 """Accuracy on generated photos and scans of digits (benchmarks/photo_digits.py) beside MNIST, for
-the upload preparation as served (serving/preprocess.py: background to 0, ink to ~1, robust crop)
+the upload preparation as served (serving/handlers/preprocess.py: background to 0, ink to ~1, robust crop)
 and the earlier one (crop to every pixel above 0.1, no clean-up), same model, same images.
 
     python benchmarks/real_world_accuracy.py --model runs/quick-.../export/model.onnx [--n 1000]
@@ -21,7 +21,7 @@ import onnxruntime as ort
 from photo_digits import KINDS, font_files, photo_digits
 from PIL import Image
 
-from serving.preprocess import decode_grayscale, to_mnist
+from serving.handlers.preprocess import decode_grayscale, to_mnist
 from training.data import DATA_DIR_HELP, load_split
 
 

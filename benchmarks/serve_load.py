@@ -209,7 +209,7 @@ def direct_throughput(model_path: str, images: np.ndarray, batch: int = 64, repe
 # so a model call made from our code counts as the model's).
 PROFILE_CATEGORIES = [
     ("ONNX Runtime", ("onnxruntime",)),
-    ("batching", ("serving/batcher.py", "marshal/dispatcher.py")),
+    ("batching", ("serving/engine/batcher.py", "marshal/dispatcher.py")),
     ("our protocol code (parse, validate, encode)", ("serving/",)),
     ("framework + event loop", ("uvicorn", "h11", "httptools", "starlette", "grpc", "asyncio", "bentoml",
                                 "uvloop", "selectors")),

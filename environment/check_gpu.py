@@ -23,7 +23,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
-from serving.providers import CPU, CUDA, cuda_unavailable_reason
+from serving.engine.providers import CPU, CUDA, cuda_unavailable_reason
 from training.errors import UserError, run_cli, setup_cli_logging
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class GpuFacts:
     torch_version: str
     torch_cuda: str | None  # torch.version.cuda: None for a CPU build
     torch_sees_gpu: bool
-    onnxruntime_cuda_unavailable: str | None  # serving.providers.cuda_unavailable_reason()
+    onnxruntime_cuda_unavailable: str | None  # serving.engine.providers.cuda_unavailable_reason()
     session_provider: str | None  # the provider a CUDA-first session ended on (None: not tried)
 
 

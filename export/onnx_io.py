@@ -1,5 +1,5 @@
 """ONNX file I/O in one place: reading a graph safely, its capsnet.* metadata both ways, and
-ONNX Runtime sessions. Torch-free; which provider can work is serving/providers.py's question."""
+ONNX Runtime sessions. Torch-free; which provider can work is serving/engine/providers.py's question."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from export.parity_report import (
     Tolerance,
     parity_section,
 )
-from serving.providers import CPU, CUDA, cuda_usable
+from serving.engine.providers import CPU, CUDA, cuda_usable
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.config import CapsNetConfig
 from training.data import (

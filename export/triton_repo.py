@@ -1,6 +1,6 @@
 """A Triton Inference Server model repository from an export, for users who scale on Triton:
 
-    DIR/<model>/config.pbtxt     Triton's ModelConfig (serving/triton_config.py), from the graph
+    DIR/<model>/config.pbtxt     Triton's ModelConfig (serving/oip/triton_config.py), from the graph
     DIR/<model>/labels.txt       the class names, one per line: the classification extension's labels
     DIR/<model>/1/model.onnx     the exported graph, unchanged
     DIR/<model>/parity.json      the parity report and config.json of the export, beside it (Triton
@@ -23,7 +23,7 @@ from pathlib import Path
 import onnx
 
 from export.onnx_io import UnusableInputError, load_checked
-from serving.triton_config import LABELS_FILE, Tensor, labels_text, model_config, to_pbtxt
+from serving.oip.triton_config import LABELS_FILE, Tensor, labels_text, model_config, to_pbtxt
 
 log = logging.getLogger(__name__)
 

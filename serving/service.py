@@ -1,13 +1,13 @@
 """The BentoML shell behind `bentoml serve` (entry: `serving.service:CapsNetService`): declarations that
-delegate to serving/core.py (requests), serving/explorer.py (the explorer's APIs) and
-serving/protocols.py (the Open Inference Protocol over gRPC and REST).
+delegate to serving/handlers/classify.py (requests), serving/handlers/explorer.py (the explorer's APIs) and
+serving/oip/listeners.py (the Open Inference Protocol over gRPC and REST).
 
-One `bentoml serve` serves several registered models, each in one or more versions (serving/repository.py:
+One `bentoml serve` serves several registered models, each in one or more versions (serving/engine/repository.py:
 version policies; with CAPSNET_MODEL_CONTROL=explicit, loaded and unloaded while serving). Every
-protocol validates per request, then hands the array to the version's batcher (serving/batcher.py), so
+protocol validates per request, then hands the array to the version's batcher (serving/engine/batcher.py), so
 the BentoML APIs (classify, classify_image, the low-level `infer`, `infer_<name>`), OIP REST and gRPC
-share batches and statistics (serving/statistics.py; nv_inference_* on /metrics). Every protocol's
-requests to a model pass one admission (serving/admission.py): a full model answers 503 + Retry-After /
+share batches and statistics (serving/engine/statistics.py; nv_inference_* on /metrics). Every protocol's
+requests to a model pass one admission (serving/engine/admission.py): a full model answers 503 + Retry-After /
 UNAVAILABLE at once. Every BentoML answer about a model names the version that answered in the
 X-CapsNet-Model header. Settings: CAPSNET_* variables (serving/settings.py). No torch, no training code.
 """
@@ -25,9 +25,9 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import InvalidArgument, NotFound, ServiceUnavailable, UnprocessableEntity
 
-from serving import explorer, http_app, metrics
-from serving.admission import Admission, Overloaded
-from serving.api_types import (
+from serving.bento import middleware as http_app
+from serving.bento import prometheus as metrics
+from serving.bento.api_types import (
     Explanations,
     ImageFiles,
     Images,
@@ -42,11 +42,13 @@ from serving.api_types import (
     infer_api_name,
     per_model_attributes,
 )
-from serving.core import Prediction, ServedModel, ServingCore, UnknownModelError
-from serving.explorer import Equivariance, Perturbation, Reconstructions
-from serving.protocols import ProtocolServers, ServedOipModels
-from serving.served_models import NAMES, WANTED, list_store, path_and_metadata, settings
-from serving.validation import CapabilityError, InputError
+from serving.bento.store import NAMES, WANTED, list_store, path_and_metadata, settings
+from serving.engine.admission import Admission, Overloaded
+from serving.handlers import explorer
+from serving.handlers.classify import Prediction, ServedModel, ServingCore, UnknownModelError
+from serving.handlers.explorer import Equivariance, Perturbation, Reconstructions
+from serving.handlers.validation import CapabilityError, InputError
+from serving.oip.listeners import ProtocolServers, ServedOipModels
 
 MODEL_HEADER = "X-CapsNet-Model"  # name:version of the model version that answered
 
@@ -157,7 +159,7 @@ class _CapsNetService:
             batch = self.core.decode_uploads([Path(p).read_bytes() for p in images], served)
         return await self._answer(batch, served, reconstructions)
 
-    # The explorer's APIs (serving/explorer.py; the page at /explorer/ calls these). Plain functions:
+    # The explorer's APIs (serving/handlers/explorer.py; the page at /explorer/ calls these). Plain functions:
     # BentoML runs them in its thread pool, outside the batcher (large, interactive answers).
 
     @bentoml.api
@@ -204,7 +206,7 @@ class _CapsNetService:
         with client_errors():
             return explorer.equivariance(self._serving(ctx, model), image, max_shift, max_rotation)
 
-    @bentoml.api(route="/metadata")  # read with GET (serving/http_app.py: ReadOnlyRoutes)
+    @bentoml.api(route="/metadata")  # read with GET (serving/bento/middleware.py: ReadOnlyRoutes)
     async def metadata(self) -> dict[str, Any]:
         """The served models (each with its input size and task; the default one's details at the top
         level), the ONNX Runtime provider in use, batching settings and statistics, versions."""
@@ -221,5 +223,5 @@ http_app.install(CapsNetService, settings.max_request_bytes,
                  gated={"/classify": None, "/classify_image": None,
                         **{f"/{infer_api_name(name)}": name for name in NAMES}},
                  default_model=NAMES[0], is_served=lambda name: name in SERVED_NOW)
-# The explorer page (serving/explorer/: static files, no build step) at /explorer/.
+# The explorer page (serving/explorer_page/: static files, no build step) at /explorer/.
 CapsNetService.mount_asgi_app(http_app.explorer_page(), path="/explorer", name="explorer")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from serving.repository import parse_policies
+from serving.engine.repository import parse_policies
 
 
 def _flag(value: str) -> bool:
@@ -44,7 +44,7 @@ class ServingSettings:
     # max_queue_delay_microseconds). 0: none; under load batches fill while the model runs anyway.
     max_queue_delay_ms: float = 0.0
     # CAPSNET_MAX_QUEUE: requests each model admits at once, over every protocol; the next gets 503 +
-    # Retry-After / UNAVAILABLE at once (serving/admission.py). 128 = two full batches: measured
+    # Retry-After / UNAVAILABLE at once (serving/engine/admission.py). 128 = two full batches: measured
     # in benchmarks/overload.py, it keeps the batcher full and the wait well inside the latency budget.
     max_queue: int = 128
     # CAPSNET_RETRY_AFTER_S: what a refused request's Retry-After says. 2, not 1: in a queue of 128
@@ -56,7 +56,7 @@ class ServingSettings:
     require_gpu: bool = False  # CAPSNET_REQUIRE_GPU: readiness fails unless CUDA is in use
     max_request_bytes: int = 8 << 20  # CAPSNET_MAX_REQUEST_BYTES: larger bodies get 413
     workers: int = 1  # CAPSNET_WORKERS: server processes; each has its own model session and batcher
-    # CAPSNET_VERSION_POLICY: which registered versions of each model serve (serving/repository.py):
+    # CAPSNET_VERSION_POLICY: which registered versions of each model serve (serving/engine/repository.py):
     # `best` (highest validation accuracy), `latest[:N]`, `all`, `specific:V1,V2`; `NAME=POLICY` for one
     # model, entries separated by `;`. CAPSNET_MODEL_TAG's name:version pins win over it.
     version_policy: str = "best"
@@ -64,7 +64,7 @@ class ServingSettings:
     # extension (as Triton's --model-control-mode=explicit); `none` (default) serves a fixed set.
     model_control: str = "none"
     # CAPSNET_ACCESS_LOG: BentoML's line per HTTP request (~300 bytes; megabytes a minute under load).
-    # Off by default: errors are logged one line each and refusals summed up (serving/admission.py).
+    # Off by default: errors are logged one line each and refusals summed up (serving/engine/admission.py).
     access_log: bool = False
 
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.preprocess import decode_grayscale, to_mnist
+from serving.handlers.preprocess import decode_grayscale, to_mnist
 from tests.helpers import REPO
 from training.data import synthetic_digits
 

@@ -16,7 +16,7 @@ from export.onnx_io import read_metadata
 from export.parity import degenerate_images, verify_parity
 from export.parity_report import failure_summary
 from export.verify import main as verify_main
-from serving.providers import cuda_usable
+from serving.engine.providers import cuda_usable
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import synthetic_digits
 

@@ -13,7 +13,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export.onnx_export import export_onnx, main
 from export.onnx_io import UnusableInputError
 from export.triton_repo import write_triton_repository
-from serving.triton_config import labels_text
+from serving.oip.triton_config import labels_text
 
 ELEM_TYPES = {mc.TYPE_FP32: onnx.TensorProto.FLOAT, mc.TYPE_INT64: onnx.TensorProto.INT64}
 

@@ -11,9 +11,9 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
-from serving.oip import OipModel
-from serving.protocols import ServedOipModels
-from serving.repository import ModelRepository
+from serving.engine.repository import ModelRepository
+from serving.oip.listeners import ServedOipModels
+from serving.oip.types import OipModel
 
 OUTPUTS = {"probabilities": [10], "poses": [10, 16]}
 _ROW = "[" + ",".join(["NaN"] + ["0"] * 27) + "]"

@@ -1,5 +1,5 @@
-"""Admission control (serving/admission.py) in-process, on each front end it guards: the BentoML APIs'
-ASGI gate (serving/http_app.py), OIP REST (serving/oip_http.py) and OIP gRPC (serving/grpc_server.py).
+"""Admission control (serving/engine/admission.py) in-process, on each front end it guards: the BentoML APIs'
+ASGI gate (serving/bento/middleware.py), OIP REST (serving/oip/rest.py) and OIP gRPC (serving/oip/grpc_service.py).
 A model whose inference waits on an event makes "the queue is full" exact instead of a race."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.admission import PAST_BUDGET, QUEUE_FULL, Admission, Overloaded
-from serving.grpc_server import InferenceServicer
-from serving.http_app import AdmissionGate, ClientErrorsAsOneLine, model_named_in, read_body
-from serving.oip_http import OipHttpApp
+from serving.bento.middleware import AdmissionGate, ClientErrorsAsOneLine, model_named_in, read_body
+from serving.engine.admission import PAST_BUDGET, QUEUE_FULL, Admission, Overloaded
+from serving.oip.grpc_service import InferenceServicer
+from serving.oip.rest import OipHttpApp
 from tests.serving.fakes import Aborted, Blocking, FakeContext, grpc_request, oip_request, run, served, until
 
 
@@ -50,7 +50,7 @@ def test_refusals_are_counted_and_summarised_once_per_interval(caplog):
     clock, seen = Clock(), []
     admission = Admission(1, 1, on_refused=lambda model, reason: seen.append((model, reason)), clock=clock,
                           summary_interval_s=10)
-    with caplog.at_level(logging.WARNING, logger="serving.admission"):
+    with caplog.at_level(logging.WARNING, logger="serving.engine.admission"):
         for i in range(500):
             clock.now = i * 0.01  # 500 refusals within 5 s: no line yet
             admission.refuse("m", QUEUE_FULL if i % 5 else PAST_BUDGET)
@@ -230,7 +230,7 @@ def test_the_bentoml_gate_turns_a_shed_503_into_retry_after_and_counts_it_once()
         answer = run(scenario(route))
         assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
         assert "CAPSNET_MAX_LATENCY_MS" in answer.json()["error"]
-    # a shed is counted where the model's batcher sheds it (serving/core.py, under every route); the
+    # a shed is counted where the model's batcher sheds it (serving/handlers/classify.py, under every route); the
     # gate only answers it, so the stand-in app's 503s add nothing here
     assert admission.snapshot()["refused"] == {}
 

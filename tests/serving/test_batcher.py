@@ -1,4 +1,4 @@
-"""The dynamic batcher (serving/batcher.py) and the statistics it records (serving/statistics.py),
+"""The dynamic batcher (serving/engine/batcher.py) and the statistics it records (serving/engine/statistics.py),
 in-process with a model that records the batches it is given."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from serving.batcher import DynamicBatcher, QueuedTooLong
-from serving.statistics import ModelStatistics
+from serving.engine.batcher import DynamicBatcher, QueuedTooLong
+from serving.engine.statistics import ModelStatistics
 from tests.serving.fakes import run
 
 

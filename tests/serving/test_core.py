@@ -1,4 +1,4 @@
-"""serving/core.py without BentoML or a server: validation, uploads, responses, metadata."""
+"""serving/handlers/classify.py without BentoML or a server: validation, uploads, responses, metadata."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.core import ModelOutputError, ServedModel, ServingCore, UnknownModelError
+from serving.handlers.classify import ModelOutputError, ServedModel, ServingCore, UnknownModelError
+from serving.handlers.validation import InputError
 from serving.settings import ServingSettings
-from serving.validation import InputError
 from tests.helpers import REPO
 
 
@@ -91,7 +91,7 @@ def test_metadata_and_several_models(core, registered):
 
 
 def test_the_serving_core_imports_neither_torch_nor_training():
-    code = ("import sys, serving.core, serving.http_app, serving.grpc_server; "
+    code = ("import sys, serving.handlers.classify, serving.bento.middleware, serving.oip.grpc_service; "
             "sys.exit(any(m == 'torch' or m.startswith('training') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
@@ -105,8 +105,8 @@ def test_the_serving_core_imports_neither_torch_nor_training():
 def test_why_cuda_is_not_used_is_said_in_words(monkeypatch, registered, caplog, providers, gpus, preload_error, words):
     import logging
 
-    import serving.providers as providers_module
-    import serving.runtime as runtime
+    import serving.engine.providers as providers_module
+    import serving.engine.runtime as runtime
 
     def preload() -> None:
         if preload_error:
@@ -116,14 +116,14 @@ def test_why_cuda_is_not_used_is_said_in_words(monkeypatch, registered, caplog, 
     monkeypatch.setattr(providers_module, "gpu_count", lambda: gpus)
     monkeypatch.setattr(providers_module.ort, "preload_dlls", preload)
     assert words in providers_module.cuda_unavailable_reason()
-    with caplog.at_level(logging.INFO, logger="serving.runtime"):
+    with caplog.at_level(logging.INFO, logger="serving.engine.runtime"):
         served = runtime.CapsNetRuntime(registered.path)
     assert served.provider == "CPUExecutionProvider" and words in served.cuda_unavailable
     assert any("CUDA not used" in r.getMessage() and words in r.getMessage() for r in caplog.records)
 
 
 def test_cuda_is_asked_for_when_it_can_work(monkeypatch, registered):
-    import serving.runtime as runtime
+    import serving.engine.runtime as runtime
 
     asked = []
     real_session = runtime.ort.InferenceSession

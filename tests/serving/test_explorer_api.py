@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from serving.explorer import PERTURBATION_DELTAS
+from serving.handlers.explorer import PERTURBATION_DELTAS
 from training.data import synthetic_digits
 
 IMAGES = synthetic_digits(3, seed=11)[0].astype(np.float32) / 255.0  # [3, 28, 28]
@@ -114,7 +114,7 @@ def test_bad_explorer_input_is_a_4xx_and_the_server_stays_correct(client, explai
 
 
 def test_non_finite_poses_are_refused():
-    from serving.validation import InputError, validate_poses
+    from serving.handlers.validation import InputError, validate_poses
 
     poses = np.zeros((1, 10, 8))
     poses[0, 2, 3] = np.nan

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
-from serving.admission import Admission
-from serving.grpc_server import InferenceServicer
-from serving.oip_http import OipHttpApp
-from serving.repository import StoredVersion
+from serving.engine.admission import Admission
+from serving.engine.repository import StoredVersion
+from serving.oip.grpc_service import InferenceServicer
+from serving.oip.rest import OipHttpApp
 from tests.serving.fakes import Aborted, Blocking, FakeContext, FixedModels, grpc_request, oip_request, run, served
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.preprocess import preprocess_encoded, to_mnist
-from serving.validation import InputError
+from serving.handlers.preprocess import preprocess_encoded, to_mnist
+from serving.handlers.validation import InputError
 from training.data import load_split
 
 

@@ -1,4 +1,4 @@
-"""Starting the protocol servers (serving/protocols.py) when a port is taken."""
+"""Starting the protocol servers (serving/oip/listeners.py) when a port is taken."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from serving.admission import Admission
-from serving.protocols import ProtocolServers
+from serving.engine.admission import Admission
+from serving.oip.listeners import ProtocolServers
 from serving.settings import ServingSettings
 from tests.helpers import free_port
 from tests.serving.fakes import Blocking, run, served

@@ -1,4 +1,4 @@
-"""Version policies and the model repository (serving/repository.py) with a stand-in store: which
+"""Version policies and the model repository (serving/engine/repository.py) with a stand-in store: which
 versions serve, what the index says, load and unload while requests are answered."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from serving.repository import (
+from serving.engine.repository import (
     ModelControlDisabled,
     ModelRepository,
     StoredVersion,
@@ -18,7 +18,7 @@ from serving.repository import (
     VersionPolicy,
     parse_policies,
 )
-from serving.validation import InputError
+from serving.handlers.validation import InputError
 from tests.serving.fakes import run
 
 T0 = datetime(2026, 12, 1)

@@ -14,8 +14,8 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from serving.preprocess import preprocess_encoded
-from serving.providers import cuda_unavailable_reason
+from serving.engine.providers import cuda_unavailable_reason
+from serving.handlers.preprocess import preprocess_encoded
 from tests.serving.fakes import NAN_IMAGE
 from tests.serving.server import (
     GRPC_TIMEOUT,
@@ -247,7 +247,7 @@ def test_serve_without_a_registered_model_exits_with_instructions(tmp_path):
 
 
 def test_required_gpu_fails_readiness_on_cpu(registered):
-    from serving.providers import gpu_count
+    from serving.engine.providers import gpu_count
 
     if gpu_count() > 0:
         pytest.skip("a GPU is present: readiness would legitimately pass")

@@ -122,7 +122,7 @@ def test_an_uploaded_pair_is_fitted_to_the_pair_models_input(server, pairs):
 
     from PIL import Image
 
-    from serving.preprocess import preprocess_encoded
+    from serving.handlers.preprocess import preprocess_encoded
 
     buf = io.BytesIO()
     Image.fromarray((255 - pairs[0][0, 0] * 255).astype(np.uint8)).resize((180, 180)).save(buf, "PNG")

@@ -76,12 +76,12 @@ def test_bad_input_is_a_4xx_with_one_error_shape_and_one_log_line(client, caplog
 
 
 def test_a_server_fault_is_a_500_that_keeps_its_traceback(client, service, caplog, monkeypatch):
-    import serving.core
+    import serving.handlers.classify
 
     def broken(self, outputs, model=None, reconstructions=False):
         raise RuntimeError("simulated model fault")
 
-    monkeypatch.setattr(serving.core.ServingCore, "predictions", broken)
+    monkeypatch.setattr(serving.handlers.classify.ServingCore, "predictions", broken)
     with caplog.at_level(logging.INFO):
         response = client.post("/classify", json={"images": np.zeros((1, 28, 28)).tolist()})
     assert response.status_code == 500 and list(response.json()) == ["error"]

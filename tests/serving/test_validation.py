@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from serving.validation import InputError, validate_images
+from serving.handlers.validation import InputError, validate_images
 
 
 def test_accepts_both_layouts_and_lists():

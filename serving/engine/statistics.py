@@ -1,7 +1,7 @@
 """Per model version inference statistics, in the shape of the Open Inference Protocol's statistics
-extension (Triton's `ModelStatistics`), recorded by the batcher (serving/batcher.py) and the model's
-`infer` (serving/core.py) for every protocol's requests, and mirrored onto /metrics as Triton's
-`nv_inference_*` series (serving/metrics.py).
+extension (Triton's `ModelStatistics`), recorded by the batcher (serving/engine/batcher.py) and the model's
+`infer` (serving/handlers/classify.py) for every protocol's requests, and mirrored onto /metrics as Triton's
+`nv_inference_*` series (serving/bento/prometheus.py).
 
 The meanings follow Triton's:
 - success / fail: requests (count) and their whole time in the model, queue to answer (ns);

@@ -5,7 +5,7 @@
   object with a string).
 - Limits before BentoML parses a body: 413 over CAPSNET_MAX_REQUEST_BYTES; 400 for a text value in
   a file field (BentoML would take it for a URL and fetch it, or fail with a 500); 503 with
-  Retry-After when the model a request names is full (serving/admission.py), and the same answer
+  Retry-After when the model a request names is full (serving/engine/admission.py), and the same answer
   for a request BentoML's batcher shed after the latency budget, with no traceback in the log.
 - A client's mistake is logged as one WARNING line, not as an ERROR with a traceback.
 - Requests BentoML would parse the wrong way get a 400: a JSON API sent a form (BentoML parses it
@@ -31,14 +31,14 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.staticfiles import StaticFiles
 
-from serving.admission import PAST_BUDGET, Admission, Overloaded
+from serving.engine.admission import PAST_BUDGET, Admission, Overloaded
 
 log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
 READ_ONLY = ("/metadata",)  # APIs that only read: served and documented as GET
 # APIs whose answer needs something the named model may have been exported without (reconstructions,
-# the explorer's graphs): they can answer 422 (serving/validation.py: CapabilityError)
+# the explorer's graphs): they can answer 422 (serving/handlers/validation.py: CapabilityError)
 CAPABILITY_ROUTES = ("/classify", "/classify_image", "/explain", "/explain_image", "/reconstruct", "/perturb")
 # BentoML logs every exception of an API call here ("Exception on /path [POST]" + traceback).
 BENTOML_REQUEST_LOGGER = "bentoml._internal.server.http_app"
@@ -208,7 +208,7 @@ class AdmissionGate:
     names the model (`classify`, `classify_image`; NAME or NAME:VERSION; none named, or one that
     `is_served` denies: `default_model`, so made-up names add no counters; the service answers those
     404). A request the model's admission refuses gets 503 + Retry-After at once. A 503 from inside
-    (the model's batcher shed the request after the latency budget; serving/core.py counted it) is
+    (the model's batcher shed the request after the latency budget; serving/handlers/classify.py counted it) is
     answered the same way."""
 
     def __init__(self, app: Any, admission: Admission, routes: dict[str, str | None], default_model: str,
@@ -486,9 +486,9 @@ def gate_in_front(service: Any, gate: Any) -> None:
     service.__class__ = GatedService
 
 
-EXPLORER_DIR = Path(__file__).with_name("explorer")
+EXPLORER_DIR = Path(__file__).parents[1] / "explorer_page"
 
 
 def explorer_page() -> StaticFiles:
-    """The explorer page's static files (serving/explorer/), index.html at the folder's root."""
+    """The explorer page's static files (serving/explorer_page/), index.html at the folder's root."""
     return StaticFiles(directory=EXPLORER_DIR, html=True)

@@ -1,7 +1,7 @@
 """What the capsule explorer shows, without BentoML: explanations (reconstruction and part-whole
 map), redrawing edited poses, the paper's Fig. 4 perturbation grid, and equivariance strips.
 
-Torch-free like serving/core.py; the APIs in serving/service.py and the page in serving/explorer/
+Torch-free like serving/handlers/classify.py; the APIs in serving/service.py and the page in serving/explorer_page/
 call these. They run the model's ONNX Runtime sessions directly, not through the batcher: their
 answers are large and interactive, not a throughput path.
 """
@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from serving.core import Prediction, ServedModel, ServingCore, require_finite
-from serving.validation import CapabilityError, InputError, validate_images, validate_label, validate_poses
+from serving.handlers.classify import Prediction, ServedModel, ServingCore, require_finite
+from serving.handlers.validation import CapabilityError, InputError, validate_images, validate_label, validate_poses
 
 EXPLAIN_OUTPUTS = ("reconstruction", "routing", "primary_lengths")
 # The paper's Fig. 4: each pose dimension moved from -0.25 to +0.25 in steps of 0.05 (11 columns).

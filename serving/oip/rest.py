@@ -21,7 +21,7 @@ work, one route table. It feeds the same per-model batchers as the BentoML APIs 
 Errors are `{"error": "..."}`: 400 for a bad request or tensor, 403 for load/unload on a server without
 model control, 404 for an unknown (or unloaded) model, version or route, 405 for a wrong method, 413
 for a body over CAPSNET_MAX_REQUEST_BYTES; one log line each.
-503 with Retry-After when the model is full (serving/admission.py), decided before the body is read;
+503 with Retry-After when the model is full (serving/engine/admission.py), decided before the body is read;
 those are counted and summarised, not logged one by one.
 """
 
@@ -38,8 +38,10 @@ import numpy as np
 import uvicorn
 from google.protobuf import json_format
 
-from serving.admission import Admission, Overloaded
-from serving.oip import (
+from serving.engine.admission import Admission, Overloaded
+from serving.engine.repository import ModelControlDisabled, UnknownModelError
+from serving.handlers.validation import InputError
+from serving.oip.types import (
     EXTENSIONS,
     SERVER_NAME,
     SERVER_VERSION,
@@ -49,9 +51,7 @@ from serving.oip import (
     image_tensor,
     raw_bytes,
 )
-from serving.repository import ModelControlDisabled, UnknownModelError
 from serving.settings import ServingSettings
-from serving.validation import InputError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ class HttpError(Exception):
 
 
 class OipHttpApp:
-    """The ASGI app: `models` (the served set, serving/protocols.py), `is_ready` for the health and readiness routes."""
+    """The ASGI app: `models` (the served set, serving/oip/listeners.py), `is_ready` for the health and
+    readiness routes."""
 
     def __init__(self, models: ModelSource, is_ready: Callable[[], bool], max_images: int,
                  max_request_bytes: int, admission: Admission) -> None:

@@ -5,9 +5,9 @@ lone request on an idle server runs at once instead of being held for batch-mate
 
 Every protocol's requests to a model version share its batcher: the BentoML APIs, OIP REST and gRPC.
 It is ours rather than BentoML's adaptive batcher because the model set changes while serving
-(serving/repository.py loads and unloads versions; BentoML's batchers are fixed when the service class
+(serving/engine/repository.py loads and unloads versions; BentoML's batchers are fixed when the service class
 is declared) and because the statistics extension needs each request's queue time and each batch's
-compute time (serving/statistics.py), which BentoML's batcher does not expose.
+compute time (serving/engine/statistics.py), which BentoML's batcher does not expose.
 
 With a queue delay (CAPSNET_MAX_QUEUE_DELAY_MS, Triton's max_queue_delay_microseconds; default 0), a
 batch that is not full waits until its oldest request has waited that long, for batch-mates: useful
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.statistics import BatchTimes, ModelStatistics
+from serving.engine.statistics import BatchTimes, ModelStatistics
 
 Outputs = dict[str, np.ndarray]
 Run = Callable[[np.ndarray], Outputs]  # images [B, 1, S, S] -> {output name: [B, ...]}

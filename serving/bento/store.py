@@ -1,7 +1,7 @@
 """What one `bentoml serve` serves at start-up: its settings and the registered model versions, chosen
-once at import by CAPSNET_MODEL_TAG and the version policies (serving/repository.py). BentoML packs the
+once at import by CAPSNET_MODEL_TAG and the version policies (serving/engine/repository.py). BentoML packs the
 versions named here into a Bento when it is built, and the per-model `infer_*` APIs are declared from
-them (serving/api_types.py); with CAPSNET_MODEL_CONTROL=explicit the repository loads others later."""
+them (serving/bento/api_types.py); with CAPSNET_MODEL_CONTROL=explicit the repository loads others later."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import bentoml
 
-from serving.core import task_of
-from serving.repository import StoredVersion, VersionPolicy, parse_policies
+from serving.engine.repository import StoredVersion, VersionPolicy, parse_policies
+from serving.handlers.classify import task_of
 from serving.settings import MODEL_PREFIX, ServingSettings, bento_model_tags
 
 
@@ -80,7 +80,7 @@ def resolve_models(wanted: dict[str, VersionPolicy]) -> list[bentoml.Model]:
 
 settings = ServingSettings.from_env()
 # name -> version policy, the default model first (the order NAMES and the repository keep)
-_wanted = wanted_models(settings, bento_model_tags(Path(__file__).resolve().parents[1]))
+_wanted = wanted_models(settings, bento_model_tags(Path(__file__).resolve().parents[2]))
 MODELS = resolve_models(_wanted)  # the versions served at start-up, default model first
 NAMES = list(dict.fromkeys(m.tag.name for m in MODELS))
 WANTED = {name: _wanted[name] for name in NAMES}

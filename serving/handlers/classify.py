@@ -18,14 +18,14 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import BaseModel, Field
 
-from serving.admission import PAST_BUDGET, Admission
-from serving.batcher import DynamicBatcher, QueuedTooLong
-from serving.preprocess import preprocess_encoded
-from serving.repository import ModelRepository, StoredVersion, UnknownModelError, VersionPolicy, parse_policies
-from serving.runtime import CUDA, CapsNetRuntime
+from serving.engine.admission import PAST_BUDGET, Admission
+from serving.engine.batcher import DynamicBatcher, QueuedTooLong
+from serving.engine.repository import ModelRepository, StoredVersion, UnknownModelError, VersionPolicy, parse_policies
+from serving.engine.runtime import CUDA, CapsNetRuntime
+from serving.engine.statistics import ModelStatistics
+from serving.handlers.preprocess import preprocess_encoded
+from serving.handlers.validation import CapabilityError, InputError, validate_images
 from serving.settings import ServingSettings
-from serving.statistics import ModelStatistics
-from serving.validation import CapabilityError, InputError, validate_images
 
 __all__ = ["ModelOutputError", "Prediction", "ServedModel", "ServingCore", "UnknownModelError", "task_of"]
 

@@ -2,8 +2,8 @@
 and unloading them while the server runs (the Open Inference Protocol's model repository extension).
 
 One repository per server process, shared by every front end (the BentoML APIs, the explorer, OIP REST
-and gRPC) through serving/core.py, so they all see the same set. It knows the BentoML model store only
-through `list_store` and opens versions through `open_version` (serving/served_models.py gives both),
+and gRPC) through serving/handlers/classify.py, so they all see the same set. It knows the BentoML model store only
+through `list_store` and opens versions through `open_version` (serving/bento/store.py gives both),
 so it is tested without BentoML.
 
 Version policies (CAPSNET_VERSION_POLICY), in the spirit of Triton's `version_policy`:
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from serving.validation import InputError
+from serving.handlers.validation import InputError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The Open Inference Protocol servers of one service process, started and stopped together: gRPC
-(serving/grpc_server.py) and REST (serving/oip_http.py), each on its own port, both feeding the same
-per-model-version batchers, and `ServedOipModels`: what both see of the served models (serving/core.py's
+(serving/oip/grpc_service.py) and REST (serving/oip/rest.py), each on its own port, both feeding the same
+per-model-version batchers, and `ServedOipModels`: what both see of the served models (serving/handlers/classify.py's
 repository), so a model loaded or unloaded is seen by every protocol at once."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from serving.admission import Admission
-from serving.core import ServedModel, ServingCore
-from serving.grpc_server import serve_over_grpc
-from serving.oip import ModelSource, OipModel
-from serving.oip_http import OipHttpApp, serve_over_http
-from serving.providers import CUDA
-from serving.repository import VersionPolicy
+from serving.engine.admission import Admission
+from serving.engine.providers import CUDA
+from serving.engine.repository import VersionPolicy
+from serving.handlers.classify import ServedModel, ServingCore
+from serving.oip.grpc_service import serve_over_grpc
+from serving.oip.rest import OipHttpApp, serve_over_http
+from serving.oip.types import ModelSource, OipModel
 from serving.settings import ServingSettings
 
 

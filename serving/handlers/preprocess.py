@@ -15,7 +15,7 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from serving.validation import InputError
+from serving.handlers.validation import InputError
 
 MARGIN = 4  # MNIST digits were normalised to fit a 20x20 box and centred by centre of mass in
 # 28x28: a 4 px margin; a model with a larger input (36x36 pairs) gets its ink fitted the same way

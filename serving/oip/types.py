@@ -1,6 +1,6 @@
 """The Open Inference Protocol v2 (KServe / Triton) pieces both transports share: what a served model
-looks like to the protocol, and the one input tensor turned into validated images. serving/grpc_server.py
-speaks it over gRPC, serving/oip_http.py over REST; both hand images to the same batcher."""
+looks like to the protocol, and the one input tensor turned into validated images. serving/oip/grpc_service.py
+speaks it over gRPC, serving/oip/rest.py over REST; both hand images to the same batcher."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from serving.triton_config import CLASSIFIED_OUTPUT, PLATFORM, Tensor, model_config
-from serving.validation import InputError, validate_images
+from serving.handlers.validation import InputError, validate_images
+from serving.oip.triton_config import CLASSIFIED_OUTPUT, PLATFORM, Tensor, model_config
 
 Infer = Callable[[np.ndarray], Awaitable[dict[str, np.ndarray]]]
 # datatype -> (numpy dtype of its raw little-endian bytes, scale to [0, 1]): UINT8 images are MNIST's bytes
@@ -81,7 +81,7 @@ class OipModel:
 
 
 class ModelSource(Protocol):
-    """What the protocol servers ask of the served models (serving/protocols.py: the repository's view)."""
+    """What the protocol servers ask of the served models (serving/oip/listeners.py: the repository's view)."""
 
     def find(self, name: str, version: str) -> OipModel:
         """The served model (version ''): its preferred version); UnknownModelError otherwise."""

@@ -19,8 +19,10 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from serving.admission import Admission, Overloaded
-from serving.oip import (
+from serving.engine.admission import Admission, Overloaded
+from serving.engine.repository import ModelControlDisabled, UnknownModelError
+from serving.handlers.validation import InputError
+from serving.oip.types import (
     EXTENSIONS,
     SERVER_NAME,
     SERVER_VERSION,
@@ -30,9 +32,7 @@ from serving.oip import (
     image_tensor,
     raw_bytes,
 )
-from serving.repository import ModelControlDisabled, UnknownModelError
 from serving.settings import ServingSettings
-from serving.validation import InputError
 
 log = logging.getLogger(__name__)
 

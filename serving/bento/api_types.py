@@ -1,7 +1,7 @@
-"""The types the BentoML APIs declare, derived from the models served at start-up (serving/served_models.py):
+"""The types the BentoML APIs declare, derived from the models served at start-up (serving/bento/store.py):
 what clients may send, with examples, as the OpenAPI document states it (validation itself lives in
-serving/validation.py, and serving/core.py finds the model, so models loaded later are served too), and
-the per-model low-level `infer` APIs."""
+serving/handlers/validation.py, and serving/handlers/classify.py finds the model, so models loaded later
+are served too), and the per-model low-level `infer` APIs."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import numpy as np
 from bentoml.validators import ContentType
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
 
-from serving.core import Prediction
-from serving.explorer import MAX_ROTATION, MAX_SHIFT, Explanation
-from serving.served_models import MODELS, NAMES, settings
-from serving.validation import (
+from serving.bento.store import MODELS, NAMES, settings
+from serving.handlers.classify import Prediction
+from serving.handlers.explorer import MAX_ROTATION, MAX_SHIFT, Explanation
+from serving.handlers.validation import (
     image_json_schema,
     images_json_schema,
     no_booleans,
@@ -49,7 +49,7 @@ WithReconstructions = Annotated[bool, Field(
 Predictions = Annotated[list[Prediction], ContentType("application/json")]
 Explanations = Annotated[list[Explanation], ContentType("application/json")]
 
-# The explorer's inputs (serving/explorer.py), with examples for the OpenAPI document.
+# The explorer's inputs (serving/handlers/explorer.py), with examples for the OpenAPI document.
 CLASSES = max(len(m.info.metadata["class_names"]) for m in MODELS)
 POSE_SHAPES = tuple(sorted({(len(m.info.metadata["class_names"]), m.info.metadata["model_config"]["digit_dim"])
                             for m in MODELS}))

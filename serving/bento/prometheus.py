@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from serving.statistics import BatchTimes, ModelStatistics
+from serving.engine.statistics import BatchTimes, ModelStatistics
 
 # name -> help; each labelled model, version
 TRITON_SERIES = {
@@ -71,5 +71,5 @@ def record_batch(stats: ModelStatistics, times: BatchTimes) -> None:
     _add("nv_inference_exec_count", stats, 1)
 
 
-# what ModelStatistics calls with each record (serving/core.py ServedModel.load)
+# what ModelStatistics calls with each record (serving/handlers/classify.py ServedModel.load)
 STATISTICS_HOOKS = {"on_request": record_request, "on_batch": record_batch}

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from serving.providers import CPU, CUDA, cuda_unavailable_reason
+from serving.engine.providers import CPU, CUDA, cuda_unavailable_reason
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class CapsNetRuntime:
 
     def run(self, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
         """Any of the graph's outputs for validated images [N, 1, S, S]. The batcher counts what it runs
-        (serving/statistics.py); the explorer's views call this directly, outside it."""
+        (serving/engine/statistics.py); the explorer's views call this directly, outside it."""
         return dict(zip(names, self.session.run(names, {"image": images}), strict=True))
 
     def decode(self, poses: np.ndarray, labels: np.ndarray) -> np.ndarray:
