@@ -121,7 +121,7 @@ pretrained: pretrained-model  ## `pretrained-model`, then serve them until Ctrl-
 # does not displace the shipped one `make pretrained` registered); CAPSNET_MODEL_TAG=NAME:VERSION,... pins
 # versions. It prints what will serve before starting; capsnet-mnist answers requests that name none.
 serve: setup  ## serve every registered capsnet-* model (the best version of each, or CAPSNET_MODEL_TAG's) until Ctrl-C
-	@$(BIN)/python -c "import serving.service, serving.bento.store as s; print(*s.selection_lines(), sep='\n')" \
+	@$(BIN)/python -c "import serving.service as s; print(*s.store.selection_lines(s.selection, s.settings), sep='\n')" \
 	  > /tmp/capsnet-serve-check.$$$$ 2>/tmp/capsnet-serve-error.$$$$ || { \
 	  grep -v "^\s*$$" /tmp/capsnet-serve-error.$$$$ | tail -6 >&2; rm -f /tmp/capsnet-serve-*.$$$$; exit 2; }; \
 	  echo; cat /tmp/capsnet-serve-check.$$$$; rm -f /tmp/capsnet-serve-*.$$$$

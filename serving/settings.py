@@ -4,33 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
-import yaml
-
-from serving.engine.repository import parse_policies
+from serving.engine.policies import parse_policies
+from serving.engine.version import Batching
 
 
 def _flag(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
-
-
-MODEL_PREFIX = "capsnet-"  # with no CAPSNET_MODEL_TAG, the newest version of every capsnet-* model is served
-
-
-def bento_model_tags(source_root: Path) -> list[str]:
-    """The exact model tags a built Bento was built with, or [] when `source_root` (the folder
-    holding serving/) is not the src/ folder of a built Bento (e.g. the repository itself).
-
-    A Bento is laid out as <bento>/bento.yaml + <bento>/src/<our files>; bento.yaml lists the models
-    `bentoml build` packed, with exact versions. (BentoML's own alias resolution does not reach the
-    service's import in a served Bento, so we read the file.)
-    """
-    bento_yaml = source_root.parent / "bento.yaml"
-    if source_root.name != "src" or not bento_yaml.is_file():
-        return []
-    info = yaml.safe_load(bento_yaml.read_text()) or {}
-    return [str(m["tag"]) for m in info.get("models") or [] if isinstance(m, dict) and "tag" in m]
 
 
 @dataclass(frozen=True)
@@ -66,6 +46,10 @@ class ServingSettings:
     # CAPSNET_ACCESS_LOG: BentoML's line per HTTP request (~300 bytes; megabytes a minute under load).
     # Off by default: errors are logged one line each and refusals summed up (serving/engine/admission.py).
     access_log: bool = False
+
+    @property
+    def batching(self) -> Batching:
+        return Batching(self.max_batch_size, self.max_latency_ms, self.max_queue_delay_ms)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServingSettings:

@@ -1,23 +1,41 @@
-"""What one `bentoml serve` serves at start-up: its settings and the registered model versions, chosen
-once at import by CAPSNET_MODEL_TAG and the version policies (serving/engine/repository.py). BentoML packs the
-versions named here into a Bento when it is built, and the per-model `infer_*` APIs are declared from
-them (serving/bento/api_types.py); with CAPSNET_MODEL_CONTROL=explicit the repository loads others later."""
+"""The BentoML model store as the server sees it, and what one `bentoml serve` serves at start-up:
+the registered versions chosen by CAPSNET_MODEL_TAG, a built Bento's models and the version policies
+(serving/engine/policies.py). Functions only: serving/service.py, the composition root, calls
+`select_at_startup` once; BentoML packs the versions it names into a Bento when one is built, and the
+per-model `infer_*` APIs are declared from them (serving/bento/api_types.py). With
+CAPSNET_MODEL_CONTROL=explicit the repository loads others later through `list_store`."""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import bentoml
+import yaml
 
-from serving.engine.repository import StoredVersion, VersionPolicy, parse_policies
-from serving.handlers.classify import task_of
-from serving.settings import MODEL_PREFIX, ServingSettings, bento_model_tags
+from serving.engine.facts import ModelFacts
+from serving.engine.policies import StoredVersion, VersionPolicy, parse_policies, split_tag
+from serving.engine.repository import default_order
+from serving.settings import ServingSettings
+
+MODEL_PREFIX = "capsnet-"  # with no CAPSNET_MODEL_TAG, every capsnet-* model in the store serves
 
 
-def objects_of(model: bentoml.Model) -> int:
-    """How many objects one input of this registered export holds."""
-    return int(task_of(model.info.metadata)["objects"])
+def bento_model_tags(source_root: Path) -> list[str]:
+    """The exact model tags a built Bento was built with, or [] when `source_root` (the folder
+    holding serving/) is not the src/ folder of a built Bento (e.g. the repository itself).
+
+    A Bento is laid out as <bento>/bento.yaml + <bento>/src/<our files>; bento.yaml lists the models
+    `bentoml build` packed, with exact versions. (BentoML's own alias resolution does not reach the
+    service's import in a served Bento, so we read the file.)
+    """
+    bento_yaml = source_root.parent / "bento.yaml"
+    if source_root.name != "src" or not bento_yaml.is_file():
+        return []
+    info = yaml.safe_load(bento_yaml.read_text()) or {}
+    return [str(m["tag"]) for m in info.get("models") or [] if isinstance(m, dict) and "tag" in m]
 
 
 def list_store(extra_names: tuple[str, ...] = ()) -> list[StoredVersion]:
@@ -26,7 +44,8 @@ def list_store(extra_names: tuple[str, ...] = ()) -> list[StoredVersion]:
             for m in bentoml.models.list() if m.tag.name.startswith(MODEL_PREFIX) or m.tag.name in extra_names]
 
 
-def path_and_metadata(tag: str) -> tuple[str, dict]:
+def path_and_metadata(tag: str) -> tuple[str, dict[str, Any]]:
+    """Where a registered version's export lies, and the store's record of it."""
     model = bentoml.models.get(tag)
     return model.path, model.info.metadata
 
@@ -42,7 +61,7 @@ def wanted_models(settings: ServingSettings, bento_tags: list[str]) -> dict[str,
         return {name: policies.get(name, default_policy) for name in names}
     pinned: dict[str, list[str]] = {}
     for entry in entries:
-        name, _, version = entry.partition(":")
+        name, version = split_tag(entry)
         if version and version != "latest":
             pinned.setdefault(name, []).append(version)
         else:
@@ -51,15 +70,35 @@ def wanted_models(settings: ServingSettings, bento_tags: list[str]) -> dict[str,
             policies.get(name, default_policy) for name, versions in pinned.items()}
 
 
-def resolve_models(wanted: dict[str, VersionPolicy]) -> list[bentoml.Model]:
-    """The stored versions `wanted` selects, the default model (a single-object one, capsnet-mnist
-    first) first. Exits saying how to create one if a name or pinned version is missing."""
+@dataclass(frozen=True)
+class Selection:
+    """The versions one server starts with: `wanted` (name -> version policy) and `models` (the stored
+    versions they select), both default model first; `facts` of each name's preferred version."""
+
+    wanted: dict[str, VersionPolicy]
+    models: list[bentoml.Model]
+    facts: dict[str, ModelFacts]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.wanted)
+
+    @property
+    def default_name(self) -> str:
+        return self.names[0]
+
+
+def select_at_startup(settings: ServingSettings, source_root: Path) -> Selection:
+    """The versions `settings` (and a built Bento at `source_root`) select from the store. Exits
+    saying how to create one if a name or pinned version is missing."""
+    wanted = wanted_models(settings, bento_model_tags(source_root))
     store = list_store(tuple(wanted))
-    found, problems = [], []
+    found: dict[str, list[bentoml.Model]] = {}
+    problems = []
     for name, policy in wanted.items():
         versions = [v for v in store if v.name == name]
         try:
-            found += [bentoml.models.get(v.tag) for v in policy.select(versions)] if versions else []
+            found[name] = [bentoml.models.get(v.tag) for v in policy.select(versions)] if versions else []
         except ValueError as e:  # a pinned version that is not registered
             problems.append(f"{name}: {e}")
         if not versions:
@@ -75,22 +114,17 @@ def resolve_models(wanted: dict[str, VersionPolicy]) -> list[bentoml.Model]:
             "(or point CAPSNET_MODEL_TAG at registered models, NAME or NAME:VERSION, comma-separated: "
             "`bentoml models list`).\n\n")
         raise SystemExit(2)
-    return sorted(found, key=lambda m: (objects_of(m) != 1, m.tag.name != f"{MODEL_PREFIX}mnist", m.tag.name))
+    facts = {name: ModelFacts.read(models[0].path) for name, models in found.items()}
+    order = default_order((name, facts[name].objects) for name in found)
+    return Selection({name: wanted[name] for name in order}, [m for name in order for m in found[name]],
+                     {name: facts[name] for name in order})
 
 
-settings = ServingSettings.from_env()
-# name -> version policy, the default model first (the order NAMES and the repository keep)
-_wanted = wanted_models(settings, bento_model_tags(Path(__file__).resolve().parents[2]))
-MODELS = resolve_models(_wanted)  # the versions served at start-up, default model first
-NAMES = list(dict.fromkeys(m.tag.name for m in MODELS))
-WANTED = {name: _wanted[name] for name in NAMES}
-
-
-def selection_lines() -> list[str]:
+def selection_lines(selection: Selection, settings: ServingSettings) -> list[str]:
     """What `make serve` prints before starting: each version that will serve, with its validation
     accuracy and source, and the settings that chose it."""
     lines = []
-    for m in MODELS:
+    for m in selection.models:
         accuracy = m.info.metadata.get("val_accuracy")
         lines.append(f"  {m.tag}  " + (f"validation {100 * accuracy:.2f} %" if accuracy is not None else
                                        "(no validation accuracy recorded)")
@@ -98,5 +132,5 @@ def selection_lines() -> list[str]:
     chosen_by = (f"CAPSNET_MODEL_TAG={','.join(settings.model_tags)}" if settings.model_tags else
                  f"version policy {settings.version_policy!r} (CAPSNET_VERSION_POLICY; 'best' = the highest "
                  "validation accuracy of each model's registered versions)")
-    return [f"Serving {len(MODELS)} model version(s), chosen by {chosen_by}; {NAMES[0]} answers requests that "
-            "name no model:", *lines]
+    return [f"Serving {len(selection.models)} model version(s), chosen by {chosen_by}; {selection.default_name} "
+            "answers requests that name no model:", *lines]

@@ -26,25 +26,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from serving.errors import QUEUE_FULL, SETTING_OF, Overloaded
+
 log = logging.getLogger(__name__)
 
-QUEUE_FULL = "queue full"  # refused at the door: the model already has max_queue requests
-PAST_BUDGET = "past latency budget"  # admitted, then shed by the model's batcher after CAPSNET_MAX_LATENCY_MS
-SETTING_OF = {QUEUE_FULL: "CAPSNET_MAX_QUEUE", PAST_BUDGET: "CAPSNET_MAX_LATENCY_MS"}
 SUMMARY_INTERVAL_S = 10.0
-
-
-class Overloaded(Exception):
-    """A request this server will not serve now, but would later: HTTP 503 with Retry-After, gRPC
-    UNAVAILABLE. `reason` is QUEUE_FULL or PAST_BUDGET."""
-
-    def __init__(self, model: str, reason: str, retry_after_s: int, limit: int | None = None) -> None:
-        self.model, self.reason, self.retry_after_s = model, reason, retry_after_s
-        if reason == QUEUE_FULL:
-            why = f"model {model} already has {limit} requests waiting"
-        else:
-            why = f"the request waited longer than the latency budget for model {model}"
-        super().__init__(f"server overloaded: {why} ({SETTING_OF[reason]}); retry after {retry_after_s} s")
 
 
 class Admission:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from serving.engine.facts import ModelFacts
 from serving.engine.providers import CPU, CUDA, cuda_unavailable_reason
 
 log = logging.getLogger(__name__)
@@ -26,7 +25,7 @@ class CapsNetRuntime:
     def __init__(self, model_dir: str | Path, intra_op_threads: int = 0) -> None:
         """`intra_op_threads`: ONNX Runtime's CPU threads for one run; 0 lets it use every core."""
         model_dir = Path(model_dir)
-        self.config: dict[str, Any] = json.loads((model_dir / "config.json").read_text())
+        self.facts = ModelFacts.read(model_dir)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = intra_op_threads
@@ -41,27 +40,14 @@ class CapsNetRuntime:
         log.info("ONNX Runtime %s on %s (asked for %s)%s", ort.__version__, self.provider, wanted,
                  f"; CUDA not used: {self.cuda_unavailable}" if self.cuda_unavailable else "")
         # decoder.onnx (capsnet export --with-decoder): redraws poses the explorer edits
-        decoder = self.config.get("decoder")
+        decoder = self.facts.config.get("decoder")
         self.decoder = ort.InferenceSession(str(model_dir / decoder["file"]), options, providers=wanted) \
             if decoder else None
-        self.graph_outputs = [out.name for out in self.session.get_outputs()]
-        self.num_classes = len(self.config["class_names"])
-        self.pose_dim = self.config["model_config"]["digit_dim"]
-        self.image_size: int = self.config["model_config"]["image_size"]
-        # reconstructions_top2 is an optional export output (two-object models); served when present
-        self.outputs = [o for o in ("probabilities", "poses", "reconstructions_top2") if o in self.graph_outputs]
-
-    @property
-    def output_dims(self) -> dict[str, list[int]]:
-        """Per output, its shape after the batch axis."""
-        k, s = self.num_classes, self.image_size
-        dims = {"probabilities": [k], "poses": [k, self.pose_dim], "reconstructions_top2": [2, 1, s, s]}
-        return {name: dims[name] for name in self.outputs}
 
     def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """images float32 [N, 1, S, S] -> {output name: [N, ...]} (probabilities [N, K], poses
         [N, K, D], and reconstructions_top2 [N, 2, 1, S, S] when the export has it)."""
-        return self.run(self.outputs, images)
+        return self.run(self.facts.served_outputs, images)
 
     def run(self, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
         """Any of the graph's outputs for validated images [N, 1, S, S]. The batcher counts what it runs
@@ -75,21 +61,14 @@ class CapsNetRuntime:
         return self.decoder.run(["image"], {"poses": poses, "label": labels})[0]
 
     def pack(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        """`infer`'s outputs -> [N, W]: every output flattened into one row per image, what the low-level
-        infer APIs answer (W = K + K*D, plus 2*S*S with reconstructions)."""
-        n = len(outputs[self.outputs[0]])
-        return np.concatenate([outputs[name].reshape(n, -1) for name in self.outputs], axis=1)
-
-    def unpack(self, packed: np.ndarray) -> dict[str, np.ndarray]:
-        """Inverse of `pack`: [N, W] -> {output name: [N, ...]}."""
-        result, start = {}, 0
-        for name, dims in self.output_dims.items():
-            width = int(np.prod(dims))
-            result[name] = packed[:, start:start + width].reshape(len(packed), *dims)
-            start += width
-        return result
+        """`infer`'s outputs -> [N, W]: every served output flattened into one row per image, in the
+        facts' order, what the low-level infer APIs answer (W = facts.packed_width)."""
+        names = self.facts.served_outputs
+        n = len(outputs[names[0]])
+        return np.concatenate([outputs[name].reshape(n, -1) for name in names], axis=1)
 
     def warm_up(self, max_batch_size: int) -> None:
         """Run the sizes the batcher will use, so the first requests do not pay for allocation."""
         for n in (1, max_batch_size):
-            self.session.run(None, {"image": np.zeros((n, 1, self.image_size, self.image_size), np.float32)})
+            size = self.facts.image_size
+            self.session.run(None, {"image": np.zeros((n, 1, size, size), np.float32)})

@@ -1,9 +1,10 @@
 """What the capsule explorer shows, without BentoML: explanations (reconstruction and part-whole
 map), redrawing edited poses, the paper's Fig. 4 perturbation grid, and equivariance strips.
 
-Torch-free like serving/handlers/classify.py; the APIs in serving/service.py and the page in serving/explorer_page/
-call these. They run the model's ONNX Runtime sessions directly, not through the batcher: their
-answers are large and interactive, not a throughput path.
+Torch-free like serving/handlers/classify.py; the APIs in serving/service.py (and through them the page
+in serving/explorer_page/) call one function per request. They run the model's ONNX Runtime sessions
+directly, not through the batcher: their answers are large and interactive, not a throughput path (each
+request still counts against its model's admission, serving/bento/admission_gate.py).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from serving.handlers.classify import Prediction, ServedModel, ServingCore, require_finite
-from serving.handlers.validation import CapabilityError, InputError, validate_images, validate_label, validate_poses
+from serving.engine.facts import EXPLAIN_OUTPUTS, POSES, PRIMARY_LENGTHS, PROBABILITIES, RECONSTRUCTION, ROUTING
+from serving.engine.version import ModelVersion
+from serving.errors import CapabilityError, InputError
+from serving.handlers.classify import Answered, Classifier, Prediction, require_finite
+from serving.handlers.validation import validate_images, validate_label, validate_poses
 
-EXPLAIN_OUTPUTS = ("reconstruction", "routing", "primary_lengths")
 # The paper's Fig. 4: each pose dimension moved from -0.25 to +0.25 in steps of 0.05 (11 columns).
 PERTURBATION_DELTAS = tuple(round(-0.25 + 0.05 * k, 2) for k in range(11))
 MAX_SHIFT, MAX_ROTATION = 6, 90.0  # equivariance limits a request may ask for
@@ -99,71 +102,94 @@ def part_whole_mass(routing: np.ndarray, primary_lengths: np.ndarray, types: int
     return mass.reshape(types, grid, grid, -1).transpose(3, 0, 1, 2)
 
 
-def explain(core: ServingCore, model: ServedModel, images: Any) -> list[Explanation]:
-    """Images -> per image, what classify returns plus the reconstruction and the part-whole map."""
-    missing = [name for name in EXPLAIN_OUTPUTS if name not in model.runtime.graph_outputs]
+def require_explorer_outputs(model: ModelVersion) -> None:
+    """CapabilityError unless `model` was exported with the explorer's outputs."""
+    missing = [name for name in EXPLAIN_OUTPUTS if name not in model.facts.graph_outputs]
     if missing:
         raise CapabilityError(f"model {model.name} was exported without the explorer's outputs ({', '.join(missing)}); "
-                         "export it again without --no-explorer")
-    batch = core.validate(images, model)
-    outputs = model.runtime.run([*model.runtime.outputs, *EXPLAIN_OUTPUTS], batch)
+                              "export it again without --no-explorer")
+
+
+def explanations(classifier: Classifier, model: ModelVersion, batch: np.ndarray) -> list[Explanation]:
+    """Validated images [N, 1, S, S] for a model with the explorer's outputs -> per image, what
+    classify returns plus the reconstruction and the part-whole map."""
+    outputs = model.runtime.run([*model.facts.served_outputs, *EXPLAIN_OUTPUTS], batch)
     require_finite(*outputs.values())
-    predictions = core.predictions(outputs, model, reconstructions="reconstructions_top2" in outputs)
-    config = model.runtime.config["model_config"]
+    predictions = classifier.predictions(outputs, model, reconstructions=model.facts.reconstructs)
+    config = model.facts.config["model_config"]
     field = receptive_field(config)
     grid = len(field.centres)
     answers = []
     for i, prediction in enumerate(predictions):
-        mass = part_whole_mass(outputs["routing"][i], outputs["primary_lengths"][i], config["primary_types"], grid)
+        mass = part_whole_mass(outputs[ROUTING][i], outputs[PRIMARY_LENGTHS][i], config["primary_types"], grid)
         answers.append(Explanation(
-            **prediction.model_dump(), input=batch[i].tolist(), reconstruction=outputs["reconstruction"][i].tolist(),
+            **prediction.model_dump(), input=batch[i].tolist(), reconstruction=outputs[RECONSTRUCTION][i].tolist(),
             part_whole=PartWhole(mass=mass.tolist(), grid_mass=mass.sum(1).tolist(), receptive_field=field)))
     return answers
 
 
-def require_decoder(model: ServedModel) -> None:
-    """InputError unless `model` was exported with its decoder graph."""
+def explain(classifier: Classifier, tag: str | None, images: Any) -> Answered[list[Explanation]]:
+    """An explain request: client arrays for the version `tag` names -> its explanations."""
+    model = classifier.model_named(tag)
+    require_explorer_outputs(model)
+    return Answered(model.tag, explanations(classifier, model, classifier.validate(images, model)))
+
+
+def explain_uploads(classifier: Classifier, tag: str | None, files: list[bytes]) -> Answered[list[Explanation]]:
+    """An explain_image request: encoded files, prepared as classify_image prepares them."""
+    model = classifier.model_named(tag)
+    batch = classifier.decode_uploads(files, model)
+    require_explorer_outputs(model)
+    return Answered(model.tag, explanations(classifier, model, batch))
+
+
+def require_decoder(model: ModelVersion) -> None:
+    """CapabilityError unless `model` was exported with its decoder graph."""
     if model.runtime.decoder is None:
         raise CapabilityError(f"model {model.name} was exported without a decoder graph; "
-                         "export it again without --no-explorer")
+                              "export it again without --no-explorer")
 
 
-def reconstruct(core: ServingCore, model: ServedModel, poses: Any, label: int | None) -> Reconstructions:
+def reconstruct(classifier: Classifier, tag: str | None, poses: Any, label: int | None) -> Answered[Reconstructions]:
     """Poses [N, K, D] (+ the class to draw, default: each set's longest capsule) -> the decoder's drawings."""
+    model = classifier.model_named(tag)
     require_decoder(model)
-    r = model.runtime
-    array, chosen = validate_poses(poses, label, core.settings.max_batch_size, r.num_classes, r.pose_dim)
-    images = r.decode(array, chosen)
+    facts = model.facts
+    array, chosen = validate_poses(poses, label, classifier.settings.max_batch_size, len(facts.class_names),
+                                   facts.pose_dim)
+    images = model.runtime.decode(array, chosen)
     require_finite(images)
-    return Reconstructions(labels=chosen.tolist(), images=images.tolist())
+    return Answered(model.tag, Reconstructions(labels=chosen.tolist(), images=images.tolist()))
 
 
-def one_image(model: ServedModel, image: Any) -> np.ndarray:
+def one_image(model: ModelVersion, image: Any) -> np.ndarray:
     """One client image [S, S] or [1, S, S] -> float32 [1, 1, S, S]."""
     if np.ndim(image) not in (2, 3):
         raise InputError(f"image must be one image [S, S] or [1, S, S], got shape {list(np.shape(image))}")
-    return validate_images([image], 1, model.image_size)
+    return validate_images([image], 1, model.facts.image_size)
 
 
-def perturb(model: ServedModel, image: Any, label: int | None) -> Perturbation:
+def perturb(classifier: Classifier, tag: str | None, image: Any, label: int | None) -> Answered[Perturbation]:
     """One image -> the paper's Fig. 4 grid for capsule `label` (default: the longest)."""
+    model = classifier.model_named(tag)
     require_decoder(model)
     batch = one_image(model, image)
-    r = model.runtime
-    outputs = r.run(["probabilities", "poses"], batch)
-    probabilities, poses = outputs["probabilities"][0], outputs["poses"][0]
-    chosen = int(probabilities.argmax()) if label is None else validate_label(label, r.num_classes)
+    facts = model.facts
+    outputs = model.runtime.run([PROBABILITIES, POSES], batch)
+    probabilities, poses = outputs[PROBABILITIES][0], outputs[POSES][0]
+    chosen = int(probabilities.argmax()) if label is None else validate_label(label, len(facts.class_names))
     deltas = np.asarray(PERTURBATION_DELTAS, np.float32)
-    edited = np.repeat(poses[None], r.pose_dim * len(deltas), axis=0)  # [D * 11, K, D]
-    rows = np.repeat(np.arange(r.pose_dim), len(deltas))
-    edited[np.arange(len(edited)), chosen, rows] += np.tile(deltas, r.pose_dim)
-    images = r.decode(edited, np.full(len(edited), chosen, np.int64))
+    edited = np.repeat(poses[None], facts.pose_dim * len(deltas), axis=0)  # [D * 11, K, D]
+    rows = np.repeat(np.arange(facts.pose_dim), len(deltas))
+    edited[np.arange(len(edited)), chosen, rows] += np.tile(deltas, facts.pose_dim)
+    images = model.runtime.decode(edited, np.full(len(edited), chosen, np.int64))
     require_finite(images)
-    s = model.image_size
+    s = facts.image_size
     # 5 decimals (within 5e-6): the grid is 16 x 11 images, and full float reprs would triple its size
-    grid = images.reshape(r.pose_dim, len(deltas), s, s).astype(np.float64).round(5)
-    return Perturbation(label=chosen, class_name=model.class_names[chosen], pose=poses[chosen].tolist(),
-                        deltas=list(PERTURBATION_DELTAS), images=grid.tolist())
+    grid = images.reshape(facts.pose_dim, len(deltas), s, s).astype(np.float64).round(5)
+    return Answered(model.tag, Perturbation(label=chosen, class_name=facts.class_names[chosen],
+                                            pose=poses[chosen].tolist(), deltas=list(PERTURBATION_DELTAS),
+                                            images=grid.tolist()))
 
 
 def shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -181,11 +207,12 @@ def rotated(image: np.ndarray, degrees: float) -> np.ndarray:
     return np.clip(np.asarray(turned, np.float32), 0.0, 1.0)
 
 
-def equivariance(model: ServedModel, image: Any, max_shift: int,
-                 max_rotation: float) -> Equivariance:
+def equivariance(classifier: Classifier, tag: str | None, image: Any, max_shift: int,
+                 max_rotation: float) -> Answered[Equivariance]:
     """One image -> strips of it shifted along x and y by -max_shift..max_shift pixels and rotated by
     -max_rotation..max_rotation degrees, each with its predicted class, winning length and the pose of
     the original class's capsule (the pose should move, the class should not)."""
+    model = classifier.model_named(tag)
     if not 0 <= max_shift <= MAX_SHIFT or not 0 <= max_rotation <= MAX_ROTATION:
         raise InputError(f"max_shift must lie in [0, {MAX_SHIFT}] and max_rotation in [0, {MAX_ROTATION:g}]")
     base = one_image(model, image)[0, 0]
@@ -194,17 +221,18 @@ def equivariance(model: ServedModel, image: Any, max_shift: int,
     plan = [("shift_x", v, shifted(base, 0, v)) for v in shifts] \
         + [("shift_y", v, shifted(base, v, 0)) for v in shifts] + [("rotation", v, rotated(base, v)) for v in angles]
     batch = np.stack([base, *(im for _, _, im in plan)])[:, None]  # [1 + views, 1, S, S], the original first
-    outputs = model.runtime.run(["probabilities", "poses"], batch)
+    outputs = model.runtime.run([PROBABILITIES, POSES], batch)
     require_finite(*outputs.values())
-    probabilities, poses = outputs["probabilities"], outputs["poses"]
+    probabilities, poses = outputs[PROBABILITIES], outputs[POSES]
+    names = model.facts.class_names
     original = int(probabilities[0].argmax())
     views: dict[str, list[TransformedView]] = {}
     for k, (kind, value, im) in enumerate(plan, start=1):
         label = int(probabilities[k].argmax())
         views.setdefault(kind, []).append(TransformedView(
             value=value, image=im.astype(np.float64).round(5).tolist(), label=label,
-            class_name=model.class_names[label], length=float(probabilities[k, label]),
+            class_name=names[label], length=float(probabilities[k, label]),
             pose=poses[k, original].tolist()))
     kept = float((probabilities[1:].argmax(1) == original).mean())
-    return Equivariance(label=original, class_name=model.class_names[original], class_kept=kept,
-                        strips=[Strip(kind=kind, views=v) for kind, v in views.items()])
+    return Answered(model.tag, Equivariance(label=original, class_name=names[original], class_kept=kept,
+                                            strips=[Strip(kind=kind, views=v) for kind, v in views.items()]))

@@ -7,16 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from serving.errors import InputError
+
 MNIST_SIZE = 28
-
-
-class InputError(ValueError):
-    """The request is wrong; the message says how, in terms a client can act on."""
-
-
-class CapabilityError(InputError):
-    """The request is well formed, but the model it names cannot do it (exported without the outputs
-    it needs): HTTP 422, not 400."""
 
 
 def no_booleans(value: Any) -> Any:
@@ -30,35 +23,6 @@ def no_booleans(value: Any) -> Any:
                 raise InputError("arrays must hold numbers, not true/false")
             rows.extend(item for item in row if isinstance(item, list))
     return value
-
-
-def image_layouts(sizes: tuple[int, ...]) -> list[dict[str, Any]]:
-    """JSON schemas of one image: [S][S] and [1][S][S] numbers in [0, 1], for each side S in `sizes`."""
-    pixel = {"type": "number", "minimum": 0, "maximum": 1}
-    layouts = []
-    for size in sizes:
-        row = {"type": "array", "items": pixel, "minItems": size, "maxItems": size}
-        image = {"type": "array", "items": row, "minItems": size, "maxItems": size}
-        layouts += [image, {"type": "array", "items": image, "minItems": 1, "maxItems": 1}]
-    return layouts
-
-
-def image_json_schema(sizes: tuple[int, ...] = (MNIST_SIZE,)) -> dict[str, Any]:
-    """One image, [S][S] or [1][S][S], pixels in [0, 1] (the explorer's APIs)."""
-    shapes = " or ".join(f"[{s}][{s}] or [1][{s}][{s}]" for s in sizes)
-    return {"oneOf": image_layouts(sizes), "description": f"one image, {shapes} (the model's input size), "
-                                                          "pixels in [0, 1]"}
-
-
-def images_json_schema(max_images: int, sizes: tuple[int, ...] = (MNIST_SIZE,)) -> dict[str, Any]:
-    """The JSON schema of what validate_images accepts from JSON: [N, S, S] or [N, 1, S, S] numbers
-    in [0, 1], 1 <= N <= max_images, S one of `sizes` (the served models' input sides; published in
-    the OpenAPI document for clients)."""
-    shapes = " or ".join(f"[N][{s}][{s}] or [N][1][{s}][{s}]" for s in sizes)
-    # oneOf, not anyOf: BentoML flattens an anyOf to its first member (its way of handling Optional)
-    return {"oneOf": [{"type": "array", "items": layout, "minItems": 1, "maxItems": max_images}
-                      for layout in image_layouts(sizes)],
-            "description": f"1 to {max_images} images, {shapes} (the model's input size), pixels in [0, 1]"}
 
 
 def validate_images(images: Any, max_images: int, size: int = MNIST_SIZE) -> np.ndarray:
@@ -98,17 +62,6 @@ def validate_images(images: Any, max_images: int, size: int = MNIST_SIZE) -> np.
 
 
 POSE_LIMIT = 10.0  # capsule poses lie in the unit ball; edited ones a little beyond. Bounded: no overflow
-
-
-def poses_json_schema(max_items: int, shapes: tuple[tuple[int, int], ...]) -> dict[str, Any]:
-    """The JSON schema of what validate_poses accepts: [N][K][D] numbers in [-10, 10], 1 <= N <=
-    max_items, (K, D) one of `shapes` (the served models' capsule counts and pose sizes)."""
-    value = {"type": "number", "minimum": -POSE_LIMIT, "maximum": POSE_LIMIT}
-    return {"oneOf": [{"type": "array", "minItems": 1, "maxItems": max_items, "items": {
-        "type": "array", "minItems": k, "maxItems": k,
-        "items": {"type": "array", "items": value, "minItems": d, "maxItems": d}}} for k, d in shapes],
-        "description": f"1 to {max_items} sets of capsule poses [N][classes][pose dims], values in "
-                       f"[-{POSE_LIMIT:g}, {POSE_LIMIT:g}]"}
 
 
 def validate_poses(poses: Any, label: int | None, max_items: int, classes: int,

@@ -1,70 +1,91 @@
-"""The Open Inference Protocol servers of one service process, started and stopped together: gRPC
-(serving/oip/grpc_service.py) and REST (serving/oip/rest.py), each on its own port, both feeding the same
-per-model-version batchers, and `ServedOipModels`: what both see of the served models (serving/handlers/classify.py's
-repository), so a model loaded or unloaded is seen by every protocol at once."""
+"""The Open Inference Protocol's listeners in one service process, started and stopped together: gRPC
+(serving/oip/grpc_service.py) and REST (serving/oip/rest.py), each on its own port, both over one data
+plane (serving/oip/dataplane.py). A new transport is a translating front end plus a start here."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
 from typing import Any
 
-from serving.engine.admission import Admission
-from serving.engine.providers import CUDA
-from serving.engine.repository import VersionPolicy
-from serving.handlers.classify import ServedModel, ServingCore
-from serving.oip.grpc_service import serve_over_grpc
-from serving.oip.rest import OipHttpApp, serve_over_http
-from serving.oip.types import ModelSource, OipModel
+import grpc
+import uvicorn
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from serving.oip.dataplane import DataPlane
+from serving.oip.grpc_service import InferenceServicer
+from serving.oip.rest import OipRestApp
 from serving.settings import ServingSettings
 
+log = logging.getLogger(__name__)
 
-class ServedOipModels:
-    """The served set as the protocols see it (a ModelSource): each version as an OipModel whose `infer`
-    is the core's (its batcher, statistics and latency budget), statistics and the repository."""
 
-    def __init__(self, core: ServingCore) -> None:
-        self.core = core
-        self.repository = core.repository
+async def start_grpc(plane: DataPlane, port: int, max_message_bytes: int, shared_port: bool = False
+                     ) -> grpc.aio.Server:
+    """An asyncio gRPC server on 0.0.0.0:`port` serving the protocol over `plane`.
 
-    def view(self, model: ServedModel) -> OipModel:
-        versions = tuple(m.version for m in self.repository.served.get(model.name, [model]))
-        return OipModel(model.version, functools.partial(self.core.predict, model=model), model.image_size,
-                        model.output_dims, on_gpu=model.runtime.provider == CUDA,
-                        class_names=tuple(model.class_names), versions=versions)
+    `shared_port`: several server workers bind the same port (SO_REUSEPORT; the kernel spreads
+    connections over them). Off, a port already taken is an error instead of silently shared with
+    whatever holds it (gRPC's own default would share it)."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
+                                      ("grpc.max_send_message_length", max_message_bytes),
+                                      ("grpc.so_reuseport", int(shared_port))])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+    try:  # gRPC reports a taken port by raising or by returning 0, depending on the version
+        bound = server.add_insecure_port(f"0.0.0.0:{port}")
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise RuntimeError(f"cannot bind the gRPC port {port} (in use?); set CAPSNET_GRPC_PORT")
+    await server.start()
+    log.info("gRPC (Open Inference Protocol v2) listening on port %d", port)
+    return server
 
-    def find(self, name: str, version: str) -> OipModel:
-        return self.view(self.repository.find(name, version))
 
-    def statistics(self, name: str, version: str) -> list[dict[str, Any]]:
-        if not name:
-            return [m.statistics.as_dict() for m in self.repository.models()]
-        if version:
-            return [self.repository.find(name, version).statistics.as_dict()]
-        self.repository.find(name)  # UnknownModelError for a model not served
-        return [m.statistics.as_dict() for m in self.repository.served[name]]
+class _Uvicorn(uvicorn.Server):
+    """uvicorn inside the service's own event loop: the BentoML server owns the signals; this one
+    stops when the service shuts down (ProtocolServers.stop)."""
 
-    def index(self, ready_only: bool) -> list[dict[str, str]]:
-        return self.repository.index(ready_only)
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
-    async def load(self, name: str, config: str | None) -> None:
-        await self.repository.load(name, VersionPolicy.from_load_request(config))
 
-    async def unload(self, name: str) -> None:
-        await self.repository.unload(name)
+async def start_rest(app: OipRestApp, port: int, shared_port: bool = False) -> tuple[_Uvicorn, Any]:
+    """The REST listener on 0.0.0.0:`port` (`shared_port`: several workers share it, SO_REUSEPORT).
+    Returns the server and its task."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if shared_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(("0.0.0.0", port))
+    except OSError as e:
+        sock.close()
+        raise RuntimeError(f"cannot bind the OIP REST port {port} ({e}); set CAPSNET_OIP_HTTP_PORT") from None
+    server = _Uvicorn(uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
+                                     timeout_keep_alive=30))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    log.info("Open Inference Protocol v2 over REST listening on port %d", port)
+    return server, task
 
 
 class ProtocolServers:
+    """Both listeners of one process."""
+
     def __init__(self, grpc_server: Any, http_server: Any, http_task: Any) -> None:
         self.grpc_server, self.http_server, self.http_task = grpc_server, http_server, http_task
 
     @classmethod
-    async def start(cls, models: ModelSource, is_ready: Callable[[], bool],
-                    settings: ServingSettings, admission: Admission) -> ProtocolServers:
-        grpc_server = await serve_over_grpc(models, is_ready, settings, admission)
-        app = OipHttpApp(models, is_ready, settings.max_batch_size, settings.max_request_bytes, admission)
+    async def start(cls, plane: DataPlane, settings: ServingSettings) -> ProtocolServers:
+        shared = settings.workers > 1
+        grpc_server = await start_grpc(plane, settings.grpc_port, settings.max_request_bytes, shared)
         try:
-            return cls(grpc_server, *await serve_over_http(app, settings))
+            return cls(grpc_server, *await start_rest(OipRestApp(plane, settings.max_request_bytes),
+                                                      settings.oip_http_port, shared))
         except BaseException:  # the REST port is taken: release the gRPC one too, so a restart can bind it
             await grpc_server.stop(grace=None)
             raise

@@ -1,44 +1,65 @@
 """What the in-process serving tests share: a model call that waits until released, a stand-in for
-gRPC's servicer context, request builders, and a fixed set of OIP models behind the real repository's
-lookup (so the error messages are the server's own)."""
+gRPC's servicer context, request builders, and a data plane over fake versions behind the real
+repository's lookup (so the error messages are the server's own)."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
-from serving.engine.repository import ModelRepository
-from serving.oip.listeners import ServedOipModels
-from serving.oip.types import OipModel
+from serving.engine.admission import Admission
+from serving.engine.facts import ModelFacts
+from serving.engine.statistics import ModelStatistics
+from serving.handlers.classify import Classifier
+from serving.oip.dataplane import DataPlane
+from serving.settings import ServingSettings
 
 OUTPUTS = {"probabilities": [10], "poses": [10, 16]}
 _ROW = "[" + ",".join(["NaN"] + ["0"] * 27) + "]"
 # a /classify body with one 28x28 image holding a NaN (JSON has no NaN; Python's parser accepts it)
 NAN_IMAGE = ('{"images": [[' + ",".join([_ROW] * 28) + "]]}").encode()
+FACTS = ModelFacts({"model_config": {"image_size": 28, "digit_dim": 16}, "class_names": [str(k) for k in range(10)],
+                    "outputs": list(OUTPUTS)})
 
 
-class FixedModels(ServedOipModels):
-    """The protocols' view of the served set (index, load, unload as served), over fixed OipModels
-    (name -> model) instead of opened ServedModels, looked up by the real ModelRepository."""
+@dataclass
+class FakeVersion:
+    """A served version whose inference is `infer` (images -> outputs): what the data plane and the
+    classifier use of a ModelVersion, without ONNX Runtime."""
 
-    def __init__(self, models: dict[str, OipModel], control: bool = False) -> None:
-        self.repository = ModelRepository(list, lambda stored: None, control=control)
-        self.repository.served.update({name: [model] for name, model in models.items()})
+    name: str
+    version: str
+    infer: Any
+    facts: ModelFacts = FACTS
+    on_gpu: bool = False
 
-    def find(self, name: str, version: str) -> OipModel:
-        return self.repository.find(name, version)
+    def __post_init__(self) -> None:
+        self.statistics = ModelStatistics(self.name, self.version)
 
-    def statistics(self, name: str, version: str) -> list[dict[str, Any]]:
-        return []
+    @property
+    def tag(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    @property
+    def objects(self) -> int:
+        return self.facts.objects
 
 
-def served(model: Any, name: str = "m") -> FixedModels:
-    """One model `name`, version "1", 28x28 input, whose inference is `model`."""
-    return FixedModels({name: OipModel("1", model, 28, OUTPUTS, class_names=tuple(str(k) for k in range(10)))})
+def dataplane(model: Any, name: str = "m", admission: Admission | None = None, control: bool = False,
+              max_images: int = 8, is_ready: Any = lambda: True) -> DataPlane:
+    """The data plane over one model `name`, version "1", 28x28 input, whose inference is `model`
+    (None: no model served), looked up by the real repository (so the errors are the server's own)."""
+    settings = ServingSettings(max_batch_size=max_images)
+    classifier = Classifier.of([FakeVersion(name, "1", model)], settings, admission or Admission(4, 1))
+    classifier.repository.control = control
+    if model is None:
+        classifier.repository.served.clear()
+    return DataPlane(classifier, is_ready)
 
 
 class Blocking:

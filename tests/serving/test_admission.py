@@ -13,11 +13,25 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.bento.middleware import AdmissionGate, ClientErrorsAsOneLine, model_named_in, read_body
-from serving.engine.admission import PAST_BUDGET, QUEUE_FULL, Admission, Overloaded
+from serving.asgi import read_body, replaying
+from serving.bento.admission_gate import AdmissionGate, model_named_in
+from serving.bento.logs import ClientErrorsAsOneLine
+from serving.engine.admission import Admission
+from serving.engine.repository import ModelRepository
+from serving.errors import PAST_BUDGET, QUEUE_FULL, Overloaded
 from serving.oip.grpc_service import InferenceServicer
-from serving.oip.rest import OipHttpApp
-from tests.serving.fakes import Aborted, Blocking, FakeContext, grpc_request, oip_request, run, served, until
+from serving.oip.rest import OipRestApp
+from tests.serving.fakes import (
+    Aborted,
+    Blocking,
+    FakeContext,
+    FakeVersion,
+    dataplane,
+    grpc_request,
+    oip_request,
+    run,
+    until,
+)
 
 
 class Clock:
@@ -92,10 +106,13 @@ def test_the_gate_reads_at_most_its_limit_and_hands_on_the_rest():
             chunk = next(chunks)
             return {"type": "http.request", "body": chunk, "more_body": chunk != b"cccc"}
 
-        whole, again = await read_body(iter_receive([b"x", b"y"]))
+        first = iter_receive([b"x", b"y"])
+        whole, more = await read_body(first)
+        again = replaying(first, whole, more)
         assert [await again(), await again()] == [{"type": "http.request", "body": b"xy", "more_body": False}] * 2
-        head, replay = await read_body(receive, limit=5)
-        assert head == b"aaaabbbb"  # stopped once past the limit
+        head, more = await read_body(receive, limit=5)
+        assert head == b"aaaabbbb" and more  # stopped once past the limit
+        replay = replaying(receive, head, more)
         seen = [await replay(), await replay()]
         assert [m["more_body"] for m in seen] == [True, False]
         return [m["body"] for m in seen]
@@ -106,7 +123,7 @@ def test_the_gate_reads_at_most_its_limit_and_hands_on_the_rest():
 def test_oip_rest_refuses_past_the_limit_with_503_and_retry_after_then_serves_again():
     async def scenario() -> None:
         model, admission = Blocking(), Admission(max_queue=2, retry_after_s=2)
-        app = OipHttpApp(served(model), lambda: True, 8, 1 << 20, admission)
+        app = OipRestApp(dataplane(model, admission=admission), 1 << 20)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
             held = [asyncio.create_task(client.post("/v2/models/m/infer", json=oip_request())) for _ in range(2)]
             await until(lambda: model.calls == 2)
@@ -127,7 +144,7 @@ def test_oip_rest_answers_a_shed_request_503_and_deep_json_400():
         raise admission.refuse("m", PAST_BUDGET)
 
     admission = Admission(4, 1)
-    app = OipHttpApp(served(shed), lambda: True, 8, 4 << 20, admission)
+    app = OipRestApp(dataplane(shed, admission=admission), 4 << 20)
 
     async def scenario() -> None:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
@@ -144,7 +161,7 @@ def test_oip_rest_answers_a_shed_request_503_and_deep_json_400():
 def test_grpc_refuses_past_the_limit_with_unavailable_and_retry_metadata():
     async def scenario() -> None:
         model = Blocking()
-        servicer = InferenceServicer(served(model), lambda: True, 8, Admission(1, 2))
+        servicer = InferenceServicer(dataplane(model, admission=Admission(1, 2)))
         held = asyncio.create_task(servicer.ModelInfer(grpc_request(), FakeContext()))
         await until(lambda: model.calls == 1)
         context = FakeContext()
@@ -162,7 +179,7 @@ def test_grpc_refuses_past_the_limit_with_unavailable_and_retry_metadata():
 @pytest.mark.parametrize("raw_contents", [2, 3])
 def test_grpc_rejects_more_raw_contents_than_inputs(raw_contents):
     model = Blocking()
-    servicer = InferenceServicer(served(model), lambda: True, 8, Admission(4, 1))
+    servicer = InferenceServicer(dataplane(model))
     with pytest.raises(Aborted) as rejected:
         run(servicer.ModelInfer(grpc_request(raw_contents), FakeContext()))
     assert rejected.value.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -183,11 +200,15 @@ def inner_app(status: int, model: Blocking | None = None):
     return app
 
 
+def served(*names: str) -> ModelRepository:
+    """A repository serving fake versions of `names` (the default: the first by name)."""
+    return ModelRepository.of([FakeVersion(name, "1", None) for name in names])
+
+
 def test_the_bentoml_gate_counts_the_model_the_body_names_and_refuses_before_the_app():
     async def scenario() -> None:
         model, admission = Blocking(), Admission(1, 1)
-        gate = AdmissionGate(inner_app(200, model), admission, {"/classify": None, "/infer_b": "b"}, "a",
-                             {"a", "b"}.__contains__)
+        gate = AdmissionGate(inner_app(200, model), admission, served("a", "b"), {"/classify": None, "/infer_b": "b"})
         async with httpx.AsyncClient(transport=httpx.ASGITransport(gate), base_url="http://bento") as client:
             held = asyncio.create_task(client.post("/classify", json={"images": [], "model": "b"}))
             await until(lambda: model.calls == 1)
@@ -207,7 +228,7 @@ def test_the_bentoml_gate_counts_the_model_the_body_names_and_refuses_before_the
 def test_a_made_up_model_name_counts_against_the_default_model():
     async def scenario() -> None:
         model, admission = Blocking(), Admission(1, 1)
-        gate = AdmissionGate(inner_app(200, model), admission, {"/classify": None}, "a", {"a", "b"}.__contains__)
+        gate = AdmissionGate(inner_app(200, model), admission, served("a", "b"), {"/classify": None})
         async with httpx.AsyncClient(transport=httpx.ASGITransport(gate), base_url="http://bento") as client:
             held = asyncio.create_task(client.post("/classify", json={"images": [], "model": "made-up"}))
             await until(lambda: model.calls == 1)
@@ -219,20 +240,20 @@ def test_a_made_up_model_name_counts_against_the_default_model():
     run(scenario())
 
 
-def test_the_bentoml_gate_turns_a_shed_503_into_retry_after_and_counts_it_once():
-    async def scenario(route: str) -> httpx.Response:
-        gate = AdmissionGate(inner_app(503), admission, {"/classify": None, "/infer": "a"}, "a", {"a"}.__contains__)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(gate), base_url="http://bento") as client:
-            return await client.post(route, json={"images": []})
+def test_a_request_shed_past_the_budget_is_answered_503_with_retry_after_and_counted_once():
+    from types import SimpleNamespace
+
+    from serving.bento.answers import answered
+
+    async def shed():
+        raise admission.refuse("a", PAST_BUDGET)
 
     admission = Admission(4, 1)
-    for route in ("/classify", "/infer"):
-        answer = run(scenario(route))
-        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
-        assert "CAPSNET_MAX_LATENCY_MS" in answer.json()["error"]
-    # a shed is counted where the model's batcher sheds it (serving/handlers/classify.py, under every route); the
-    # gate only answers it, so the stand-in app's 503s add nothing here
-    assert admission.snapshot()["refused"] == {}
+    ctx = SimpleNamespace(response=SimpleNamespace(status_code=200, headers={}), request=None)
+    answer = run(answered(ctx, shed()))
+    assert answer.status_code == 503 == ctx.response.status_code and answer.headers["retry-after"] == "1"
+    assert "CAPSNET_MAX_LATENCY_MS" in json.loads(answer.body)["error"]
+    assert admission.snapshot()["refused"] == {"a": {PAST_BUDGET: 1}}  # counted where it was shed, once
 
 
 def test_a_shed_request_leaves_no_traceback_but_a_server_fault_keeps_it():

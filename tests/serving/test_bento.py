@@ -11,7 +11,7 @@ import pytest
 
 from export.bento import GPU_BENTO_NAME, bentofile, gpu_requirements
 from export.registry import register_export
-from serving.settings import bento_model_tags
+from serving.bento.store import bento_model_tags
 from tests.helpers import REPO
 from tests.serving.server import Server
 

@@ -11,17 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.handlers.classify import ModelOutputError, ServedModel, ServingCore, UnknownModelError
-from serving.handlers.validation import InputError
+from serving.engine.version import ModelVersion
+from serving.errors import InputError, ModelOutputError, UnknownModelError
+from serving.handlers.classify import Classifier
+from serving.handlers.describe import metadata_document
 from serving.settings import ServingSettings
 from tests.helpers import REPO
 
 
 @pytest.fixture(scope="module")
-def core(registered) -> ServingCore:
+def core(registered) -> Classifier:
     settings = ServingSettings(max_batch_size=4)
-    return ServingCore.of([ServedModel.load(str(registered.tag), registered.path, registered.info.metadata, settings)],
-                          settings)
+    return Classifier.of([ModelVersion.load(str(registered.tag), registered.path, registered.info.metadata,
+                                            settings.batching)], settings)
 
 
 def test_predictions_match_the_runtime(core):
@@ -32,7 +34,7 @@ def test_predictions_match_the_runtime(core):
     np.testing.assert_array_equal(outputs["poses"], direct["poses"])
     answers = core.predictions(outputs)
     assert [a.label for a in answers] == direct["probabilities"].argmax(1).tolist()
-    assert answers[0].class_name == core.model.class_names[answers[0].label]
+    assert answers[0].class_name == core.model.facts.class_names[answers[0].label]
     assert [o.label for o in answers[0].objects] == [answers[0].label]  # a digit model finds one object
     assert answers[0].objects[0].length == pytest.approx(max(answers[0].probabilities))
     with pytest.raises(InputError, match="exported without reconstructions"):
@@ -68,7 +70,7 @@ def test_non_finite_model_outputs_are_refused(core, monkeypatch):
 
 
 def test_metadata_and_several_models(core, registered):
-    meta = core.metadata()
+    meta = metadata_document(core)
     assert meta["model_tag"] == str(registered.tag) and meta["outputs"] == {"probabilities": [10], "poses": [10, 8]}
     assert meta["batching"]["max_batch_size"] == 4 and meta["version_policy"] == "best"
     assert meta["parity"]["passed"] is True and "test" not in meta["accuracy"]  # 8-step model: no test run
@@ -76,12 +78,12 @@ def test_metadata_and_several_models(core, registered):
     assert described["version"] == registered.tag.version and described["source"].endswith(".pt")  # its checkpoint
     assert described["training"]["variant"] and described["validation_accuracy"] == registered.info.metadata[
         "val_accuracy"]
-    second = ServedModel.load("other:v2", registered.path, {}, core.settings)
-    both = ServingCore.of([core.model, second], core.settings)
+    second = ModelVersion.load("other:v2", registered.path, {}, core.settings.batching)
+    both = Classifier.of([core.model, second], core.settings)
     assert [m.tag for m in both.models] == [str(registered.tag), "other:v2"] and both.model is core.model
     assert (second.name, second.version) == ("other", "v2")
     with pytest.raises(ValueError):
-        ServingCore.of([], core.settings)
+        Classifier.of([], core.settings)
     assert both.model_named("other") is second and both.model_named(None) is core.model
     assert both.model_named("other:v2") is second
     with pytest.raises(UnknownModelError, match="serves .*'other' version 'v2'"):
@@ -91,7 +93,7 @@ def test_metadata_and_several_models(core, registered):
 
 
 def test_the_serving_core_imports_neither_torch_nor_training():
-    code = ("import sys, serving.handlers.classify, serving.bento.middleware, serving.oip.grpc_service; "
+    code = ("import sys, serving.handlers.classify, serving.bento.middleware, serving.oip.listeners; "
             "sys.exit(any(m == 'torch' or m.startswith('training') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 

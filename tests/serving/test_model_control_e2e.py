@@ -20,7 +20,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from export.registry import register_export
-from serving.oip.types import EXTENSIONS
+from serving.oip.dataplane import EXTENSIONS
 from tests.serving.server import GRPC_TIMEOUT, REQUEST_TIMEOUT, direct_outputs
 
 NAME = "capsnet-e2e"

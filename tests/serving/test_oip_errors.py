@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
-from serving.engine.admission import Admission
-from serving.engine.repository import StoredVersion
+from serving.engine.policies import StoredVersion
 from serving.oip.grpc_service import InferenceServicer
-from serving.oip.rest import OipHttpApp
-from tests.serving.fakes import Aborted, Blocking, FakeContext, FixedModels, grpc_request, oip_request, run, served
+from serving.oip.rest import OipRestApp
+from tests.serving.fakes import Aborted, Blocking, FakeContext, dataplane, grpc_request, oip_request, run
 
 
 @pytest.fixture
@@ -29,7 +28,7 @@ def model() -> Blocking:
 
 
 def rest(model: Blocking, method: str, path: str, **request) -> httpx.Response:
-    app = OipHttpApp(served(model), lambda: True, 8, 1 << 20, Admission(4, 1))
+    app = OipRestApp(dataplane(model), 1 << 20)
 
     async def call() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
@@ -77,7 +76,7 @@ def grpc_abort(call) -> Aborted:
 
 
 def test_grpc_wrong_input_name_unknown_model_and_version(model):
-    servicer = InferenceServicer(served(model), lambda: True, 8, Admission(4, 1))
+    servicer = InferenceServicer(dataplane(model))
     request = grpc_request()
     request.inputs[0].name = "pixels"
     wrong = grpc_abort(servicer.ModelInfer(request, FakeContext()))
@@ -111,16 +110,16 @@ def test_rest_repository_and_statistics_errors(model, path, request_body, status
                                              ('{"version_policy": {"specific": {"versions": [9]}}}',
                                               "9 not registered")])
 def test_a_bad_load_config_is_a_400_and_changes_nothing(config, message):
-    models = FixedModels({}, control=True)
-    models.repository.list_store = lambda: [StoredVersion("m", "1", datetime(2026, 1, 1))]
-    app = OipHttpApp(models, lambda: True, 8, 1 << 20, Admission(4, 1))
+    plane = dataplane(None, control=True)
+    plane.repository.list_store = lambda: [StoredVersion("m", "1", datetime(2026, 1, 1))]
+    app = OipRestApp(plane, 1 << 20)
 
     async def call() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
             return await client.post("/v2/repository/models/m/load", json={"parameters": {"config": config}})
 
     answer = run(call())
-    assert answer.status_code == 400 and message in answer.json()["error"] and models.repository.served == {}
+    assert answer.status_code == 400 and message in answer.json()["error"] and plane.repository.served == {}
 
 
 @pytest.mark.parametrize("output, count, message", [("poses", 3, "applies to output 'probabilities'"),
@@ -131,7 +130,7 @@ def test_classification_of_the_wrong_output_is_refused_before_the_model_runs(mod
     assert answer.status_code == 400 and message in answer.json()["error"] and model.calls == 0
     grpc_request_ = grpc_request()
     grpc_request_.outputs.add(name=output).parameters["classification"].int64_param = count
-    servicer = InferenceServicer(served(model), lambda: True, 8, Admission(4, 1))
+    servicer = InferenceServicer(dataplane(model))
     assert grpc_abort(servicer.ModelInfer(grpc_request_, FakeContext())).code == grpc.StatusCode.INVALID_ARGUMENT
     assert model.calls == 0
 
@@ -141,7 +140,7 @@ def test_classification_strings_in_json_and_binary_and_the_grpc_control_errors(m
     answer = rest(model, "POST", "/v2/models/m/infer", json=request).json()["outputs"][0]
     assert answer["datatype"] == "BYTES" and answer["shape"] == [2, 2]
     assert answer["data"][:2] == ["0.100000:0:0", "0.100000:1:1"]  # ties: the lower index first, as argsort
-    servicer = InferenceServicer(served(model), lambda: True, 8, Admission(4, 1))
+    servicer = InferenceServicer(dataplane(model))
     refused = grpc_abort(servicer.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="m"), FakeContext()))
     assert refused.code == grpc.StatusCode.FAILED_PRECONDITION and "CAPSNET_MODEL_CONTROL" in refused.details
     unknown = grpc_abort(servicer.ModelStatistics(pb.ModelStatisticsRequest(name="nope"), FakeContext()))

@@ -6,11 +6,10 @@ import socket
 
 import pytest
 
-from serving.engine.admission import Admission
 from serving.oip.listeners import ProtocolServers
 from serving.settings import ServingSettings
 from tests.helpers import free_port
-from tests.serving.fakes import Blocking, run, served
+from tests.serving.fakes import Blocking, dataplane, run
 
 
 def test_a_taken_rest_port_fails_the_start_and_releases_the_grpc_port():
@@ -21,7 +20,7 @@ def test_a_taken_rest_port_fails_the_start_and_releases_the_grpc_port():
     settings = ServingSettings(grpc_port=grpc_port, oip_http_port=squatter.getsockname()[1])
     try:
         with pytest.raises(RuntimeError, match="cannot bind the OIP REST port"):
-            run(ProtocolServers.start(served(Blocking()), lambda: True, settings, Admission(4, 1)))
+            run(ProtocolServers.start(dataplane(Blocking()), settings))
         with socket.socket() as again:  # free again: a restarted worker can bind it
             again.bind(("0.0.0.0", grpc_port))
     finally:

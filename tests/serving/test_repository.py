@@ -10,15 +10,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from serving.engine.repository import (
-    ModelControlDisabled,
-    ModelRepository,
-    StoredVersion,
-    UnknownModelError,
-    VersionPolicy,
-    parse_policies,
-)
-from serving.handlers.validation import InputError
+from serving.engine.policies import StoredVersion, VersionPolicy, parse_policies
+from serving.engine.repository import ModelRepository
+from serving.errors import InputError, ModelControlDisabled, UnknownModelError
 from tests.serving.fakes import run
 
 T0 = datetime(2026, 12, 1)
@@ -33,6 +27,7 @@ STORE = [StoredVersion("capsnet-mnist", "shipped", T0, 0.9968),
 class Opened:
     name: str
     version: str
+    objects: int = 1
 
 
 def repository(store: list[StoredVersion] | None = None, control: bool = True,

@@ -81,7 +81,7 @@ def test_a_server_fault_is_a_500_that_keeps_its_traceback(client, service, caplo
     def broken(self, outputs, model=None, reconstructions=False):
         raise RuntimeError("simulated model fault")
 
-    monkeypatch.setattr(serving.handlers.classify.ServingCore, "predictions", broken)
+    monkeypatch.setattr(serving.handlers.classify.Classifier, "predictions", broken)
     with caplog.at_level(logging.INFO):
         response = client.post("/classify", json={"images": np.zeros((1, 28, 28)).tolist()})
     assert response.status_code == 500 and list(response.json()) == ["error"]
