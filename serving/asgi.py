@@ -30,14 +30,15 @@ async def read_body(receive: Receive, limit: int | None = None) -> tuple[bytes, 
 
 
 def replaying(receive: Receive, body: bytes, more: bool) -> Receive:
-    """A receive that hands `body` (what `read_body` read) to the app again: a whole body as often as
-    asked (a middleware may parse it, then the app reads it again); a cut one once, then the rest
-    from `receive`."""
+    """A receive that hands `body` (what `read_body` read) to the app once, then passes every later
+    call on to `receive`: the rest of a cut body, and the `http.disconnect` an app (a streamed
+    FileResponse) waits for. Replaying the body forever would spin such an app. A middleware that
+    parses the body itself makes one replay for its parse and a fresh one for the app."""
     replayed = False
 
     async def replay() -> dict[str, Any]:
         nonlocal replayed
-        if replayed and more:
+        if replayed:
             return await receive()
         replayed = True
         return {"type": "http.request", "body": body, "more_body": more}

@@ -136,7 +136,7 @@ class RequestGuard:
         body, more = await read_body(receive)
         replay = replaying(receive, body, more)
         try:
-            async with Request(scope, replay).form() as form:
+            async with Request(scope, replaying(receive, body, more)).form() as form:
                 values = form.getlist(field)
         except Exception as e:  # starlette raises MultiPartException, KeyError, ... on malformed bodies
             return replay, f"malformed multipart body: {e}"
