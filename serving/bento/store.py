@@ -24,18 +24,22 @@ MODEL_PREFIX = "capsnet-"  # with no CAPSNET_MODEL_TAG, every capsnet-* model in
 
 
 def bento_model_tags(source_root: Path) -> list[str]:
-    """The exact model tags a built Bento was built with, or [] when `source_root` (the folder
-    holding serving/) is not the src/ folder of a built Bento (e.g. the repository itself).
+    """The exact model versions a built Bento serves, or [] when `source_root` (the folder holding
+    serving/) is not the src/ folder of a built Bento (e.g. the repository itself).
 
-    A Bento is laid out as <bento>/bento.yaml + <bento>/src/<our files>; bento.yaml lists the models
-    `bentoml build` packed, with exact versions. (BentoML's own alias resolution does not reach the
-    service's import in a served Bento, so we read the file.)
+    A Bento is laid out as <bento>/bento.yaml + <bento>/src/<our files>. bento.yaml names models in two
+    places: `services[].models`, the versions the service declared when `bentoml build` imported it
+    (the version policy's choice, serving/bento/api_types.py: per_model_attributes), and the top-level
+    `models`, everything packed, which also holds any bentofile `models:` entry (such as a `latest`
+    alias). The service's list is what was selected and tested, so that is the one read. (BentoML's
+    own alias resolution does not reach the service's import in a served Bento, so we read the file.)
     """
     bento_yaml = source_root.parent / "bento.yaml"
     if source_root.name != "src" or not bento_yaml.is_file():
         return []
     info = yaml.safe_load(bento_yaml.read_text()) or {}
-    return [str(m["tag"]) for m in info.get("models") or [] if isinstance(m, dict) and "tag" in m]
+    return [str(m["tag"]) for service in info.get("services") or [] if isinstance(service, dict)
+            for m in service.get("models") or [] if isinstance(m, dict) and "tag" in m]
 
 
 def list_store(extra_names: tuple[str, ...] = ()) -> list[StoredVersion]:

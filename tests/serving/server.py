@@ -6,6 +6,7 @@ deadline, so a hung server fails the test instead of hanging CI.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -92,11 +93,11 @@ class Server:
         return httpclient.InferenceServerClient(f"127.0.0.1:{self.oip_port}", network_timeout=REQUEST_TIMEOUT)
 
 
-def ready_server(env: dict[str, str]) -> Iterator[Server]:
+def ready_server(env: dict[str, str], target: str | None = None) -> Iterator[Server]:
     """For a fixture to `yield from`: a `bentoml serve` with `env`, ready, stopped afterwards. The free
     ports are chosen before the server binds them, so another process can take one in between (seen
     once in a full-suite run: "cannot bind the gRPC port"); then it starts once more on fresh ports."""
-    s = Server(env)
+    s = Server(env, target)
     try:
         try:
             s.wait()
@@ -104,11 +105,15 @@ def ready_server(env: dict[str, str]) -> Iterator[Server]:
             if "cannot bind" not in s.output(tail=10**7):
                 raise
             s.stop()
-            s = Server(env)
+            s = Server(env, target)
             s.wait()
         yield s
     finally:
         s.stop()
+
+
+# The same, for a test's own `with serving(env) as s:`.
+serving = contextlib.contextmanager(ready_server)
 
 
 def direct_outputs(model, images: np.ndarray) -> dict[str, np.ndarray]:

@@ -2,47 +2,81 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import bentoml
+import httpx
 import pytest
+import yaml
 
 from export.bento import GPU_BENTO_NAME, bentofile, gpu_requirements
 from export.registry import register_export
 from serving.bento.store import bento_model_tags
 from tests.helpers import REPO
-from tests.serving.server import Server
+from tests.serving.server import serving
 
 
-def test_bento_model_tags_reads_the_built_bento_only(tmp_path):
+def test_bento_model_tags_reads_the_services_models_not_everything_packed(tmp_path):
     assert bento_model_tags(REPO) == []  # the source tree is not a Bento
     (tmp_path / "src").mkdir()
-    (tmp_path / "bento.yaml").write_text("models:\n- tag: capsnet-mnist:old\n  alias: x\n- tag: capsnet-other:v1\n")
-    assert bento_model_tags(tmp_path / "src") == ["capsnet-mnist:old", "capsnet-other:v1"]
+    # what `bentoml build` writes: everything packed at the top (a bentofile alias's newest export
+    # included), the versions the service declared under services[]
+    (tmp_path / "bento.yaml").write_text(yaml.safe_dump({
+        "models": [{"tag": "capsnet-mnist:newest", "alias": "latest"}, {"tag": "capsnet-mnist:best"},
+                   {"tag": "capsnet-other:v1"}],
+        "services": [{"name": "capsnet", "models": [{"tag": "capsnet-mnist:best"}, {"tag": "capsnet-other:v1"}]}]}))
+    assert bento_model_tags(tmp_path / "src") == ["capsnet-mnist:best", "capsnet-other:v1"]
     assert bento_model_tags(tmp_path) == []  # not a src/ folder
 
 
+def with_accuracy(export_dir: Path, out: Path, val_accuracy: float) -> Path:
+    """A copy of an export whose recorded validation accuracy is `val_accuracy` (what the `best`
+    policy ranks by)."""
+    shutil.copytree(export_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    config["train_metrics"]["best_val_accuracy"] = val_accuracy
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def in_store(home: Path, code: str) -> str:
+    """Run `code` in a fresh process whose BentoML store is `home`; its last line of output."""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "BENTOML_HOME": str(home)},
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
 @pytest.mark.slow
-def test_a_built_bento_serves_its_own_model(registered):
-    export_dir = registered.path  # a registered export folder holds everything register_export needs
-    built_with = register_export(export_dir, "capsnet-mnist")
-    build = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=REPO,
-                           capture_output=True, text=True, timeout=180)
-    assert build.returncode == 0, build.stderr[-3000:]
-    bento_tag = build.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
-    bento = bentoml.get(bento_tag)
-    assert built_with in [str(m.tag) for m in bento.info.models]
-    newer = register_export(export_dir, "capsnet-mnist")  # now the newest capsnet-mnist
-    assert str(bentoml.models.get("capsnet-mnist:latest").tag) == newer != built_with
-    s = Server({}, target=bento_tag)
-    try:
-        s.wait()
-        assert s.get("metadata").json()["model_tag"] == built_with
-        assert f"serving {built_with} (" in s.output(tail=10**7)
-    finally:
-        s.stop()
+def test_a_built_bento_serves_the_policys_choice_of_every_model_not_the_newest(registered, registered_fashion,
+                                                                                tmp_path):
+    # a store of its own, so that what the build selects does not depend on what other tests registered
+    home = tmp_path / "bentoml"
+    best = with_accuracy(Path(registered.path), tmp_path / "best", 0.99)
+    newest = with_accuracy(Path(registered.path), tmp_path / "newest", 0.90)
+    register = "from export.registry import register_export as r; print(r({!r}, {!r}))"
+    best_tag = in_store(home, register.format(str(best), "capsnet-mnist"))
+    newest_tag = in_store(home, register.format(str(newest), "capsnet-mnist"))  # registered last
+    fashion_tag = in_store(home, register.format(registered_fashion.path, "capsnet-fashion-mnist"))
+    bento_tag = in_store(home, "from export.bento import build_bento; print(build_bento(False))")
+    bento_yaml = yaml.safe_load(Path(in_store(home, f"import bentoml; print(bentoml.get({bento_tag!r}).path)"),
+                                     "bento.yaml").read_text())
+    assert [m["tag"] for m in bento_yaml["services"][0]["models"]] == [best_tag, fashion_tag]
+    assert newest_tag not in [m["tag"] for m in bento_yaml["models"]]  # not even packed
+
+    with serving({"BENTOML_HOME": str(home)}, target=bento_tag) as s:
+        served = {m["name"]: m for m in s.get("metadata").json()["models"]}
+        assert set(served) == {"capsnet-mnist", "capsnet-fashion-mnist"}
+        assert httpx.get(f"http://127.0.0.1:{s.oip_port}/v2/models/capsnet-mnist").json()["versions"] == [
+            best_tag.split(":")[1]]
+        assert s.grpc().is_model_ready("capsnet-fashion-mnist", fashion_tag.split(":")[1])
+        assert not s.grpc().is_model_ready("capsnet-mnist", newest_tag.split(":")[1])
+        assert f"serving {best_tag} (" in s.output(tail=10**7)
 
 
 def test_the_gpu_variant_differs_only_in_name_label_and_onnxruntime_requirement():
