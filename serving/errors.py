@@ -36,6 +36,14 @@ class ModelControlDisabled(PermissionError):
     """Load/unload asked of a server started without CAPSNET_MODEL_CONTROL=explicit."""
 
 
+class ControlKeyMissing(PermissionError):
+    """A load or unload without the operator's key (CAPSNET_CONTROL_KEY)."""
+
+
+class ControlKeyWrong(PermissionError):
+    """A load or unload whose key is not the operator's."""
+
+
 class ModelOutputError(RuntimeError):
     """The model produced values we refuse to return (NaN/Inf): a server fault, not the client's."""
 
@@ -67,6 +75,8 @@ STATUS: dict[type[BaseException], Status] = {
     RequestTooLarge: Status(413, "RESOURCE_EXHAUSTED"),
     UnknownModelError: Status(404, "NOT_FOUND"),
     ModelControlDisabled: Status(403, "FAILED_PRECONDITION"),
+    ControlKeyMissing: Status(401, "UNAUTHENTICATED"),
+    ControlKeyWrong: Status(403, "PERMISSION_DENIED"),
     Overloaded: Status(503, "UNAVAILABLE"),
     ModelOutputError: Status(500, "INTERNAL"),
 }

@@ -54,7 +54,7 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 logging.getLogger("serving").setLevel(logging.getLogger("bentoml").getEffectiveLevel())
 
 # The wiring, once per server process.
-settings = ServingSettings.from_env()
+settings = ServingSettings.from_env_or_exit()
 selection = store.select_at_startup(settings, Path(__file__).resolve().parents[1])
 # One admission and one repository per process, shared by the BentoML APIs, OIP REST and gRPC; the
 # repository opens its versions when the service starts (below), and loads others later.
@@ -105,8 +105,9 @@ class _CapsNetService:
             await self.protocols.stop()
 
     def _ready(self) -> bool:
-        """Ready = on the GPU if one is required, and the protocol servers up."""
-        return self.classifier.gpu_ok() and self.protocols is not None
+        """Ready = a model serves (on the GPU if one is required: Classifier.ready) and the protocol
+        servers are up. One answer for /readyz, OIP REST and gRPC ServerReady."""
+        return self.classifier.ready() and self.protocols is not None
 
     async def __is_ready__(self) -> bool:  # BentoML's /readyz
         return self._ready()
@@ -187,9 +188,11 @@ CapsNetService = bentoml.service(name="capsnet", workers=settings.workers, traff
     type("CapsNetService", (_CapsNetService,), per_model_attributes(selection, settings.max_batch_size)))
 install(CapsNetService, settings.max_request_bytes,
         uploads={"/classify_image": "images", "/explain_image": "images"},
-        # the APIs that feed a batcher: the body names the model, or the route is the model's own
+        # every API that runs a model, the explorer's included (they answer 1-3 MB each): the body names
+        # the model, or the route is the model's own
         gate=functools.partial(AdmissionGate, admission=admission, repository=repository,
-                               routes={"/classify": None, "/classify_image": None,
+                               routes={**dict.fromkeys(("/classify", "/classify_image", "/explain", "/explain_image",
+                                                        "/reconstruct", "/perturb", "/equivariance")),
                                        **{f"/{infer_api_name(name)}": name for name in selection.names}},
                                max_request_bytes=settings.max_request_bytes))
 # The explorer page (serving/explorer_page/: static files, no build step) at /explorer/.

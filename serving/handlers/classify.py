@@ -190,3 +190,11 @@ class Classifier:
 
     def gpu_ok(self) -> bool:
         return not self.settings.require_gpu or all(m.on_gpu for m in self.models)
+
+    def ready(self) -> bool:
+        """Strict readiness, as Triton's: a model serves (a server whose last model was unloaded
+        answers every inference 404, so it must not take traffic) and, if CAPSNET_REQUIRE_GPU, every
+        served version runs on the GPU. Every model the server should serve is in the repository:
+        start-up opens them all or exits, a failed load keeps what served, and an operator's unload
+        takes a model out of what should serve."""
+        return bool(self.models) and self.gpu_ok()

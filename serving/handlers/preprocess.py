@@ -21,6 +21,7 @@ MARGIN = 4  # MNIST digits were normalised to fit a 20x20 box and centred by cen
 # 28x28: a 4 px margin; a model with a larger input (36x36 pairs) gets its ink fitted the same way
 INK = 0.1  # pixels above this (after inversion) count as ink when cropping
 MAX_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding
+ACCEPTED_FORMATS = ("PNG", "JPEG")  # what the docs promise; Pillow tries no other plugin
 WORK_SIDE = 256  # photos are reduced to at most this many pixels a side first (the result is 20x20)
 BACKGROUND_SIDE = 64  # the background is estimated at this resolution: it is smooth by definition
 PHOTO_SIDE = 64  # larger inputs are photos or scans (MNIST-like crops are 28 px): smoothed first
@@ -32,7 +33,9 @@ NEAR = 0.15  # ...but keeps ink within this share of the digit's size of that ce
 def decode_grayscale(data: bytes) -> np.ndarray:
     """Encoded image bytes -> float32 [H, W] in [0, 1]; transparency is composited onto white."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        # PNG and JPEG only, decided by the content: no other decoder (GIF, TIFF, WebP, ...; EPS would
+        # run Ghostscript) is ever reached, whatever the client says the file is
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
             if image.width * image.height > MAX_PIXELS:
                 raise InputError(f"image is {image.width}x{image.height}; at most {MAX_PIXELS} pixels")
             image.load()

@@ -18,6 +18,7 @@ from serving.engine.facts import ModelFacts
 from serving.engine.policies import VersionPolicy
 from serving.errors import InputError, UnknownModelError
 from serving.handlers.classify import Classifier
+from serving.handlers.control import check_control_key
 from serving.oip.tensors import image_tensor, top_classes
 from serving.oip.triton_config import CLASSIFIED_OUTPUT, PLATFORM, Tensor, model_config
 
@@ -118,10 +119,13 @@ class DataPlane:
                 "outputs": tensors(outputs_of(model.facts))}
 
     def model_config(self, name: str, version: str) -> Any:
-        """Triton's ModelConfig message of this model as served."""
+        """Triton's ModelConfig message of this model as served: our batcher's maximum and queue delay,
+        and no preferred sizes (it has none)."""
         model = self.repository.find(name, version)
+        delay_us = round(1000 * self.classifier.settings.max_queue_delay_ms)
         return model_config(name, inputs_of(model.facts), outputs_of(model.facts), max_batch_size=self.max_images,
-                            instance_kind="gpu" if model.on_gpu else "cpu")
+                            instance_kind="gpu" if model.on_gpu else "cpu", preferred_batch_sizes=(),
+                            max_queue_delay_us=delay_us)
 
     # inference
 
@@ -168,9 +172,18 @@ class DataPlane:
         """The repository index: name, version, state, reason."""
         return self.repository.index(ready_only)
 
-    async def load(self, name: str, config: str | None) -> None:
-        """Load `name` (config: a JSON model config that may carry a version_policy)."""
+    async def load(self, name: str, config: str | None, key: str | None) -> None:
+        """Load `name` (config: a JSON model config that may carry a version_policy), for a request that
+        carries the operator's control `key`."""
+        self._authorize(key)
         await self.repository.load(name, VersionPolicy.from_load_request(config))
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, key: str | None) -> None:
+        self._authorize(key)
         await self.repository.unload(name)
+
+    def _authorize(self, key: str | None) -> None:
+        """With model control on, only the operator's key changes what is served (serving/handlers/
+        control.py); with it off the repository refuses every change anyway (ModelControlDisabled)."""
+        if self.repository.control:
+            check_control_key(self.classifier.settings.control_key, key)

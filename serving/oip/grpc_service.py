@@ -19,6 +19,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from serving.errors import InputError, answer_for
+from serving.handlers.control import CONTROL_KEY_HEADER
 from serving.oip.dataplane import INPUT_NAME, DataPlane, InferRequest, TensorData
 from serving.oip.tensors import datatype_of, raw_bytes
 
@@ -87,11 +88,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         config = request.parameters["config"].string_param if "config" in request.parameters else None
-        await self._answer("RepositoryModelLoad", context, lambda: self.plane.load(request.model_name, config))
+        await self._answer("RepositoryModelLoad", context,
+                           lambda: self.plane.load(request.model_name, config, control_key(context)))
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        await self._answer("RepositoryModelUnload", context, lambda: self.plane.unload(request.model_name))
+        await self._answer("RepositoryModelUnload", context,
+                           lambda: self.plane.unload(request.model_name, control_key(context)))
         return pb.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
@@ -106,6 +109,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response.outputs.add(name=name, datatype=datatype_of(array), shape=list(array.shape))
             response.raw_output_contents.append(raw_bytes(array))
         return response
+
+
+def control_key(context: Any) -> str | None:
+    """The operator's key a call carries in its metadata (serving/handlers/control.py)."""
+    return dict(context.invocation_metadata() or ()).get(CONTROL_KEY_HEADER)
 
 
 def decode_infer(request: Any) -> InferRequest:

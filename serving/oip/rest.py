@@ -38,6 +38,7 @@ from google.protobuf import json_format
 
 from serving.asgi import Receive, Scope, Send, header, read_body, send_body
 from serving.errors import InputError, RequestTooLarge, answer_for
+from serving.handlers.control import CONTROL_KEY_HEADER
 from serving.oip.dataplane import INPUT_NAME, DataPlane, InferRequest, InferResponse, TensorData
 from serving.oip.tensors import datatype_of, raw_bytes
 
@@ -132,14 +133,15 @@ class OipRestApp:
         request, _ = split_body(await self.body(receive) or b"{}", None)
         if rest == ["index"]:
             return 200, json.dumps(self.plane.index(bool(request.get("ready")))).encode(), {}
+        key = (header(scope, CONTROL_KEY_HEADER.encode()) or b"").decode("latin-1")
         if rest[2] == "unload":
-            await self.plane.unload(rest[1])
+            await self.plane.unload(rest[1], key)
         else:
             config = (request.get("parameters") or {}).get("config")
             if config is not None and not isinstance(config, str):
                 raise InputError("parameters.config must be a JSON string (a model config), as tritonclient "
                                  "sends it")
-            await self.plane.load(rest[1], config)
+            await self.plane.load(rest[1], config, key)
         return 200, b"", {}
 
     async def body(self, receive: Receive) -> bytes:

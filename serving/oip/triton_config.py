@@ -4,7 +4,9 @@
 
 Batching defaults come from our measurements (docs/performance.md): ONNX Runtime's CPU throughput of
 the small model is flat beyond batch 32 (6,975 images/s at 32, 7,045 at 256 on this 2-core CPU), and
-the service batches up to 64 (CAPSNET_MAX_BATCH_SIZE), so Triton prefers 32 and 64.
+the service batches up to 64 (CAPSNET_MAX_BATCH_SIZE), so the exported Triton repository prefers 32
+and 64. What our own server answers for ModelConfig describes our batcher, which has no preferred sizes
+(it runs whatever waits, up to the maximum) and waits CAPSNET_MAX_QUEUE_DELAY_MS for batch-mates.
 """
 
 from __future__ import annotations
@@ -38,11 +40,16 @@ class Tensor:
 
 
 def model_config(name: str, inputs: Iterable[Tensor], outputs: Iterable[Tensor], *,
-                 max_batch_size: int = MAX_BATCH_SIZE, instance_kind: str | None = "gpu") -> mc.ModelConfig:
+                 max_batch_size: int = MAX_BATCH_SIZE, instance_kind: str | None = "gpu",
+                 preferred_batch_sizes: Iterable[int] = PREFERRED_BATCH_SIZES,
+                 max_queue_delay_us: int = MAX_QUEUE_DELAY_US) -> mc.ModelConfig:
     """The ModelConfig of an ONNX model with a leading batch axis on every tensor: platform
-    onnxruntime_onnx, dims without the batch axis, dynamic batching preferring PREFERRED_BATCH_SIZES
-    (those up to max_batch_size), one instance of `instance_kind` ("gpu", "cpu"; None: Triton's default).
-    CLASSIFIED_OUTPUT names LABELS_FILE as its label file (write it with `labels_text`)."""
+    onnxruntime_onnx, dims without the batch axis, dynamic batching preferring `preferred_batch_sizes`
+    (those up to max_batch_size) and holding a request up to `max_queue_delay_us`, one instance of
+    `instance_kind` ("gpu", "cpu"; None: Triton's default). The defaults are Triton's tuning for the
+    exported repository (export/triton_repo.py); the server describes its own batcher instead (no
+    preferred sizes, CAPSNET_MAX_QUEUE_DELAY_MS). CLASSIFIED_OUTPUT names LABELS_FILE as its label
+    file (write it with `labels_text`)."""
     config = mc.ModelConfig(name=name, platform=PLATFORM, max_batch_size=max_batch_size)
     for group, tensors in ((config.input, inputs), (config.output, outputs)):
         for t in tensors:
@@ -50,8 +57,8 @@ def model_config(name: str, inputs: Iterable[Tensor], outputs: Iterable[Tensor],
     for output in config.output:
         if output.name == CLASSIFIED_OUTPUT:
             output.label_filename = LABELS_FILE
-    config.dynamic_batching.preferred_batch_size.extend(b for b in PREFERRED_BATCH_SIZES if b <= max_batch_size)
-    config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
+    config.dynamic_batching.preferred_batch_size.extend(b for b in preferred_batch_sizes if b <= max_batch_size)
+    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     if instance_kind is not None:
         config.instance_group.add(count=1, kind=INSTANCE_KINDS[instance_kind])
     return config

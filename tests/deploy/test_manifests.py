@@ -74,3 +74,56 @@ def test_the_kserve_inference_service_speaks_v2_grpc_on_an_h2c_port():
     assert container["ports"] == [{"name": "h2c", "containerPort": PORTS["grpc"], "protocol": "TCP"}]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert int(env["CAPSNET_GRPC_PORT"]) == PORTS["grpc"] and env["PROTOCOL"] == "v2"
+
+
+def container_env(container: dict) -> dict[str, str]:
+    """A container's environment as the server reads it; a value from a Secret stands in as 'from-a-secret'."""
+    return {e["name"]: e["value"] if "value" in e else "from-a-secret" for e in container.get("env", [])}
+
+
+def every_container() -> list[tuple[str, dict]]:
+    found = []
+    for path in sorted(DEPLOY.rglob("*.yaml")):
+        for document in documents(path):
+            spec = document.get("spec", {})
+            pod = spec.get("template", {}).get("spec") or spec.get("predictor") or {}
+            found += [(f"{path.name}:{c['name']}", c) for c in pod.get("containers", [])]
+    return found
+
+
+@pytest.mark.parametrize("name,container", every_container(), ids=[n for n, _ in every_container()])
+def test_every_container_sets_what_the_server_accepts(name, container):
+    """The settings a manifest gives are checked by the server's own rules (workers with model control,
+    ports, booleans, the control key): a manifest that would not start fails here."""
+    ServingSettings.from_env(container_env(container))
+
+
+def test_the_settings_check_refuses_what_the_server_refuses():
+    with pytest.raises(ValueError, match="CAPSNET_WORKERS=1"):
+        ServingSettings.from_env(container_env({"env": [{"name": "CAPSNET_WORKERS", "value": "2"},
+                                                        {"name": "CAPSNET_MODEL_CONTROL", "value": "explicit"},
+                                                        {"name": "CAPSNET_CONTROL_KEY", "valueFrom": {}}]}))
+
+
+@pytest.mark.parametrize("name", ["capsnet.yaml", "capsnet-gpu.yaml"])
+def test_each_deployment_has_an_autoscaler_that_fits_it(name):
+    manifests = kinds(DEPLOY / "kubernetes" / name)
+    deployment, hpa = manifests["Deployment"], manifests["HorizontalPodAutoscaler"]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": deployment["metadata"]["name"]}
+    low, high = hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]
+    assert 1 <= low <= deployment["spec"]["replicas"] <= high
+    gpus = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
+    if gpus:  # one GPU per pod: starting from one replica, not holding idle GPUs
+        assert low == deployment["spec"]["replicas"] == 1
+    signals = [m["resource"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Resource"]
+    assert signals == ["cpu"]  # scaled on what every cluster reports (docs/scaling-out.md says why)
+
+
+def test_probes_point_at_the_strict_readiness():
+    """/readyz is false while no model serves (serving/handlers/classify.py: Classifier.ready), so the
+    startup and readiness probes must be on it, never on /livez."""
+    for _, container in every_container():
+        for probe in ("startupProbe", "readinessProbe"):
+            if probe in container:
+                assert container[probe]["httpGet"]["path"] == "/readyz"

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from export.onnx_export import export_onnx
 from export.registry import register_export
 from tests.helpers import free_port
-from tests.serving.server import ready_server
+from tests.serving.server import CONTROL_KEY, ready_server
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +51,8 @@ def oip_server(registered, registered_pair, registered_fashion):
     model, batches of 8, load and unload allowed. The model-control tests leave capsnet-e2e serving its
     first version again, as they found it."""
     yield from ready_server({"CAPSNET_MODEL_TAG": f"{registered_pair.tag},{registered.tag},{registered_fashion.tag}",
-                             "CAPSNET_MAX_BATCH_SIZE": "8", "CAPSNET_MODEL_CONTROL": "explicit"})
+                             "CAPSNET_MAX_BATCH_SIZE": "8", "CAPSNET_MODEL_CONTROL": "explicit",
+                             "CAPSNET_CONTROL_KEY": CONTROL_KEY})
 
 
 @pytest.fixture(scope="session")

@@ -50,11 +50,14 @@ class FakeVersion:
         return self.facts.objects
 
 
+CONTROL_KEY = "fake-operator-key"  # the control key of a fake data plane with model control on
+
+
 def dataplane(model: Any, name: str = "m", admission: Admission | None = None, control: bool = False,
               max_images: int = 8, is_ready: Any = lambda: True) -> DataPlane:
     """The data plane over one model `name`, version "1", 28x28 input, whose inference is `model`
     (None: no model served), looked up by the real repository (so the errors are the server's own)."""
-    settings = ServingSettings(max_batch_size=max_images)
+    settings = ServingSettings(max_batch_size=max_images, control_key=CONTROL_KEY if control else "")
     classifier = Classifier.of([FakeVersion(name, "1", model)], settings, admission or Admission(4, 1))
     classifier.repository.control = control
     if model is None:
@@ -101,13 +104,17 @@ class FakeContext:
 
     connections = 0
 
-    def __init__(self) -> None:
+    def __init__(self, metadata: tuple = ()) -> None:
         self.trailing: tuple = ()
+        self.metadata = metadata
         FakeContext.connections += 1
         self.connection = f"ipv4:127.0.0.1:{FakeContext.connections}"
 
     def peer(self) -> str:
         return self.connection
+
+    def invocation_metadata(self) -> tuple:
+        return self.metadata
 
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise Aborted(code, details)

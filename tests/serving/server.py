@@ -34,6 +34,9 @@ GRPC_TIMEOUT = 30
 # 32 clients waited past a 100 ms cap (CI run of 82f193d: 503s in two load tests), so test servers
 # get a cap far above any wait here; they test batching and answers, not load shedding.
 TEST_LATENCY_CAP_MS = "20000"
+# The operator's key of the test servers with model control on, and the header that carries it.
+CONTROL_KEY = "test-operator-key"
+OPERATOR = {"capsnet-control-key": CONTROL_KEY}
 
 
 class Server:

@@ -5,6 +5,7 @@ server serving a digit model as `capsnet-mnist` and a pair model as `capsnet-mul
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from export.registry import register_export
 from tests.helpers import REPO
-from tests.serving.server import ready_server
+from tests.serving.server import CONTROL_KEY, ready_server
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(bash|python)\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -49,7 +50,7 @@ def server(registered, registered_pair):
     mnist = register_export(Path(registered.path), "capsnet-mnist")
     # explicit model control: the repository examples unload and load a model
     yield from ready_server({"CAPSNET_MODEL_TAG": f"{mnist},{registered_pair.tag}", "CAPSNET_MAX_BATCH_SIZE": "8",
-                             "CAPSNET_MODEL_CONTROL": "explicit"})
+                             "CAPSNET_MODEL_CONTROL": "explicit", "CAPSNET_CONTROL_KEY": CONTROL_KEY})
 
 
 @pytest.mark.parametrize(("language", "code"), EXAMPLES)
@@ -63,6 +64,8 @@ def test_a_client_example_runs_as_written(server, language, code):
         command = ["bash", "-euo", "pipefail", "-c", code]
     else:
         command = [sys.executable, "-c", code]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    # the operator's shell holds the key the server was started with, as the examples expect
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CAPSNET_CONTROL_KEY": CONTROL_KEY})
     assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     assert done.stdout.strip() and '"error"' not in done.stdout, done.stdout[-2000:]

@@ -17,7 +17,7 @@ from tritonclient.grpc import service_pb2 as pb
 from serving.engine.policies import StoredVersion
 from serving.oip.grpc_service import InferenceServicer
 from serving.oip.rest import OipRestApp
-from tests.serving.fakes import Aborted, Blocking, FakeContext, dataplane, grpc_request, oip_request, run
+from tests.serving.fakes import CONTROL_KEY, Aborted, Blocking, FakeContext, dataplane, grpc_request, oip_request, run
 
 
 @pytest.fixture
@@ -116,7 +116,8 @@ def test_a_bad_load_config_is_a_400_and_changes_nothing(config, message):
 
     async def call() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
-            return await client.post("/v2/repository/models/m/load", json={"parameters": {"config": config}})
+            return await client.post("/v2/repository/models/m/load", json={"parameters": {"config": config}},
+                                     headers={"capsnet-control-key": CONTROL_KEY})
 
     answer = run(call())
     assert answer.status_code == 400 and message in answer.json()["error"] and plane.repository.served == {}
@@ -145,3 +146,51 @@ def test_classification_strings_in_json_and_binary_and_the_grpc_control_errors(m
     assert refused.code == grpc.StatusCode.FAILED_PRECONDITION and "CAPSNET_MODEL_CONTROL" in refused.details
     unknown = grpc_abort(servicer.ModelStatistics(pb.ModelStatisticsRequest(name="nope"), FakeContext()))
     assert unknown.code == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("key, status, code, message", [
+    (None, 401, grpc.StatusCode.UNAUTHENTICATED, "needs the operator's key in the 'capsnet-control-key' header"),
+    ("guess", 403, grpc.StatusCode.PERMISSION_DENIED, "not this server's control key"),
+])
+def test_load_and_unload_without_the_operators_key_are_refused_on_both_transports_and_change_nothing(
+        key, status, code, message, caplog):
+    plane = dataplane(Blocking(), control=True)
+    plane.repository.list_store = lambda: [StoredVersion("m", "1", datetime(2026, 1, 1))]
+    served = dict(plane.repository.served)
+    app = OipRestApp(plane, 1 << 20)
+    headers = {} if key is None else {"capsnet-control-key": key}
+
+    async def call(action: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
+            return await client.post(f"/v2/repository/models/m/{action}", headers=headers)
+
+    servicer = InferenceServicer(plane)
+    metadata = () if key is None else (("capsnet-control-key", key),)
+    with caplog.at_level("WARNING"):
+        for action in ("unload", "load"):
+            answer = run(call(action))
+            assert answer.status_code == status and message in answer.json()["error"]
+        for rpc, request in ((servicer.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name="m")),
+                             (servicer.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="m"))):
+            refused = grpc_abort(rpc(request, FakeContext(metadata)))
+            assert refused.code == code and message in refused.details
+    assert plane.repository.served == served  # nothing changed
+    assert len(caplog.records) == 4 and CONTROL_KEY not in caplog.text  # one line each, the key never logged
+
+
+def test_the_operators_key_unloads_on_rest_and_loads_on_grpc():
+    plane = dataplane(Blocking(), control=True)
+    plane.repository.list_store = lambda: [StoredVersion("m", "1", datetime(2026, 1, 1))]
+    version = plane.repository.served["m"][0]
+    plane.repository.open_version = lambda stored: version  # what a load opens again
+    app = OipRestApp(plane, 1 << 20)
+
+    async def unload() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
+            return await client.post("/v2/repository/models/m/unload", headers={"capsnet-control-key": CONTROL_KEY})
+
+    assert run(unload()).status_code == 200 and not plane.repository.serves("m")
+    servicer = InferenceServicer(plane)
+    run(servicer.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="m"),
+                                     FakeContext((("capsnet-control-key", CONTROL_KEY),))))
+    assert plane.repository.serves("m")

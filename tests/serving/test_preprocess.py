@@ -59,6 +59,26 @@ def test_bad_files_are_rejected_clearly(data, message):
         preprocess_encoded(data)
 
 
+A_STROKE = np.pad(np.full((20, 4), 255, np.uint8), ((4, 4), (12, 12)))  # a light "1" on black, 28x28
+# A minimal EPS file: Pillow's EPS plugin would hand it to Ghostscript, an external program.
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n%%EndComments\n"
+       b"0 0 moveto 28 28 lineto stroke\nshowpage\n%%EOF\n")
+
+
+@pytest.mark.parametrize("data", [encode(A_STROKE, "GIF"), encode(A_STROKE, "TIFF"), encode(A_STROKE, "WEBP"),
+                                  encode(A_STROKE, "BMP"), encode(A_STROKE, "PPM"), EPS],
+                         ids=["gif", "tiff", "webp", "bmp", "ppm", "eps"])
+def test_only_png_and_jpeg_are_decoded_whatever_else_pillow_could_read(data, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    def no_external_program(*args, **kwargs):
+        raise AssertionError("an upload reached Ghostscript")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", no_external_program)
+    with pytest.raises(InputError, match="not a PNG or JPEG image"):
+        preprocess_encoded(data)
+
+
 def photo_of_a_one(rng: np.random.Generator, specks: bool = False) -> bytes:
     """A dark "1" 60 px tall, off-centre on tinted paper lit unevenly, with sensor noise, as JPEG."""
     h, w = 300, 400

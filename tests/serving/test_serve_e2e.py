@@ -109,8 +109,13 @@ def test_metadata_and_builtin_endpoints(server, registered):
     assert meta["parity"]["passed"] is True
     assert meta["batching"]["max_batch_size"] == 16 and meta["batching"]["max_latency_ms"] == int(TEST_LATENCY_CAP_MS)
     log = server.output(tail=10**7)
-    assert f"on {meta['provider']}" in log and f"listening on port {server.grpc_port}" in log
+    assert f"on {meta['provider']}" in log and f"listening on 127.0.0.1:{server.grpc_port}" in log
     assert {"onnxruntime", "bentoml"} <= set(meta["versions"])
+    # the served ModelConfig describes the batcher that runs: this server's 20 ms queue delay
+    # (conftest.py), and no preferred batch sizes, since the batcher has none
+    with server.grpc() as client:
+        batching = client.get_model_config(registered.tag.name).config.dynamic_batching
+    assert batching.max_queue_delay_microseconds == 20_000 and list(batching.preferred_batch_size) == []
     assert httpx.get(server.url + "/livez", timeout=5).status_code == 200
     assert "bentoml" in httpx.get(server.url + "/metrics", timeout=5).text
     paths = httpx.get(server.url + "/docs.json", timeout=5).json()["paths"]
@@ -201,7 +206,7 @@ def test_two_workers_share_the_grpc_port_and_metrics_count_every_request(registe
     try:
         s.wait()
         deadline = time.monotonic() + START_TIMEOUT  # each worker starts its own gRPC server
-        while s.output(tail=10**7).count(f"listening on port {s.grpc_port}") < 2:
+        while s.output(tail=10**7).count(f"listening on 127.0.0.1:{s.grpc_port}") < 2:
             assert time.monotonic() < deadline, s.output()
             time.sleep(0.5)
         send_single_images_concurrently(s, registered, images, 48)

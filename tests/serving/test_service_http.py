@@ -3,6 +3,7 @@ TestClient, with its real startup (model load, warm-up, gRPC server) but no `ben
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 
@@ -14,10 +15,14 @@ from tests.serving.fakes import NAN_IMAGE
 from training.data import synthetic_digits
 
 
-def png(array: np.ndarray) -> bytes:
+def encoded(array: np.ndarray, fmt: str) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "PNG")
+    Image.fromarray(array).save(buf, fmt)
     return buf.getvalue()
+
+
+def png(array: np.ndarray) -> bytes:
+    return encoded(array, "PNG")
 
 
 def test_classify_answers_per_image(client, registered):
@@ -30,6 +35,10 @@ def test_classify_answers_per_image(client, registered):
     upload = client.post("/classify_image", files=[("images", ("d.png", png((images[0] * 255).astype(np.uint8)),
                                                                  "image/png"))])
     assert upload.status_code == 200 and len(upload.json()) == 1
+    # a JPEG sent as image/png is a JPEG: decided by the content, and accepted
+    as_png = client.post("/classify_image", files=[("images", ("d.png", encoded((images[0] * 255).astype(np.uint8),
+                                                                                "JPEG"), "image/png"))])
+    assert as_png.status_code == 200 and len(as_png.json()) == 1
 
 
 BAD_REQUESTS = [
@@ -49,6 +58,9 @@ BAD_REQUESTS = [
     ("/infer", {"json": {"images": np.full((1, 1, 28, 28), -1.0).tolist()}}, 400, "[0, 1]"),
     ("/classify_image", {"files": [("images", ("x.png", b"not an image", "image/png"))]}, 400, "not a PNG"),
     ("/classify_image", {"files": [("images", ("x.png", b"", "image/png"))]}, 400, "empty"),
+    # a GIF that says it is a PNG: the content decides, and only PNG and JPEG are decoded
+    ("/classify_image", {"files": [("images", ("x.png", encoded(np.zeros((28, 28), np.uint8), "GIF"), "image/png"))]},
+     400, "not a PNG or JPEG image"),
     ("/classify_image", {"files": {"images": (None, "plain text")}}, 400, "must hold files"),
     ("/classify_image", {"files": {"images": (None, "http://127.0.0.1:9/secret.png")}}, 400, "must hold files"),
     ("/classify_image", {"content": b"http://127.0.0.1:9/x.png", "headers": {"content-type": "application/json"}},
@@ -147,3 +159,28 @@ def test_client_error_log_line_reads_like_the_others(client, caplog):
         client.post("/classify", json={"images": []})
     (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert line == "POST /classify: 400 the batch is empty: send at least one image"
+
+
+def test_every_api_that_runs_a_model_is_refused_when_its_queue_is_full_and_served_after(client, service):
+    """The explorer's APIs run the model too (outside the batcher, 1-3 MB answers): with every place
+    of the model's queue taken, each answers 503 + Retry-After at once, like classify; then 200."""
+    image = (synthetic_digits(1, seed=2)[0][0].astype(np.float32) / 255.0).tolist()
+    upload = [("images", ("d.png", png((np.asarray(image) * 255).astype(np.uint8)), "image/png"))]
+    calls = {"/classify": {"json": {"images": [image]}}, "/classify_image": {"files": upload},
+             "/explain": {"json": {"images": [image]}}, "/explain_image": {"files": upload},
+             "/perturb": {"json": {"image": image}},
+             "/equivariance": {"json": {"image": image, "max_shift": 1, "max_rotation": 10.0}},
+             "/reconstruct": {"json": {"poses": []}}}
+    admission, name = service.admission, service.DEFAULT
+    facts = service.selection.facts[name]
+    calls["/reconstruct"]["json"]["poses"] = [[[0.1] * facts.pose_dim] * len(facts.class_names)]
+    with contextlib.ExitStack() as held:
+        for _ in range(admission.max_queue):
+            held.enter_context(admission.admit(name))
+        for route, request in calls.items():
+            refused = client.post(route, **request)
+            assert refused.status_code == 503, (route, refused.text)
+            assert refused.headers["retry-after"] == str(admission.retry_after_s) and "CAPSNET_MAX_QUEUE" in \
+                refused.json()["error"]
+    for route, request in calls.items():
+        assert client.post(route, **request).status_code == 200, route
