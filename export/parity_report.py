@@ -47,13 +47,24 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance) -> dic
         "shape_ok": candidate.shape == reference.shape,
         "dtype_ok": candidate.dtype == reference.dtype,
         "finite": bool(np.isfinite(candidate).all()),
+        # a NaN or infinity in the PyTorch reference is as much a failure as one in ONNX: it would
+        # otherwise compare as "no violation" (NaN > tolerance is false)
+        "reference_finite": bool(np.isfinite(reference).all()),
     }
     if not result["shape_ok"]:
         result["passed"] = False
         return result
+    with np.errstate(invalid="ignore", divide="ignore"):  # NaN/Inf become violations below, not warnings
+        return _closeness(reference, candidate, tol, result)
+
+
+def _closeness(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance, result: dict[str, Any]
+               ) -> dict[str, Any]:
+    """`compare`'s elementwise part, for outputs of the same shape."""
     diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
     diff = np.where(np.isfinite(diff), diff, np.inf)
     excess = diff - (tol.atol + tol.rtol * np.abs(reference.astype(np.float64)))
+    excess = np.where(np.isnan(excess), np.inf, excess)  # a non-finite reference value is a violation
     worst = np.unravel_index(int(np.argmax(excess)), diff.shape)
     result.update({
         "max_abs_diff": float(diff.max()) if diff.size else 0.0,
@@ -63,7 +74,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance) -> dic
                   "torch": float(reference[worst]), "abs_diff": float(diff[worst])} if diff.size else None,
     })
     result["passed"] = bool(result["shape_ok"] and result["dtype_ok"] and result["finite"]
-                            and result["violations"] == 0)
+                            and result["reference_finite"] and result["violations"] == 0)
     return result
 
 
@@ -122,7 +133,9 @@ def failure_summary(report: dict[str, Any]) -> str:
                     f"{where}: '{name}' {c['violations']} values outside rtol={section['tolerance']['rtol']} "
                     f"atol={section['tolerance']['atol']}; worst at {w['index']}: onnx {w['onnx']:.7g} vs "
                     f"torch {w['torch']:.7g} (|diff| {w['abs_diff']:.3g}, max rel {c['max_rel_diff']:.3g})"
-                    + ("" if c["finite"] else "; NaN/Inf present") + ("" if c["dtype_ok"] else
+                    + ("" if c["finite"] else "; NaN/Inf in the ONNX output")
+                    + ("" if c.get("reference_finite", True) else "; NaN/Inf in the PyTorch reference")
+                    + ("" if c["dtype_ok"] else
                     f"; dtype {c['dtype']} != {c['expected_dtype']}"))
             if result["argmax_agreement"] < 1.0:
                 lines.append(f"{where}: predicted class differs on {len(result['argmax_mismatches'])}+ images "

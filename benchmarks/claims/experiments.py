@@ -115,14 +115,15 @@ class TimeBox:
     time_limit_s, and a run it stops raises OutOfTime (the run saved last.pt; the next invocation
     resumes it)."""
 
-    def __init__(self, seconds: float | None) -> None:
-        self.deadline = None if seconds is None else time.monotonic() + seconds
+    def __init__(self, seconds: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock  # a test passes its own clock
+        self.deadline = None if seconds is None else clock() + seconds
 
     def train(self, run_dir: Path, config: TrainConfig, data_dir: str | None, run: Callable = train_run
               ) -> dict[str, Any]:
         """`run` (train_run or run_one) of `config` with the time left; OutOfTime if it stopped early."""
         if self.deadline is not None:
-            left = self.deadline - time.monotonic()
+            left = self.deadline - self.clock()
             if left <= 0:
                 raise OutOfTime(f"time box used up before {run_dir}")
             config = dataclasses.replace(config, time_limit_s=left)

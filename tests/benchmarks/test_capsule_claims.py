@@ -120,11 +120,17 @@ def test_the_time_box_hands_each_run_what_is_left_and_stops_at_an_interrupted_on
         seen.append(config.time_limit_s)
         return {"interrupted": interrupted}
 
-    box = TimeBox(100.0)
+    now = [1000.0]
+    box = TimeBox(100.0, clock=lambda: now[0])
+    now[0] += 30.0  # 30 s pass before the first run
     assert box.train(tmp_path, TrainConfig(variant="tiny"), None, run) == {"interrupted": False}
-    assert 99.0 < seen[0] <= 100.0
+    assert seen[0] == 70.0  # what is left of the box
     with pytest.raises(OutOfTime, match="saved its last.pt"):
         box.train(tmp_path, TrainConfig(variant="tiny"), None, lambda *a: run(*a, interrupted=True))
+    now[0] += 70.0  # the box is used up: the next run does not start
+    with pytest.raises(OutOfTime, match="time box used up"):
+        box.train(tmp_path, TrainConfig(variant="tiny"), None, run)
+    assert len(seen) == 2
     assert TimeBox(None).train(tmp_path, TrainConfig(variant="tiny"), None, run) and seen[-1] is None
 
 

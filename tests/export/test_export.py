@@ -350,3 +350,19 @@ def test_a_translated_mnist_model_exports_with_parity_on_its_40px_inputs(synthet
     assert result["parity"]["passed"] and "placement (max shift 6)" in result["parity"]["inputs"]["source"]
     meta = read_metadata(onnx.load(str(tmp_path / "export" / "model.onnx")))
     assert meta["input"]["shape"][2:] == [40, 40] and meta["task"]["objects"] == 1
+
+
+@pytest.mark.parametrize("reference, candidate, where", [
+    ([np.nan, 0.1], [0.3, 0.1], "PyTorch reference"), ([np.inf, 0.1], [0.3, 0.1], "PyTorch reference"),
+    ([0.3, 0.1], [np.nan, 0.1], "ONNX output"), ([np.nan, 0.1], [np.nan, 0.1], "PyTorch reference")])
+def test_a_nan_or_infinity_on_either_side_fails_parity(reference, candidate, where):
+    from export.parity_report import Tolerance, compare
+    result = compare(np.array(reference, np.float32), np.array(candidate, np.float32), Tolerance(rtol=1e-3, atol=1e-5))
+    assert not result["passed"] and result["violations"] >= 1 and result["worst"]["index"] == [0]
+    report = {"sections": [{"precision": "fp32", "provider": "CPUExecutionProvider",
+                            "tolerance": {"rtol": 1e-3, "atol": 1e-5}, "batch_sizes": {
+                                "1": {"missing_outputs": [], "outputs": {"probabilities": result},
+                                      "argmax_agreement": 1.0}}}]}
+    assert where in failure_summary(report)
+    assert compare(np.array([0.3, 0.1], np.float32), np.array([0.3, 0.1], np.float32),
+                   Tolerance(rtol=1e-3, atol=1e-5))["passed"]

@@ -4,7 +4,7 @@ versions serve, what the index says, load and unload while requests are answered
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -116,24 +116,30 @@ def test_a_new_export_goes_live_on_load_and_the_old_version_leaves():
 
 
 def test_requests_keep_being_answered_while_a_version_is_opened():
-    def slow_open(stored: StoredVersion) -> Opened:
-        time.sleep(0.2)  # ONNX Runtime session creation and warm-up
+    opening, release = threading.Event(), threading.Event()
+
+    def slow_open(stored: StoredVersion) -> Opened:  # ONNX Runtime session creation and warm-up
+        opening.set()
+        release.wait(timeout=60)  # a hang guard only: the test releases it
         return Opened(stored.name, stored.version)
 
     repo = ModelRepository(lambda: STORE, slow_open, control=True)
     repo.served["capsnet-mnist"] = [Opened("capsnet-mnist", "shipped")]
 
-    async def scenario() -> int:
+    async def scenario() -> list[str]:
         load = asyncio.create_task(repo.load("capsnet-mnist", VersionPolicy.parse("specific:quick")))
-        answered = 0
-        while not load.done():  # the event loop is free while the new version opens in a thread
-            assert repo.find("capsnet-mnist").version in ("shipped", "quick")
-            answered += 1
-            await asyncio.sleep(0.01)
+        while not opening.is_set():  # the open has begun, in its own thread
+            await asyncio.sleep(0.001)
+        answered = []
+        for _ in range(10):  # the event loop is free while the new version opens: the old one answers
+            answered.append(repo.find("capsnet-mnist").version)
+            await asyncio.sleep(0)
+        assert not load.done()
+        release.set()
         await load
         return answered
 
-    assert run(scenario()) > 5 and repo.find("capsnet-mnist").version == "quick"
+    assert run(scenario()) == ["shipped"] * 10 and repo.find("capsnet-mnist").version == "quick"
 
 
 def test_load_and_unload_need_model_control():
