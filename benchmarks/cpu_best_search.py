@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 import torch
-from routing_iterations import train_run
+from common.runs import train_run
 
 from training.config import TrainConfig
 from training.data import DATA_DIR_HELP

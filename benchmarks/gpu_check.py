@@ -47,9 +47,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-from bench_timing import median_latency_ms, median_rate
-from machine import cpu_name
-from train_throughput import BroadcastCapsNet, train_step_fn
+from common.machine import cpu_name
+from common.timing import median_latency_ms, median_rate
+from common.train_steps import BroadcastCapsNet, train_step_fn
 
 from export.inference_graph import InferenceGraph
 from export.onnx_export import export_onnx

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
-from bench_timing import median_rate
+from common.machine import machine_words
+from common.timing import median_rate
 
 from export.inference_graph import InferenceGraph
 from export.onnx_export import export_graph
@@ -66,7 +66,7 @@ def main() -> None:
         providers = {name: s.get_providers()[0] for name, s in sessions.items()}
 
     print(f"CapsNet {'checkpoint ' + args.checkpoint if args.checkpoint else repr(args.variant)}; "
-          f"{platform.machine()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"{machine_words()} ({torch.get_num_threads()} threads), "
           f"onnxruntime {ort.__version__}; providers used: {providers}; median of {args.repeats}")
     header = f"{'batch':>6}{'torch eager':>14}" + "".join(f"{n:>18}{'ratio':>8}" for n in sessions)
     print(header + "   (images/s)")

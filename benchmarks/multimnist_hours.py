@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 from pathlib import Path
 from typing import Any
 
-from routing_iterations import train_run
+from common.machine import machine_words
+from common.runs import train_run
 
 from training.config import PROFILES
 from training.data import DATA_DIR_HELP
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                        test_pairs=evaluation["num_pairs"])
         result = {"profile": args.profile, "train_config": config.to_dict(), "complete": not run["interrupted"],
                   "epochs_planned": config.epochs, "rows": rows,
-                  "machine": f"{platform.machine()}, {platform.node()}"}
+                  "machine": machine_words()}
         write_json(args.result or args.out / f"{args.profile}-hours.json", result)
         print(f"{args.profile}: {rows[-1]['epochs'] if rows else 0} of {config.epochs} epochs"
               + ("" if result["complete"] else " (stopped: run the same command again to resume)"))

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import datetime
 import json
-import platform
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,7 +32,8 @@ import aiohttp
 import grpc
 import numpy as np
 import psutil
-from serve_load import encoded_requests, metadata, run_clients
+from common.load import encoded_requests, metadata, run_clients
+from common.machine import cpu_words
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from training.data import synthetic_digits
@@ -206,8 +206,8 @@ async def main() -> None:
         refusal_cost(rows)
         print_table(rows)
         result = {"rows": rows}
-    result.update({"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, "
-                   f"{psutil.cpu_count()} cores", "model": meta["model_tag"], "admission": meta.get("admission"),
+    result.update({"date": datetime.date.today().isoformat(), "machine": cpu_words(), "model": meta["model_tag"],
+                   "admission": meta.get("admission"),
                    "batching": {k: meta["batching"][k] for k in ("max_batch_size", "max_latency_ms", "workers")},
                    "note": args.note})
     if args.out:

@@ -1,4 +1,4 @@
-"""Accuracy on generated photos and scans of digits (benchmarks/photo_digits.py) beside MNIST, for
+"""Accuracy on generated photos and scans of digits (benchmarks/common/photo_digits.py) beside MNIST, for
 the upload preparation as served (serving/handlers/preprocess.py: background to 0, ink to ~1, robust crop)
 and the earlier one (crop to every pixel above 0.1, no clean-up), same model, same images.
 
@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import time
 
 import numpy as np
 import onnxruntime as ort
-from photo_digits import KINDS, font_files, photo_digits
+from common.machine import cpu_words
+from common.photo_digits import KINDS, font_files, photo_digits
 from PIL import Image
 
 from serving.handlers.preprocess import decode_grayscale, to_mnist
@@ -68,7 +68,7 @@ def main() -> None:
     kinds = np.array([s.kind for s in samples])
     mnist_files = [png(d) for d in images[:args.mnist]]
     result = {"model": args.model, "photos": args.n, "seed": args.seed, "fonts": len(font_files()),
-              "mnist_digits": args.mnist, "machine": f"{platform.machine()}, onnxruntime {ort.__version__}",
+              "mnist_digits": args.mnist, "machine": f"{cpu_words()}, onnxruntime {ort.__version__}",
               "generation_s": round(generated_s, 1), "accuracy": {}, "prepare_ms_per_photo": {}}
     for name, clean in (("served (clean-up)", True), ("earlier (no clean-up)", False)):
         started = time.perf_counter()

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import statistics
 from pathlib import Path
 
 from claims.experiments import cached, mean_spread
-from routing_iterations import train_run
+from common.machine import machine_words
+from common.runs import train_run
 
 from training.config import PROFILES
 from training.data import DATA_DIR_HELP
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                    "test_accuracy_half_range": spread,
                    "test_accuracy_stdev": statistics.stdev(test) if len(test) > 1 else 0.0,
                    "val_accuracy_mean": statistics.fmean(r["best_val_accuracy"] for r in runs),
-                   "machine": f"{platform.machine()}, {platform.node()}"}
+                   "machine": machine_words()}
         write_json(args.result or args.out / f"{args.profile}-seeds.json", {**summary, "runs": runs})
         for seed, run in zip(args.seeds, runs, strict=True):
             print(f"seed {seed}: validation {100 * run['best_val_accuracy']:.2f} %, "

@@ -23,20 +23,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import bentoml
 import grpc
 import numpy as np
-from bench_timing import median_rate
+from common.load import HttpLoad, batch_totals, encoded_requests, metadata, run_clients
+from common.machine import cpu_words
+from common.timing import median_rate
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
@@ -44,100 +43,6 @@ from export.onnx_io import open_session
 from training.data import synthetic_digits
 
 PROTOCOLS = ["http", "grpc", "oip-json", "oip-binary"]
-
-
-@dataclass(frozen=True)
-class HttpLoad:
-    """One HTTP protocol's requests, encoded before the clock starts: where they go and what a good
-    answer starts with."""
-
-    base_url: str
-    path: str
-    bodies: list[bytes]
-    headers: list[dict[str, str]]
-    answer_starts: bytes
-
-
-async def metadata(url: str) -> dict:
-    async with aiohttp.ClientSession() as session, session.get(url + "/metadata") as r:
-        return await r.json()
-
-
-async def batch_totals(url: str) -> tuple[float, float]:
-    """(images batched, batches) so far, summed over all server workers and model versions: Triton's
-    nv_inference_count and nv_inference_exec_count; for a server from before 2026-12-06 (BentoML's
-    batcher), BentoML's histogram bentoml_service_adaptive_batch_size (its _sum and _count) of `infer`."""
-    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as r:
-        text = await r.text()
-    ours = {"nv_inference_count{": 0.0, "nv_inference_exec_count{": 0.0}
-    bentoml_histogram = {"_sum": 0.0, "_count": 0.0}
-    for line in text.splitlines():
-        name, _, value = line.rpartition(" ")
-        for prefix in ours:
-            if name.startswith(prefix):
-                ours[prefix] += float(value)
-        for suffix in bentoml_histogram:
-            if name.startswith("bentoml_service_adaptive_batch_size" + suffix + "{") and 'method_name="infer"' in name:
-                bentoml_histogram[suffix] += float(value)
-    if any(ours.values()) or not any(bentoml_histogram.values()):
-        return ours["nv_inference_count{"], ours["nv_inference_exec_count{"]
-    return bentoml_histogram["_sum"], bentoml_histogram["_count"]
-
-
-def encoded_requests(images: np.ndarray, model: str, args: argparse.Namespace
-                     ) -> tuple[dict[str, HttpLoad], list[pb.ModelInferRequest]]:
-    """Each image as a ready body for every HTTP protocol and a ready gRPC ModelInferRequest.
-
-    Encoded once, before the clock starts: on a 2-core machine the load generator shares the CPU
-    with the server, and re-encoding 784 floats per request would be load-generator work counted
-    against the server."""
-    shape = [1, 1, *images.shape[-2:]]
-    raw = [np.ascontiguousarray(image[None], "<f4").tobytes() for image in images]
-    json_headers = [{"Content-Type": "application/json"}] * len(images)
-    binary_headers, binary_bodies = [], []
-    for data in raw:
-        header = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": shape,
-                                         "parameters": {"binary_data_size": len(data)}}],
-                             "parameters": {"binary_data_output": True}}).encode()
-        binary_headers.append({"Content-Type": "application/octet-stream",
-                               "Inference-Header-Content-Length": str(len(header))})
-        binary_bodies.append(header + data)
-    infer = f"/v2/models/{model}/infer"
-    http = {
-        "http": HttpLoad(args.url, "/classify", [json.dumps({"images": image[None].tolist()}).encode()
-                                                 for image in images], json_headers, b"[{"),
-        "oip-json": HttpLoad(args.oip_url, infer, [json.dumps({"inputs": [
-            {"name": "image", "datatype": "FP32", "shape": shape, "data": image.reshape(-1).tolist()}]}).encode()
-            for image in images], json_headers, b"{"),
-        "oip-binary": HttpLoad(args.oip_url, infer, binary_bodies, binary_headers, b"{"),
-    }
-    requests = []
-    for data in raw:
-        request = pb.ModelInferRequest(model_name=model)
-        request.inputs.add(name="image", datatype="FP32", shape=shape)
-        request.raw_input_contents.append(data)
-        requests.append(request)
-    return http, requests
-
-
-async def run_clients(load: HttpLoad | None, grpc_address: str, count: int, http_client: Callable,
-                      grpc_client: Callable) -> None:
-    """`count` concurrent clients until they return: `http_client(session, load, k)` over one aiohttp
-    session with a connection per client when `load` is given, else `grpc_client(stub, k)`, each
-    on a gRPC connection of its own."""
-    if load is not None:
-        async with aiohttp.ClientSession(load.base_url, connector=aiohttp.TCPConnector(limit=count),
-                                         timeout=aiohttp.ClientTimeout(total=30)) as session:
-            await asyncio.gather(*(http_client(session, load, k) for k in range(count)))
-        return
-    # a connection per client, as independent clients would have (gRPC would otherwise share one
-    # TCP connection between channels, and with several server workers reach only one of them)
-    channels = [grpc.aio.insecure_channel(grpc_address, options=[("grpc.use_local_subchannel_pool", 1)])
-                for _ in range(count)]
-    try:
-        await asyncio.gather(*(grpc_client(pb_grpc.GRPCInferenceServiceStub(c), k) for k, c in enumerate(channels)))
-    finally:
-        await asyncio.gather(*(c.close() for c in channels))
 
 
 async def run_level(protocol: str, level: int, seconds: float, http: dict[str, HttpLoad],
@@ -281,7 +186,7 @@ async def main() -> None:
     direct = direct_throughput(bentoml.models.get(meta["model_tag"]).path_of("model.onnx"), images)
 
     print(f"model {meta['model_tag']} on {meta['provider']}; max batch {meta['batching']['max_batch_size']}, "
-          f"max latency {meta['batching']['max_latency_ms']} ms; {platform.machine()}, {args.seconds:g} s per level")
+          f"max latency {meta['batching']['max_latency_ms']} ms; {cpu_words()}, {args.seconds:g} s per level")
     print(f"{'protocol':>8}{'conc':>6}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}"
           f"{'batch':>7}{'vs direct':>11}")
     for r in rows:
@@ -297,7 +202,7 @@ async def main() -> None:
         for name, part in profile["categories"].items():
             print(f"  {name:<45}{100 * part['share']:>6.1f} %{part['cpu_ms_per_request']:>8.3f} ms")
     print(json.dumps({"model": meta["model_tag"], "provider": meta["provider"], "direct_batch64_images_per_sec": direct,
-                      "machine": platform.node(), "rows": rows, "profile": profile}))
+                      "machine": cpu_words(), "rows": rows, "profile": profile}))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ IDX datasets, and where real data may be."""
 
 from __future__ import annotations
 
+import ast
 import socket
 from pathlib import Path
 
@@ -39,3 +40,16 @@ def real_data_roots() -> list[Path]:
 
 def has_dataset(root: Path, dataset: str) -> bool:
     return all((root / dataset / f).is_file() for pair in SPLIT_FILES.values() for f in pair)
+
+
+def imports_in(path: Path) -> set[str]:
+    """Every module a Python file imports, at any depth of its code (lazy imports too); for
+    `from package import name`, `package.name` as well, since the name may be a module."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found

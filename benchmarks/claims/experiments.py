@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from routing_iterations import routing_config, run_one, train_run
+from common.runs import routing_config, run_one, train_run
 
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import TrainConfig

@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from machine import machine_words
+from common.machine import machine_words
 
 from claims.experiments import SCALES, Scale, affine_gap, efficiency_stats
 from claims.plots import PLOTS

@@ -138,7 +138,7 @@ def test_a_run_stopped_before_its_first_epoch_ends_is_interrupted_not_a_crash(sy
                                                                                monkeypatch):
     # seen on a real cpu-long run stopped by SIGTERM a minute in: no epoch in metrics.jsonl yet
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    from routing_iterations import train_run
+    from common.runs import train_run
 
     from training.config import TrainConfig
 

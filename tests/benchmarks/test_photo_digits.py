@@ -1,4 +1,4 @@
-"""The generated photo set (benchmarks/photo_digits.py) is reproducible from its seed and holds what
+"""The generated photo set (benchmarks/common/photo_digits.py) is reproducible from its seed and holds what
 it says: every kind, the recorded settings, decodable files, a digit that preparation can find."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def generator():
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        import photo_digits
+        from common import photo_digits
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
     return photo_digits

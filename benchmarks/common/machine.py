@@ -6,10 +6,9 @@ tell them apart."""
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
-
-import torch
 
 
 def cpu_name() -> str:
@@ -26,8 +25,16 @@ def cpu_name() -> str:
 def machine_words() -> str:
     """'NVIDIA H100 80GB HBM3, torch 2.x' or 'CPU AMD EPYC (AVX2), 2 threads, torch 2.x': where torch
     computes in this process (the GPU when there is one, as the benchmarks' device "auto" picks)."""
+    import torch  # here, so that the serving benchmarks describe their machine without loading torch
+
     if torch.cuda.is_available():
         where = torch.cuda.get_device_name(0)
     else:
         where = f"CPU {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
     return f"{where}, torch {torch.__version__}"
+
+
+def cpu_words() -> str:
+    """'CPU AMD EPYC 9B14, 2 cores': for the benchmarks that compute with ONNX Runtime or load a
+    server, not with torch (their runtime and thread settings are recorded beside it)."""
+    return f"CPU {cpu_name()}, {os.cpu_count()} cores"
