@@ -4,6 +4,8 @@ IDX datasets, and where real data may be."""
 from __future__ import annotations
 
 import ast
+import json
+import shutil
 import socket
 from pathlib import Path
 
@@ -53,3 +55,13 @@ def imports_in(path: Path) -> set[str]:
             found.add(node.module)
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return found
+
+
+def with_accuracy(export_dir: Path, out: Path, val_accuracy: float) -> Path:
+    """A copy of an export whose recorded validation accuracy is `val_accuracy` (what the `best`
+    policy ranks by)."""
+    shutil.copytree(export_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    config["train_metrics"]["best_val_accuracy"] = val_accuracy
+    (out / "config.json").write_text(json.dumps(config))
+    return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from training.errors import ConfigError, UserError
 from training.fileio import atomic_path
 
 LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
+log = logging.getLogger(__name__)
 
 
 class RunExistsError(UserError, FileExistsError):
@@ -39,16 +41,33 @@ def has_run(run_dir: Path) -> bool:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The metrics.jsonl lines of `run_dir`, one dict per completed epoch (none yet: [])."""
+    """The metrics.jsonl lines of `run_dir`, one dict per completed epoch (none yet: []).
+
+    A last line cut short (the process died while appending it, before that epoch's last.pt was
+    saved) is left out with a warning: that epoch did not complete, and a resume drops it for good
+    (truncate_metrics). A broken line before the last is damage we do not guess around: ConfigError."""
     path = run_dir / METRICS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ConfigError(f"{path}: line {number} is not a JSON record; the file is damaged "
+                                  "(restore it, or delete the run folder and train again)") from None
+            log.warning("%s: the last line is cut short (a run stopped while writing it); that epoch "
+                        "did not complete and is left out", path)
+    return records
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(run_dir / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """One line for a completed epoch, written with a single write call in append mode, so that a
+    crash leaves at most a cut-short last line (which read_metrics leaves out)."""
+    with open(run_dir / METRICS, "ab") as f:
+        f.write((json.dumps(record) + "\n").encode())
 
 
 def truncate_metrics(run_dir: Path, completed_epochs: int) -> None:

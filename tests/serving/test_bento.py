@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +15,7 @@ import yaml
 from export.bento import GPU_BENTO_NAME, bentofile, gpu_requirements
 from export.registry import register_export
 from serving.bento.store import bento_model_tags
-from tests.helpers import REPO
+from tests.helpers import REPO, with_accuracy
 from tests.serving.server import serving
 
 
@@ -32,16 +30,6 @@ def test_bento_model_tags_reads_the_services_models_not_everything_packed(tmp_pa
         "services": [{"name": "capsnet", "models": [{"tag": "capsnet-mnist:best"}, {"tag": "capsnet-other:v1"}]}]}))
     assert bento_model_tags(tmp_path / "src") == ["capsnet-mnist:best", "capsnet-other:v1"]
     assert bento_model_tags(tmp_path) == []  # not a src/ folder
-
-
-def with_accuracy(export_dir: Path, out: Path, val_accuracy: float) -> Path:
-    """A copy of an export whose recorded validation accuracy is `val_accuracy` (what the `best`
-    policy ranks by)."""
-    shutil.copytree(export_dir, out)
-    config = json.loads((out / "config.json").read_text())
-    config["train_metrics"]["best_val_accuracy"] = val_accuracy
-    (out / "config.json").write_text(json.dumps(config))
-    return out
 
 
 def in_store(home: Path, code: str) -> str:

@@ -19,17 +19,27 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from export.onnx_export import export_onnx
 from export.registry import register_export
 from serving.oip.dataplane import EXTENSIONS
 from tests.serving.server import GRPC_TIMEOUT, OPERATOR, REQUEST_TIMEOUT, direct_outputs
+from training.config import TrainConfig
 
 NAME = "capsnet-e2e"
 
 
 @pytest.fixture(scope="module")
-def second(registered) -> bentoml.Model:
-    """Another version of the same model (the same export registered again), as a new export would be."""
-    return bentoml.models.get(register_export(registered.path, NAME))
+def second(synthetic_data_dir, tmp_path_factory) -> bentoml.Model:
+    """Another version of the same model with weights of its own (trained from another seed), as a
+    retrained export would be: a request for it that the first version answered would be caught."""
+    from training.train import train
+
+    run = tmp_path_factory.mktemp("second-run")
+    train(TrainConfig(variant="tiny", epochs=1, batch_size=32, val_size=120, device="cpu", max_steps=8, seed=1),
+          run, synthetic_data_dir, progress=False)
+    out = tmp_path_factory.mktemp("second-export")
+    export_onnx(run / "last.pt", out, data_dir=synthetic_data_dir, limit=32)
+    return bentoml.models.get(register_export(out, NAME))
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +98,18 @@ def test_a_second_version_loads_beside_the_first_and_answers_by_version(server, 
         load(rest, v1, v2)
         assert index(rest) == {v1: "READY", v2: "READY"}
         assert rest.get_model_metadata(NAME)["versions"] == [v1, v2]
-        for version in (v1, v2):
+        assert not np.allclose(direct(registered, images), direct(second, images), atol=1e-3)  # two models
+        for version, model in ((v1, registered), (v2, second)):
             assert rest.is_model_ready(NAME, version) and grpc.is_model_ready(NAME, version)
             by_rest, by_grpc = rest_infer(rest, images, version), grpc_infer(grpc, images, version)
             assert by_rest.get_response()["model_version"] == version
             assert by_grpc.get_response().model_version == version
-            for result in (by_rest, by_grpc):
-                np.testing.assert_allclose(result.as_numpy("probabilities"), direct(registered, images), atol=1e-6)
+            for result in (by_rest, by_grpc):  # each version answers with its own weights
+                np.testing.assert_allclose(result.as_numpy("probabilities"), direct(model, images), atol=1e-6)
         assert rest_infer(rest, images).get_response()["model_version"] == v1  # none named: the first listed
         answer = server.post("classify", json={"images": images.tolist(), "model": f"{NAME}:{v2}"})
         assert answer.status_code == 200 and answer.headers["x-capsnet-model"] == f"{NAME}:{v2}"
+        np.testing.assert_allclose([p["probabilities"] for p in answer.json()], direct(second, images), atol=1e-5)
         load(rest, v1)  # back to one version: v2 leaves service
         assert index(rest) == {v1: "READY", v2: "UNAVAILABLE"}
         with pytest.raises(InferenceServerException, match=f"version '{v2}'"):

@@ -305,3 +305,26 @@ def test_a_translated_mnist_run_is_scored_on_the_affine_set(synthetic_data_dir, 
     assert affine["translation_within_6px"]["count"] + affine["translation_beyond_6px"]["count"] == 96
     assert 0 <= result["translation_only_6px"] <= 1 and 0 <= result["centred"] <= 1
     assert result["num_images"] == 200 and result["accuracy"] == pytest.approx(result["translation_only_6px"])
+
+
+def test_a_metrics_line_cut_short_by_a_crash_does_not_break_the_resume(tiny_train_config, synthetic_data_dir,
+                                                                        tmp_path, caplog):
+    """A process killed while appending metrics.jsonl leaves a cut-short last line (the epoch's last.pt
+    was not saved yet): the resume reads past it, drops it and goes on; damage before the last line is
+    an error that names the file and line."""
+    from training.run_dir import read_metrics
+
+    run = tmp_path / "run"
+    run_train(dataclasses.replace(tiny_train_config, epochs=1), run, synthetic_data_dir)
+    metrics = run / "metrics.jsonl"
+    whole = metrics.read_text()
+    metrics.write_text(whole + whole[: len(whole) // 2])  # epoch 2's line, torn half way
+    with caplog.at_level("WARNING"):
+        assert [r["epoch"] for r in read_metrics(run)] == [1]
+    assert "cut short" in caplog.text
+    resumed = run_train(dataclasses.replace(tiny_train_config, epochs=2), run, synthetic_data_dir, resume=True)
+    assert resumed["epochs"] == 2 and not resumed["interrupted"]
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2]  # no torn line left
+    metrics.write_text("{broken\n" + metrics.read_text())
+    with pytest.raises(ConfigError, match="metrics.jsonl: line 1 is not a JSON record"):
+        read_metrics(run)
