@@ -194,3 +194,53 @@ def test_the_operators_key_unloads_on_rest_and_loads_on_grpc():
     run(servicer.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="m"),
                                      FakeContext((("capsnet-control-key", CONTROL_KEY),))))
     assert plane.repository.serves("m")
+
+
+def test_oip_rest_refuses_a_body_over_the_limit_with_413_before_the_model_runs(model):
+    app = OipRestApp(dataplane(model), 1000)
+
+    async def call() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
+            return await client.post("/v2/models/m/infer", json=oip_request())  # ~3 kB of JSON
+
+    answer = run(call())
+    assert answer.status_code == 413 and "over 1000 bytes (CAPSNET_MAX_REQUEST_BYTES)" in answer.json()["error"]
+    assert model.calls == 0
+
+
+async def failing_model(images: np.ndarray) -> dict[str, np.ndarray]:
+    raise RuntimeError("the ONNX Runtime session broke")
+
+
+def test_a_failing_model_is_a_500_and_internal_with_a_generic_message_and_the_traceback_logged(caplog):
+    with caplog.at_level("WARNING"):
+        answer = rest(failing_model, "POST", "/v2/models/m/infer", json=oip_request())
+        aborted = grpc_abort(InferenceServicer(dataplane(failing_model)).ModelInfer(grpc_request(), FakeContext()))
+    assert answer.status_code == 500 and answer.json() == {"error": "inference failed; see the server log"}
+    assert aborted.code == grpc.StatusCode.INTERNAL and aborted.details == "inference failed; see the server log"
+    assert "session broke" not in answer.text + aborted.details  # a fault's details stay in the log
+    assert sum("Traceback" in (r.exc_text or "") or r.exc_info is not None for r in caplog.records) == 2
+
+
+def test_a_load_whose_export_cannot_be_opened_fails_on_both_transports_and_keeps_what_served(caplog):
+    plane = dataplane(Blocking(), control=True)
+    plane.repository.list_store = lambda: [StoredVersion("m", "2", datetime(2026, 1, 2))]
+    served = dict(plane.repository.served)
+
+    def broken(stored: StoredVersion) -> None:
+        raise OSError(f"cannot open the export of {stored.name}:{stored.version}")
+
+    plane.repository.open_version = broken
+    app = OipRestApp(plane, 1 << 20)
+
+    async def call() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
+            return await client.post("/v2/repository/models/m/load", headers={"capsnet-control-key": CONTROL_KEY})
+
+    with caplog.at_level("WARNING"):
+        answer = run(call())
+        aborted = grpc_abort(InferenceServicer(plane).RepositoryModelLoad(
+            pb.RepositoryModelLoadRequest(model_name="m"), FakeContext((("capsnet-control-key", CONTROL_KEY),))))
+    assert answer.status_code == 500 and aborted.code == grpc.StatusCode.INTERNAL
+    assert plane.repository.served == served  # the version that served still serves
+    assert "cannot open the export of m:2" in caplog.text  # the cause is in the log

@@ -112,3 +112,16 @@ def test_the_earlier_preparation_is_kept_for_comparison():
     plain, clean = to_mnist(gray, clean=False), to_mnist(gray)
     assert (plain > 0.1).sum() > 150  # the shadow filled the box
     assert (clean > 0.1).sum() < 100 and clean.max() > 0.9  # only the stroke is left
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_it_is_decoded(monkeypatch):
+    from serving.handlers import preprocess
+
+    huge = encode(np.zeros((4097, 4096), np.uint8))  # one row over 4096 x 4096; a few kB as PNG
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the pixels of an oversized image were decoded")
+
+    monkeypatch.setattr(preprocess.Image.Image, "load", no_decoding)
+    with pytest.raises(InputError, match="image is 4096x4097; at most 16777216 pixels"):
+        preprocess_encoded(huge)

@@ -71,6 +71,13 @@ BAD_REQUESTS = [
     ("/classify_image", {"content": b"--b\r\nbroken", "headers": {"content-type": "multipart/form-data; boundary=b"}},
      400, "images"),
     ("/classify_image", {"content": b"abc", "headers": {"content-type": "multipart/form-data"}}, 400, "multipart"),
+    ("/classify", {"content": b"images=1", "headers": {"content-type": "application/x-www-form-urlencoded"}}, 400,
+     "Content-Type application/x-www-form-urlencoded is not accepted here: send application/json"),
+    ("/classify", {"content": b"\x80\x04N.", "headers": {"content-type": "application/vnd.bentoml+pickle"}}, 400,
+     "Content-Type application/vnd.bentoml+pickle is not accepted here"),
+    # a body streamed without Content-Length is counted as it arrives
+    ("/classify", {"content": iter([b"x" * (1 << 19)] * 4), "headers": {"content-type": "application/json"}}, 413,
+     "request body over 1048576 bytes (CAPSNET_MAX_REQUEST_BYTES)"),
 ]
 
 
