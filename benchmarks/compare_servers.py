@@ -22,6 +22,8 @@ import urllib.request
 from datetime import date
 from pathlib import Path
 
+from common.machine import cpu_words
+
 HERE = Path(__file__).resolve().parent
 CANDIDATE = HERE.parent
 
@@ -92,7 +94,7 @@ def main() -> None:
                   f"{row['requests_per_sec_baseline']:>11.1f}{row['ratio']:>7.2f}{row['p99_ms_candidate']:>9.1f}"
                   f"{row['p99_ms_baseline']:>9.1f}{row['mean_batch_size_candidate']:>10.1f}"
                   f"{row['mean_batch_size_baseline']:>11.1f}")
-    record = {"date": date.today().isoformat(), "machine": os.uname().nodename, "model": args.model,
+    record = {"date": date.today().isoformat(), "machine": cpu_words(), "model": args.model,
               "baseline": str(args.baseline), "rounds": args.rounds, "seconds": args.seconds, "rows": table,
               "candidate_commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=CANDIDATE,
                                                  capture_output=True, text=True).stdout.strip(),

@@ -9,6 +9,7 @@ explorer's extra outputs (run directly, not served over the protocols).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,10 +93,4 @@ class ModelFacts:
     @property
     def packed_width(self) -> int:
         """W of the low-level infer APIs' [N, W] rows: every served output flattened, in order."""
-        width = 0
-        for dims in self.output_dims.values():
-            size = 1
-            for d in dims:
-                size *= d
-            width += size
-        return width
+        return sum(math.prod(dims) for dims in self.output_dims.values())
