@@ -4,10 +4,12 @@ IDX datasets, and where real data may be."""
 from __future__ import annotations
 
 import ast
+import io
 import json
 import shutil
 import socket
 from pathlib import Path
+from typing import Any
 
 from training.data import SPLIT_FILES, data_root, synthetic_digits
 from training.idx import write_idx
@@ -65,3 +67,12 @@ def with_accuracy(export_dir: Path, out: Path, val_accuracy: float) -> Path:
     config["train_metrics"]["best_val_accuracy"] = val_accuracy
     (out / "config.json").write_text(json.dumps(config))
     return out
+
+
+def encoded(image: Any, fmt: str = "PNG") -> bytes:
+    """An image file's bytes: `image` a PIL image or a uint8 array ([H, W] gray, [H, W, 3|4] colour)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, fmt)
+    return buf.getvalue()

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from export.onnx_export import export_onnx
 from export.registry import register_export
 from tests.helpers import free_port
-from tests.serving.server import CONTROL_KEY, ready_server
+from tests.serving.server import ready_server
 
 
 @pytest.fixture(scope="session")
@@ -46,13 +46,11 @@ def registered_fashion(tiny_fashion_checkpoint, synthetic_data_dir, tmp_path_fac
 
 @pytest.fixture(scope="session")
 def oip_server(registered, registered_pair, registered_fashion):
-    """One server for the OIP REST, several-models and model-control tests (two starts fewer): the pair
-    model listed first (the default must still be the single-digit one), the digit and the Fashion
-    model, batches of 8, load and unload allowed. The model-control tests leave capsnet-e2e serving its
-    first version again, as they found it."""
+    """One server for the OIP REST and several-models tests (one start fewer), which only read from it:
+    the pair model listed first (the default must still be the single-digit one), the digit and the
+    Fashion model, batches of 8. The model-control tests change what serves, so they have their own."""
     yield from ready_server({"CAPSNET_MODEL_TAG": f"{registered_pair.tag},{registered.tag},{registered_fashion.tag}",
-                             "CAPSNET_MAX_BATCH_SIZE": "8", "CAPSNET_MODEL_CONTROL": "explicit",
-                             "CAPSNET_CONTROL_KEY": CONTROL_KEY})
+                             "CAPSNET_MAX_BATCH_SIZE": "8"})
 
 
 @pytest.fixture(scope="session")

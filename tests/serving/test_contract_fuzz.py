@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving.server import ARTIFACTS, Server
+from tests.serving.server import ARTIFACTS, serving
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 MAX_EXAMPLES = 25  # per operation and phase: ~250 requests, a few seconds
@@ -24,9 +24,7 @@ def test_the_openapi_contract_holds_under_fuzzing(registered):
     st = shutil.which("st", path=str(Path(sys.executable).parent))
     assert st, "schemathesis (the dev extra) is not installed"
     # A batch limit of 2 keeps generated image arrays small; the schema carries the limit.
-    s = Server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_MAX_BATCH_SIZE": "2"})
-    try:
-        s.wait()
+    with serving({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_MAX_BATCH_SIZE": "2"}) as s:
         proc = subprocess.run(
             [st, "--config-file", str(CONFIG), "run", f"{s.url}/docs.json", "--max-examples", str(MAX_EXAMPLES),
              "--seed", "1", "--workers", "1", "--request-timeout", "30", "--no-color"],
@@ -41,5 +39,3 @@ def test_the_openapi_contract_holds_under_fuzzing(registered):
         assert re.search(rf"Operations:\s+{operations} selected / {operations} total", proc.stdout), proc.stdout[:2000]
         log = s.output(tail=10**8)
         assert "Traceback" not in log, log[-4000:]  # every rejection was a one-line client error
-    finally:
-        s.stop()

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from serving.engine.version import ModelVersion
 from serving.errors import InputError, ModelOutputError, UnknownModelError
 from serving.handlers.classify import Classifier
 from serving.handlers.describe import metadata_document
 from serving.settings import ServingSettings
-from tests.helpers import REPO
+from tests.helpers import REPO, encoded
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +40,14 @@ def test_predictions_match_the_runtime(core):
 
 
 def test_uploads_are_decoded_and_bad_ones_named(core):
-    buf = io.BytesIO()
-    Image.fromarray(np.full((40, 30), 255, np.uint8)).save(buf, "PNG")
-    assert core.decode_uploads([buf.getvalue()] * 2).shape == (2, 1, 28, 28)
+    blank = encoded(np.full((40, 30), 255, np.uint8))
+    assert core.decode_uploads([blank] * 2).shape == (2, 1, 28, 28)
     with pytest.raises(InputError, match="image 1: cannot decode"):
-        core.decode_uploads([buf.getvalue(), b"garbage"])
+        core.decode_uploads([blank, b"garbage"])
     with pytest.raises(InputError, match="no image uploaded"):
         core.decode_uploads([])
     with pytest.raises(InputError, match="limit is 4"):
-        core.decode_uploads([buf.getvalue()] * 5)
+        core.decode_uploads([blank] * 5)
     with pytest.raises(InputError, match="limit is 4"):
         core.validate(np.zeros((5, 28, 28)))
 

@@ -61,6 +61,9 @@ def test_a_client_example_runs_as_written(server, language, code):
         commands = [line for line in code.splitlines() if line.strip() and not line.lstrip().startswith("#")]
         assert all(line.startswith(("curl ", "  ")) for line in commands), \
             "a client block holds only curl commands (a server or set-up command belongs in its own block)"
+        # every curl fails on an HTTP error status, as the reader would see it fail: the examples are
+        # written for reading (`curl -s`), the test runs them strictly
+        code = re.sub(r"^curl ", "curl --fail-with-body ", code, flags=re.M)
         command = ["bash", "-euo", "pipefail", "-c", code]
     else:
         command = [sys.executable, "-c", code]

@@ -3,14 +3,13 @@ page's static files, against the tiny test model exported with the explorer's gr
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
 
 from serving.handlers.explorer import PERTURBATION_DELTAS
+from tests.helpers import encoded
 from training.data import synthetic_digits
 
 IMAGES = synthetic_digits(3, seed=11)[0].astype(np.float32) / 255.0  # [3, 28, 28]
@@ -83,9 +82,8 @@ def test_equivariance_strips_shift_and_rotate_the_input(client, explained):
 
 
 def test_explain_image_reports_the_image_the_model_saw(client):
-    buf = io.BytesIO()
-    Image.fromarray((255 - IMAGES[1] * 255).astype(np.uint8)).resize((140, 140)).save(buf, "PNG")  # dark on light
-    response = client.post("/explain_image", files=[("images", ("d.png", buf.getvalue(), "image/png"))])
+    upload = encoded(Image.fromarray((255 - IMAGES[1] * 255).astype(np.uint8)).resize((140, 140)))  # dark on light
+    response = client.post("/explain_image", files=[("images", ("d.png", upload, "image/png"))])
     assert response.status_code == 200, response.text
     (item,) = response.json()
     seen = np.array(item["input"])

@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 from export.onnx_export import export_onnx
 from export.registry import register_export
 from serving.oip.dataplane import EXTENSIONS
-from tests.serving.server import GRPC_TIMEOUT, OPERATOR, REQUEST_TIMEOUT, direct_outputs
+from tests.serving.server import CONTROL_KEY, GRPC_TIMEOUT, OPERATOR, REQUEST_TIMEOUT, direct_outputs, ready_server
 from training.config import TrainConfig
 
 NAME = "capsnet-e2e"
@@ -43,8 +43,11 @@ def second(synthetic_data_dir, tmp_path_factory) -> bentoml.Model:
 
 
 @pytest.fixture(scope="module")
-def server(oip_server, second):
-    return oip_server  # capsnet-e2e (pinned to its first version) and a pair model, model control on
+def server(registered, second):
+    """A server of this module's own (its tests load, unload and switch versions: no other module
+    sees that): capsnet-e2e pinned to its first version, batches of 8, model control on."""
+    yield from ready_server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_MAX_BATCH_SIZE": "8",
+                             "CAPSNET_MODEL_CONTROL": "explicit", "CAPSNET_CONTROL_KEY": CONTROL_KEY})
 
 
 def images_of(n: int, seed: int = 0) -> np.ndarray:

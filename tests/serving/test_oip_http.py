@@ -70,17 +70,22 @@ def test_errors_follow_the_protocol_and_the_server_keeps_answering(server, regis
     assert unknown.status_code == 404 and "capsnet-e2e" in unknown.json()["error"]
     assert httpx.get(f"{base}/models/{registered.tag.name}/versions/0", timeout=REQUEST_TIMEOUT).status_code == 404
     infer = f"{base}/models/{registered.tag.name}/infer"
-    bad = [{"inputs": [{"name": "image", "shape": [1, 1, 27, 27], "datatype": "FP32", "data": [0.0] * 729}]},
-           {"inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "INT32", "data": [0] * 784}]},
-           {"inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 10}]},
-           {"inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [2.0] * 784}]},
-           {"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]},
-           {"inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}],
-            "outputs": [{"name": "routing"}]}]
-    for request in bad:
+    image = {"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}
+    bad = [  # each malformed request, and the words its answer must hold
+        ({"inputs": [{**image, "shape": [1, 1, 27, 27], "data": [0.0] * 729}]},
+         "images must have shape [N, 28, 28] or [N, 1, 28, 28] for this model, got [1, 1, 27, 27]"),
+        ({"inputs": [{**image, "datatype": "INT32", "data": [0] * 784}]},
+         "input 'image' must be FP32 (or UINT8 pixels 0-255), got INT32"),
+        ({"inputs": [{**image, "data": [0.0] * 10}]}, "input 'image' holds 10 values; shape [1, 1, 28, 28] needs 784"),
+        ({"inputs": [{**image, "data": [2.0] * 784}]}, "pixel values must lie in [0, 1] (got 2..2)"),
+        ({"inputs": [{**image, "name": "pixels"}]}, "expected one input named 'image', got 'pixels'"),
+        ({"inputs": [image], "outputs": [{"name": "routing"}]}, "unknown outputs ['routing']; this model has"),
+    ]
+    for request, words in bad:
         response = httpx.post(infer, json=request, timeout=REQUEST_TIMEOUT)
-        assert response.status_code == 400 and response.json()["error"], request
-    assert httpx.post(infer, content=b"{not json", timeout=REQUEST_TIMEOUT).status_code == 400
+        assert response.status_code == 400 and words in response.json()["error"], (request, response.text)
+    not_json = httpx.post(infer, content=b"{not json", timeout=REQUEST_TIMEOUT)
+    assert not_json.status_code == 400 and "not a JSON inference request" in not_json.json()["error"]
     assert httpx.get(infer, timeout=REQUEST_TIMEOUT).status_code == 405
     with server.oip_http() as client, pytest.raises(InferenceServerException, match="unknown model"):
         client.get_model_metadata("nope")

@@ -1,4 +1,3 @@
-import io
 
 import numpy as np
 import pytest
@@ -6,13 +5,12 @@ from PIL import Image
 
 from serving.handlers.preprocess import preprocess_encoded, to_mnist
 from serving.handlers.validation import InputError
+from tests.helpers import encoded
 from training.data import load_split
 
 
 def encode(array: np.ndarray, fmt: str = "PNG", mode: str = "L") -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).convert(mode).save(buf, fmt)
-    return buf.getvalue()
+    return encoded(Image.fromarray(array).convert(mode), fmt)
 
 
 NOISE_PNG = encode(np.random.default_rng(0).integers(0, 255, (200, 200), dtype=np.uint8))
@@ -42,9 +40,7 @@ def test_large_dark_on_light_photo_becomes_mnist_like():
 def test_transparent_png_is_composited_on_white():
     rgba = np.zeros((50, 50, 4), np.uint8)
     rgba[10:40, 20:30] = (0, 0, 0, 255)  # opaque black stroke, transparent elsewhere
-    buf = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(buf, "PNG")
-    out = preprocess_encoded(buf.getvalue())[0]
+    out = preprocess_encoded(encoded(Image.fromarray(rgba, "RGBA")))[0]
     assert out.max() > 0.9 and out[0].max() == 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from serving.engine.providers import cuda_unavailable_reason
 from serving.handlers.preprocess import preprocess_encoded
+from tests.helpers import encoded
 from tests.serving.fakes import NAN_IMAGE
 from tests.serving.server import (
     GRPC_TIMEOUT,
@@ -24,6 +24,7 @@ from tests.serving.server import (
     TEST_LATENCY_CAP_MS,
     Server,
     direct_outputs,
+    serving,
 )
 from training.data import synthetic_digits
 
@@ -87,10 +88,14 @@ def test_classify_image_preprocesses_like_mnist(server, images):
     files, expected = [], []
     for k, digit in enumerate(pixels):
         big = Image.fromarray(255 - digit).resize((140, 140))  # dark on light, 5x larger, JPEG
-        buf = io.BytesIO()
-        big.save(buf, "JPEG" if k % 2 else "PNG")
-        files.append(("images", (f"digit{k}.{'jpg' if k % 2 else 'png'}", buf.getvalue(), "image/jpeg")))
-        expected.append(preprocess_encoded(buf.getvalue()))
+        upload = encoded(big, "JPEG" if k % 2 else "PNG")
+        files.append(("images", (f"digit{k}.{'jpg' if k % 2 else 'png'}", upload, "image/jpeg")))
+        expected.append(preprocess_encoded(upload))
+    # an independent check of the preparation itself: what the model sees is the digit that was
+    # uploaded, back in MNIST's form (light on dark, 28x28, centred), not just whatever
+    # preprocess_encoded returns (a 2-pixel shift of the same digit correlates below 0.9)
+    for prepared, digit in zip(expected, images[:6, 0], strict=True):
+        assert np.corrcoef(prepared.ravel(), digit.ravel())[0, 1] > 0.9
     response = server.post("classify_image", files=files)
     assert response.status_code == 200, response.text
     reference = server.post("classify", json={"images": np.stack(expected).tolist()}).json()
@@ -202,9 +207,7 @@ def test_a_bad_request_does_not_fail_its_batch_mates(server, images):
 
 
 def test_two_workers_share_the_grpc_port_and_metrics_count_every_request(registered, images):
-    s = Server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_WORKERS": "2"})
-    try:
-        s.wait()
+    with serving({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_WORKERS": "2"}) as s:
         deadline = time.monotonic() + START_TIMEOUT  # each worker starts its own gRPC server
         while s.output(tail=10**7).count(f"listening on 127.0.0.1:{s.grpc_port}") < 2:
             assert time.monotonic() < deadline, s.output()
@@ -214,8 +217,6 @@ def test_two_workers_share_the_grpc_port_and_metrics_count_every_request(registe
                  if line.startswith("nv_inference_count{") and 'model="capsnet-e2e"' in line]
         # Triton's series, summed over both workers' processes, saw every image
         assert sum(float(line.rpartition(" ")[2]) for line in lines) == 48, lines
-    finally:
-        s.stop()
 
 
 def test_a_taken_grpc_port_is_an_error_not_silently_shared(registered):

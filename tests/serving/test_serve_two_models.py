@@ -118,18 +118,16 @@ def test_wrong_size_and_unknown_model_are_clear_errors(server, pairs):
 
 
 def test_an_uploaded_pair_is_fitted_to_the_pair_models_input(server, pairs):
-    import io
-
     from PIL import Image
 
     from serving.handlers.preprocess import preprocess_encoded
+    from tests.helpers import encoded
 
-    buf = io.BytesIO()
-    Image.fromarray((255 - pairs[0][0, 0] * 255).astype(np.uint8)).resize((180, 180)).save(buf, "PNG")
-    response = server.post("classify_image", files=[("images", ("pair.png", buf.getvalue(), "image/png"))],
+    upload = encoded(Image.fromarray((255 - pairs[0][0, 0] * 255).astype(np.uint8)).resize((180, 180)))
+    response = server.post("classify_image", files=[("images", ("pair.png", upload, "image/png"))],
                            data={"model": "capsnet-multimnist"})
     assert response.status_code == 200, response.text
-    fitted = preprocess_encoded(buf.getvalue(), 36)
+    fitted = preprocess_encoded(upload, 36)
     assert fitted.shape == (1, 36, 36)
     reference = server.post("classify", json={"images": fitted[None].tolist(), "model": "capsnet-multimnist"}).json()
     assert [o["label"] for o in response.json()[0]["objects"]] == [o["label"] for o in reference[0]["objects"]]

@@ -4,21 +4,14 @@ TestClient, with its real startup (model load, warm-up, gRPC server) but no `ben
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from tests.helpers import encoded
 from tests.serving.fakes import NAN_IMAGE
 from training.data import synthetic_digits
-
-
-def encoded(array: np.ndarray, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, fmt)
-    return buf.getvalue()
 
 
 def png(array: np.ndarray) -> bytes:

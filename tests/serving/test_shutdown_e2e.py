@@ -14,17 +14,15 @@ import httpx
 import numpy as np
 import tritonclient.grpc.aio as grpc_aio
 
-from tests.serving.server import REQUEST_TIMEOUT, Server, direct_outputs
+from tests.serving.server import REQUEST_TIMEOUT, direct_outputs, serving
 
 PER_PROTOCOL = 4
 QUEUE_DELAY_S = 1.5
 
 
 def test_sigterm_answers_the_requests_in_flight_on_every_protocol_and_exits_cleanly(registered):
-    server = Server({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_MAX_BATCH_SIZE": "64",
-                     "CAPSNET_MAX_QUEUE_DELAY_MS": str(int(QUEUE_DELAY_S * 1000))})
-    try:
-        server.wait()
+    with serving({"CAPSNET_MODEL_TAG": str(registered.tag), "CAPSNET_MAX_BATCH_SIZE": "64",
+                  "CAPSNET_MAX_QUEUE_DELAY_MS": str(int(QUEUE_DELAY_S * 1000))}) as server:
         name = registered.tag.name
         images = np.random.default_rng(0).random((3 * PER_PROTOCOL, 1, 28, 28), dtype=np.float32)
 
@@ -69,5 +67,3 @@ def test_sigterm_answers_the_requests_in_flight_on_every_protocol_and_exits_clea
         assert server.process.wait(timeout=60) == 0, server.output()
         log = server.output(tail=10**6)
         assert "Completed async cleanup hook: stop_protocols" in log and "Traceback" not in log, log[-3000:]
-    finally:
-        server.stop()

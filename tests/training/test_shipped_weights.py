@@ -6,6 +6,7 @@ well as the manifest says and read the README's two example images, and a tamper
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 
@@ -100,8 +101,11 @@ def test_the_weights_classify_real_test_images_as_the_manifest_says(weights):
     n = 500 if dataset == "multimnist" else 1000
     model = model_from_checkpoint(load_weights(weights))
     errors = errors_on_test_images(model, dataset, root, n, manifest["train_config"]["max_shift"])
-    expected = (1 - manifest["evaluation"]["accuracy"]) * n  # this file's error rate on the whole test set
-    assert errors <= 2 * expected + 10, f"{errors} errors in {n}; the manifest's rate gives {expected:.0f}"
+    rate = 1 - manifest["evaluation"]["accuracy"]  # this file's error rate on the whole test set
+    # the manifest's rate on n examples, with four binomial standard deviations of room: a Fashion file
+    # at 84 % or a pair file at 66 % exact pairs (twice the errors, the old bound) fails
+    bound = rate * n + 4 * math.sqrt(n * rate * (1 - rate)) + 2
+    assert errors <= bound, f"{errors} errors in {n}; the manifest's rate allows {bound:.0f}"
 
 
 @pytest.mark.parametrize(("weights", "image", "answer"), [
