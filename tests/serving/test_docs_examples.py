@@ -72,3 +72,5 @@ def test_a_client_example_runs_as_written(server, language, code):
                           env={**os.environ, "CAPSNET_CONTROL_KEY": CONTROL_KEY})
     assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     assert done.stdout.strip() and '"error"' not in done.stdout, done.stdout[-2000:]
+    if "/load" in code:  # a load recipe shows its result: the status, then the index with what serves
+        assert done.stdout.startswith("200\n") and '"state":"READY"' in done.stdout.replace(" ", ""), done.stdout
