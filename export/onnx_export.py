@@ -27,6 +27,16 @@ from export.inference_graph import DecoderGraph, InferenceGraph
 from export.onnx_io import write_metadata
 from export.parity import check_parity, library_versions, quiet_third_party_loggers
 from export.parity_report import failure_summary, parity_summary
+from export.quantize import (
+    CALIBRATION_IMAGES,
+    GATE_FILE,
+    INT8_FILE,
+    MAX_ACCURACY_LOSS,
+    MIN_AGREEMENT,
+    QUANTIZED_OPS,
+    gate_failures,
+    quantize_and_gate,
+)
 from export.triton_repo import write_triton_repository
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, model_kind
 from training.config import TrainConfig
@@ -42,6 +52,10 @@ CONTROL_FLOW = {"Loop", "If", "Scan"}
 
 class ParityError(RuntimeError):
     """The exported graph does not compute what the checkpoint computes."""
+
+
+class QuantizationGateError(ParityError):
+    """The INT8 graph does not agree with the float32 one closely enough (export/quantize.py)."""
 
 
 def export_graph(graph: InferenceGraph | DecoderGraph, path: Path, metadata: dict[str, Any],
@@ -89,11 +103,12 @@ def graph_description(graph: InferenceGraph | DecoderGraph) -> str:
 def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruction: bool = False,
                 with_routing: bool = False, with_top2: bool = False, with_decoder: bool = False,
                 with_explorer: bool = False,
-                fp16: bool = False, routing_iters: int | None = None,
+                fp16: bool = False, int8: bool = False, routing_iters: int | None = None,
                 data_dir: str | Path | None = None, limit: int | None = None,
                 opset: int = OPSET) -> dict[str, Any]:
     """Export a checkpoint, prove parity and move model.onnx, parity.json, config.json into out_dir
-    (and decoder.onnx with `with_decoder`: poses + class -> image, for redrawing edited poses).
+    (and decoder.onnx with `with_decoder`: poses + class -> image, for redrawing edited poses; with
+    `int8`, model.int8.onnx and its gate quantization.json, export/quantize.py).
 
     `routing_iters` unrolls a different number of iterations than the checkpoint was trained with
     (parity is then proven against the checkpoint's weights at that depth, and capsnet verify
@@ -167,16 +182,26 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, with_reconstruct
                   "sections": [s for r in sections for s in r["sections"]],
                   "models": {r["onnx_model"]: r["onnx_sha256"] for r in sections}}
         parity["passed"] = all(r["passed"] for r in sections)
+        extra = []
+        if int8:
+            log.info("quantizing %s to INT8 (%s) and checking it on the validation split", INT8_FILE,
+                     ", ".join(QUANTIZED_OPS))
+            gate = quantize_and_gate(staging / "model.onnx", staging / INT8_FILE, ckpt["train_config"],
+                                     task.objects, data_dir, limit)
+            if not gate["passed"]:
+                raise QuantizationGateError(f"{INT8_FILE} fails its gate:\n{gate_failures(gate)}")
+            write_json(staging / GATE_FILE, gate)
+            extra = [INT8_FILE, GATE_FILE]
         if parity["inputs"]["kind"] == "synthetic":
             log.warning("parity was proven on synthetic images only (%s); the registered model is labelled "
                         "parity_inputs=synthetic", parity["inputs"]["source"])
         write_json(staging / "parity.json", parity)
         write_json(staging / "config.json", config)
-        for name in [*files, "parity.json", "config.json"]:
+        for name in [*files, *extra, "parity.json", "config.json"]:
             os.replace(staging / name, out_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"dir": str(out_dir), "files": [*files, "parity.json", "config.json"], "parity": parity,
+    return {"dir": str(out_dir), "files": [*files, *extra, "parity.json", "config.json"], "parity": parity,
             "config": config}
 
 
@@ -202,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
                         "--with-routing --with-decoder, and --with-top2-reconstructions for a pair model)")
     p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (float16 inside, "
                                                        "float32 in/out) with its own parity section")
+    p.add_argument("--int8", action="store_true",
+                   help=f"also write {INT8_FILE}: the Conv layers quantized to INT8 (static QDQ, calibrated on "
+                        f"{CALIBRATION_IMAGES} training images), checked on the validation split (agreement "
+                        f">= {100 * MIN_AGREEMENT:.1f} %%, accuracy loss <= {100 * MAX_ACCURACY_LOSS:.1f} point) "
+                        f"into {GATE_FILE}; a failed gate writes nothing (exit 1)")
     p.add_argument("--routing-iters", type=int, help="unroll this many routing iterations instead of "
                                                      "the checkpoint's (for experiments)")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
@@ -221,12 +251,18 @@ def main(argv: list[str] | None = None) -> int:
             result = export_onnx(args.checkpoint, args.out, with_explorer=not args.no_explorer,
                                  with_reconstruction=args.with_reconstruction, with_routing=args.with_routing,
                                  with_top2=args.with_top2_reconstructions, with_decoder=args.with_decoder,
-                                 fp16=args.fp16, routing_iters=args.routing_iters, data_dir=args.data_dir,
+                                 fp16=args.fp16, int8=args.int8, routing_iters=args.routing_iters,
+                                 data_dir=args.data_dir,
                                  limit=args.limit, opset=args.opset)
-        except ParityError as e:
-            log.error("parity FAILED, nothing written or registered:\n%s", e)
+        except ParityError as e:  # QuantizationGateError too
+            log.error("%s FAILED, nothing written or registered:\n%s",
+                      "the INT8 gate" if isinstance(e, QuantizationGateError) else "parity", e)
             return 1
         print(json.dumps(parity_summary(result["parity"]), indent=2))
+        if args.int8:
+            validation = json.loads((Path(args.out) / GATE_FILE).read_text())["splits"]["validation"]
+            print(f"INT8 gate passed: agreement {100 * validation['agreement']:.2f} %, validation accuracy "
+                  f"{100 * validation['int8_accuracy']:.2f} % (float32 {100 * validation['fp32_accuracy']:.2f} %)")
         name = args.name or result["config"]["task"]["served_name"]
         if args.register:
             from export.registry import register_export
