@@ -75,10 +75,13 @@ endif
 
 # What follows training, for a run folder holding best.pt ($(1)): evaluate, export with the explorer's
 # graphs and parity (which registers it), verify. `model` and `pretrained-model` both end with it.
+# INT8=1 also exports and registers each model's INT8 graph (capsnet export --int8; docs/export.md)
+# and verifies it.
 define evaluate_export_verify
 	$(BIN)/capsnet evaluate $(1)/best.pt
-	$(BIN)/capsnet export $(1)/best.pt -o $(1)/export
+	$(BIN)/capsnet export $(1)/best.pt -o $(1)/export$(if $(filter 1,$(INT8)), --int8)
 	$(BIN)/capsnet verify $(1)/export/model.onnx $(1)/best.pt
+	$(if $(filter 1,$(INT8)),$(BIN)/capsnet verify $(1)/export/model.int8.onnx $(1)/best.pt)
 endef
 
 model: setup  ## train the quick model, evaluate, export with parity, register, verify (no serving)
@@ -96,6 +99,7 @@ pipeline: model  ## `model`, then serve it (HTTP :3000, OIP REST :8000, gRPC :80
 # task's model once it is shipped); WEIGHTS="A.safetensors B.safetensors" for others (NAME.json beside each).
 WEIGHTS ?= $(sort $(wildcard weights/*.safetensors))
 PRETRAINED_RUNS ?= runs
+INT8 ?= 0
 pretrained_run = $(PRETRAINED_RUNS)/$(basename $(notdir $(1)))
 # The blank line before endef ends each file's commands with a newline, so `foreach` keeps them apart.
 define unpack_evaluate_export_verify

@@ -24,13 +24,11 @@ import onnx
 import torch
 
 from export.inference_graph import DecoderGraph, InferenceGraph
-from export.onnx_io import write_metadata
+from export.onnx_io import GATE_FILE, INT8_FILE, write_metadata
 from export.parity import check_parity, library_versions, quiet_third_party_loggers
 from export.parity_report import failure_summary, parity_summary
 from export.quantize import (
     CALIBRATION_IMAGES,
-    GATE_FILE,
-    INT8_FILE,
     MAX_ACCURACY_LOSS,
     MIN_AGREEMENT,
     QUANTIZED_OPS,
@@ -268,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             from export.registry import register_export
 
             print(f"registered BentoML model {register_export(args.out, name)}")
+            if args.int8:  # its own version, chosen by the version policy like any other
+                print(f"registered BentoML model {register_export(args.out, name, precision='int8')} (INT8)")
         if args.triton_repo:
             folder = write_triton_repository(args.out, args.triton_repo, name, args.triton_instance)
             print(f"wrote Triton model {folder}")

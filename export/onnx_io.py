@@ -13,6 +13,9 @@ import onnxruntime as ort
 from training.errors import UserError
 
 METADATA_PREFIX = "capsnet."
+# The INT8 graph of an export and its gate (capsnet export --int8, export/quantize.py); here, free of
+# torch, so that registration (export/registry.py) can name them.
+INT8_FILE, GATE_FILE = "model.int8.onnx", "quantization.json"
 
 
 class UnusableInputError(UserError, ValueError):

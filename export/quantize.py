@@ -31,7 +31,6 @@ from training.tasks import training_data
 
 log = logging.getLogger(__name__)
 
-INT8_FILE, GATE_FILE = "model.int8.onnx", "quantization.json"
 CALIBRATION_IMAGES, CALIBRATION_SEED, CALIBRATION_BATCH = 512, 0, 32
 MIN_AGREEMENT, MAX_ACCURACY_LOSS = 0.998, 0.001
 QUANTIZED_OPS = ["Conv"]

@@ -19,10 +19,10 @@ import logging
 import sys
 from pathlib import Path
 
-from export.onnx_io import UnusableInputError
+from export.onnx_io import GATE_FILE, INT8_FILE, UnusableInputError
 from export.parity import quiet_third_party_loggers, verify_parity
 from export.parity_report import failure_summary, parity_summary
-from export.quantize import GATE_FILE, INT8_FILE, gate_failures, quantization_gate, task_data
+from export.quantize import gate_failures, quantization_gate, task_data
 from training.data import DATA_DIR_HELP
 from training.errors import run_cli, setup_cli_logging
 from training.fileio import sha256_file, write_json

@@ -44,7 +44,8 @@ def bento_model_tags(source_root: Path) -> list[str]:
 
 def list_store(extra_names: tuple[str, ...] = ()) -> list[StoredVersion]:
     """Every registered version of the capsnet-* models (and of `extra_names`), as the repository sees them."""
-    return [StoredVersion(m.tag.name, m.tag.version, m.info.creation_time, m.info.metadata.get("val_accuracy"))
+    return [StoredVersion(m.tag.name, m.tag.version, m.info.creation_time, m.info.metadata.get("val_accuracy"),
+                          m.info.metadata.get("precision", "fp32"))
             for m in bentoml.models.list() if m.tag.name.startswith(MODEL_PREFIX) or m.tag.name in extra_names]
 
 

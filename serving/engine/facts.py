@@ -23,6 +23,8 @@ SERVED_OUTPUTS = (PROBABILITIES, POSES, RECONSTRUCTIONS_TOP2)
 RECONSTRUCTION, ROUTING, PRIMARY_LENGTHS = "reconstruction", "routing", "primary_lengths"
 EXPLAIN_OUTPUTS = (RECONSTRUCTION, ROUTING, PRIMARY_LENGTHS)
 CONFIG_FILE = "config.json"
+# The graph file of each precision a registered version may serve in (export/registry.py).
+MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 
 
 def task_of(description: dict[str, Any]) -> dict[str, Any]:
@@ -42,6 +44,16 @@ class ModelFacts:
     def read(cls, export_dir: str | Path) -> ModelFacts:
         """The facts of the export in `export_dir` (a store model's folder or an export folder)."""
         return cls(json.loads((Path(export_dir) / CONFIG_FILE).read_text()))
+
+    @property
+    def precision(self) -> str:
+        """"fp32", or "int8" for a version registered from capsnet export --int8."""
+        return str(self.config.get("precision", "fp32"))
+
+    @property
+    def model_file(self) -> str:
+        """The graph this version serves: model.onnx, or model.int8.onnx."""
+        return MODEL_FILES[self.precision]
 
     @property
     def image_size(self) -> int:

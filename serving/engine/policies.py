@@ -1,6 +1,7 @@
 """Which registered versions of a model serve: the store's view of a version and the version
 policies (CAPSNET_VERSION_POLICY), in the spirit of Triton's `version_policy`:
-    best          one version: the highest validation accuracy recorded at export (newest on a tie)
+    best          one version: the highest validation accuracy recorded at export (on a tie float32
+                  before INT8, then the newest)
     latest[:N]    the N newest (default 1)
     all           every registered version
     specific:V,W  exactly these versions
@@ -35,6 +36,7 @@ class StoredVersion:
     version: str
     created: datetime
     val_accuracy: float | None = None
+    precision: str = "fp32"  # an INT8 version (capsnet export --int8) says "int8"
 
     @property
     def tag(self) -> str:
@@ -102,7 +104,10 @@ class VersionPolicy:
         not registered."""
         newest = sorted(versions, key=lambda v: v.created, reverse=True)
         if self.kind == "best":
-            ranked = sorted(newest, key=lambda v: -1.0 if v.val_accuracy is None else v.val_accuracy, reverse=True)
+            # the highest validation accuracy; among equals float32 before INT8 (a quantized graph
+            # serves by `best` only when it measured better), then the newest
+            ranked = sorted(newest, key=lambda v: (-1.0 if v.val_accuracy is None else v.val_accuracy,
+                                                   v.precision == "fp32"), reverse=True)
             return ranked[:1]
         if self.kind == "latest":
             return newest[:self.count]

@@ -31,7 +31,7 @@ class CapsNetRuntime:
         options.intra_op_num_threads = intra_op_threads
         self.cuda_unavailable = cuda_unavailable_reason()
         wanted = [CPU] if self.cuda_unavailable else [CUDA, CPU]
-        self.session = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=wanted)
+        self.session = ort.InferenceSession(str(model_dir / self.facts.model_file), options, providers=wanted)
         self.provider = self.session.get_providers()[0]
         if wanted[0] == CUDA and self.provider != CUDA:
             self.cuda_unavailable = ("a GPU is visible and the CUDA libraries loaded, but ONNX Runtime did not "

@@ -100,12 +100,12 @@ class ModelVersion:
         return (f"{self.tag} ({trained or 'training not recorded'}; {accuracy or 'no accuracy recorded'}; "
                 f"from {p['source'] or 'an older export (source not recorded)'}; "
                 f"{size}x{size} input, {self.objects} object(s) per input, "
-                f"on {self.runtime.provider})")
+                f"{self.facts.precision}, on {self.runtime.provider})")
 
     def describe(self) -> dict[str, Any]:
         """What a client needs to call this model, and which version it is."""
         facts = self.facts
-        return {"model_tag": self.tag, "name": self.name, **self.provenance(),
+        return {"model_tag": self.tag, "name": self.name, **self.provenance(), "precision": facts.precision,
                 "input_size": [1, facts.image_size, facts.image_size],
                 "task": facts.task,
                 "class_names": facts.class_names, "outputs": facts.output_dims,

@@ -123,9 +123,11 @@ class DataPlane:
         and no preferred sizes (it has none)."""
         model = self.repository.find(name, version)
         delay_us = round(1000 * self.classifier.settings.max_queue_delay_ms)
-        return model_config(name, inputs_of(model.facts), outputs_of(model.facts), max_batch_size=self.max_images,
-                            instance_kind="gpu" if model.on_gpu else "cpu", preferred_batch_sizes=(),
-                            max_queue_delay_us=delay_us)
+        config = model_config(name, inputs_of(model.facts), outputs_of(model.facts), max_batch_size=self.max_images,
+                              instance_kind="gpu" if model.on_gpu else "cpu", preferred_batch_sizes=(),
+                              max_queue_delay_us=delay_us)
+        config.parameters["precision"].string_value = model.facts.precision  # fp32, or int8
+        return config
 
     # inference
 

@@ -75,6 +75,7 @@ def test_metadata_and_several_models(core, registered):
     assert described["version"] == registered.tag.version and described["source"].endswith(".pt")  # its checkpoint
     assert described["training"]["variant"] and described["validation_accuracy"] == registered.info.metadata[
         "val_accuracy"]
+    assert described["precision"] == "fp32"  # an INT8 version says int8 (tests/export/test_quantize.py)
     second = ModelVersion.load("other:v2", registered.path, {}, core.settings.batching)
     both = Classifier.of([core.model, second], core.settings)
     assert [m.tag for m in both.models] == [str(registered.tag), "other:v2"] and both.model is core.model

@@ -244,3 +244,8 @@ def test_a_load_whose_export_cannot_be_opened_fails_on_both_transports_and_keeps
     assert answer.status_code == 500 and aborted.code == grpc.StatusCode.INTERNAL
     assert plane.repository.served == served  # the version that served still serves
     assert "cannot open the export of m:2" in caplog.text  # the cause is in the log
+
+
+def test_the_served_model_config_names_the_precision_it_runs_in(model):
+    config = dataplane(model).model_config("m", "")
+    assert config.parameters["precision"].string_value == "fp32"

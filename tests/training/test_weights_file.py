@@ -200,6 +200,15 @@ def test_make_pretrained_model_takes_every_weights_file_in_turn(tmp_path):
         f"capsnet verify {runs / name}/export/model.onnx {runs / name}/best.pt")]
 
 
+def test_make_pretrained_model_with_int8_exports_and_verifies_the_int8_graph_too(tmp_path):
+    weights, runs = tmp_path / "a.safetensors", tmp_path / "runs"
+    weights.write_bytes(b"")
+    commands = _pretrained_commands(f"WEIGHTS={weights}", f"PRETRAINED_RUNS={runs}", "INT8=1")
+    assert f"capsnet export {runs}/a/best.pt -o {runs}/a/export --int8" in commands
+    assert commands[-1] == f"capsnet verify {runs}/a/export/model.int8.onnx {runs}/a/best.pt"
+    assert not any("--int8" in c or "int8" in c for c in _pretrained_commands(f"WEIGHTS={weights}"))
+
+
 def test_make_pretrained_model_defaults_to_every_shipped_weights_file():
     shipped = sorted((REPO / "weights").glob("*.safetensors"))
     unpacked = [c.split()[3] for c in _pretrained_commands() if c.startswith("capsnet weights unpack")]
