@@ -213,10 +213,18 @@ def test_two_workers_share_the_grpc_port_and_metrics_count_every_request(registe
             assert time.monotonic() < deadline, s.output()
             time.sleep(0.5)
         send_single_images_concurrently(s, registered, images, 48)
+        # OIP REST shares its port between the two workers too (SO_REUSEPORT): every request answered
+        infer = f"http://127.0.0.1:{s.oip_port}/v2/models/{registered.tag.name}/infer"
+        request = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                               "data": images[0].reshape(-1).tolist()}]}
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda _: httpx.post(infer, json=request, timeout=REQUEST_TIMEOUT).status_code,
+                                     range(16)))
+        assert statuses == [200] * 16
         lines = [line for line in httpx.get(s.url + "/metrics", timeout=5).text.splitlines()
                  if line.startswith("nv_inference_count{") and 'model="capsnet-e2e"' in line]
         # Triton's series, summed over both workers' processes, saw every image
-        assert sum(float(line.rpartition(" ")[2]) for line in lines) == 48, lines
+        assert sum(float(line.rpartition(" ")[2]) for line in lines) == 48 + 16, lines
 
 
 def test_a_taken_grpc_port_is_an_error_not_silently_shared(registered):
