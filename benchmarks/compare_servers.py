@@ -6,6 +6,8 @@ mean batch per protocol and level, and candidate / baseline ratios (medians over
     git worktree add /tmp/baseline <commit>
     python benchmarks/compare_servers.py --baseline /tmp/baseline --model capsnet-mnist:VERSION \\
         [--rounds 2] [--levels 1 16 64] [--seconds 10] [--out benchmarks/results/NAME.jsonl]
+    # two versions from one tree, e.g. INT8 (candidate) against float32 (baseline):
+    python benchmarks/compare_servers.py --baseline . --model capsnet-mnist:INT8 --baseline-model capsnet-mnist:FP32
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baseline", required=True, type=Path, help="the other source tree (a git worktree)")
     p.add_argument("--model", required=True, help="the registered model both serve, NAME:VERSION")
+    p.add_argument("--baseline-model", help="another version for the baseline to serve (default: --model): "
+                   "the same tree twice then compares two versions, e.g. float32 against INT8")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--seconds", type=float, default=10.0)
@@ -68,8 +72,9 @@ def main() -> None:
     args = p.parse_args()
     runs: dict[str, list[dict]] = {"candidate": [], "baseline": []}
     for _ in range(args.rounds):
-        for name, tree in (("candidate", CANDIDATE), ("baseline", args.baseline)):
-            server = serve(tree, args.model)
+        for name, tree, model in (("candidate", CANDIDATE, args.model),
+                                  ("baseline", args.baseline, args.baseline_model or args.model)):
+            server = serve(tree, model)
             try:
                 runs[name].append(load(args.levels, args.seconds, args.protocols))
             finally:
@@ -95,6 +100,7 @@ def main() -> None:
                   f"{row['p99_ms_baseline']:>9.1f}{row['mean_batch_size_candidate']:>10.1f}"
                   f"{row['mean_batch_size_baseline']:>11.1f}")
     record = {"date": date.today().isoformat(), "machine": cpu_words(), "model": args.model,
+              "baseline_model": args.baseline_model or args.model,
               "baseline": str(args.baseline), "rounds": args.rounds, "seconds": args.seconds, "rows": table,
               "candidate_commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=CANDIDATE,
                                                  capture_output=True, text=True).stdout.strip(),
