@@ -21,8 +21,10 @@ class Recording:
         self.batches: list[int] = []
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()  # set once a batch has reached the model
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        self.entered.set()
         self.gate.wait(10)
         self.batches.append(len(images))
         return {"probabilities": images[:, 0, 0, :2].copy(), "poses": np.zeros((len(images), 2, 3), np.float32)}
@@ -158,3 +160,23 @@ def test_a_queue_delay_gathers_requests_that_arrive_apart_and_a_full_batch_ends_
 
     run(full())
     assert model.batches == [3, 4]
+
+
+def test_a_request_whose_client_went_away_is_dropped_before_its_batch_runs():
+    model = Recording()
+    batcher = DynamicBatcher(model, max_batch_size=8, max_latency_ms=10_000, statistics=ModelStatistics("m", "1"))
+
+    async def scenario() -> list:
+        model.gate.clear()
+        first = asyncio.create_task(batcher.submit(images(100)))  # runs alone, held on the gate
+        while not model.entered.is_set():  # the model is busy with it: the next ones queue
+            await asyncio.sleep(0.001)
+        queued = [asyncio.create_task(batcher.submit(images(10 * k))) for k in range(3)]
+        await asyncio.sleep(0)  # they reach the queue
+        queued[1].cancel()  # that client disconnected while it waited
+        model.gate.set()
+        return await asyncio.gather(first, queued[0], queued[2])
+
+    answers = run(scenario())
+    assert model.batches == [1, 2]  # the cancelled request never reached the model
+    assert [a.outputs["probabilities"][:, 0].tolist() for a in answers] == [[100], [0], [20]]
