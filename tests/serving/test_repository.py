@@ -149,3 +149,35 @@ def test_load_and_unload_need_model_control():
         with pytest.raises(ModelControlDisabled, match="CAPSNET_MODEL_CONTROL=explicit"):
             run(action)
     assert repo.find("capsnet-mnist").version == "shipped"
+
+
+def test_an_unload_sent_while_a_load_opens_waits_for_it_and_wins():
+    """Load and unload take the repository's lock in turn: an unload that arrives while a load is
+    still opening its version is applied after the load, never interleaved with it, so the model
+    ends unloaded (the later request) and the load's version is not left half in service."""
+    opening, release = threading.Event(), threading.Event()
+
+    def slow_open(stored: StoredVersion) -> Opened:
+        opening.set()
+        release.wait(timeout=60)  # a hang guard only: the test releases it
+        return Opened(stored.name, stored.version)
+
+    repo = ModelRepository(lambda: STORE, slow_open, control=True)
+    repo.served["capsnet-mnist"] = [Opened("capsnet-mnist", "shipped")]
+
+    async def scenario() -> tuple[list[str], bool]:
+        load = asyncio.create_task(repo.load("capsnet-mnist", VersionPolicy.parse("specific:quick")))
+        while not opening.is_set():
+            await asyncio.sleep(0.001)
+        unload = asyncio.create_task(repo.unload("capsnet-mnist"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        waited = not unload.done()  # the unload waits on the lock the load holds
+        release.set()
+        loaded = await load
+        await unload
+        return loaded, waited
+
+    loaded, waited = run(scenario())
+    assert loaded == ["quick"] and waited
+    assert not repo.serves("capsnet-mnist") and "unloaded" in repo.unavailable["capsnet-mnist"]
