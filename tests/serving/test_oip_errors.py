@@ -27,14 +27,17 @@ def model() -> Blocking:
     return called
 
 
-def rest(model: Blocking, method: str, path: str, **request) -> httpx.Response:
-    app = OipRestApp(dataplane(model), 1 << 20)
-
-    async def call() -> httpx.Response:
+def call(app: OipRestApp, method: str, path: str, **request) -> httpx.Response:
+    """One request to the OIP REST app in-process."""
+    async def one() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
             return await client.request(method, path, **request)
 
-    return run(call())
+    return run(one())
+
+
+def rest(model: Blocking, method: str, path: str, **request) -> httpx.Response:
+    return call(OipRestApp(dataplane(model), 1 << 20), method, path, **request)
 
 
 def binary_body(header: dict, data: bytes) -> tuple[bytes, dict[str, str]]:
@@ -112,14 +115,8 @@ def test_rest_repository_and_statistics_errors(model, path, request_body, status
 def test_a_bad_load_config_is_a_400_and_changes_nothing(config, message):
     plane = dataplane(None, control=True)
     plane.repository.list_store = lambda: [StoredVersion("m", "1", datetime(2026, 1, 1))]
-    app = OipRestApp(plane, 1 << 20)
-
-    async def call() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
-            return await client.post("/v2/repository/models/m/load", json={"parameters": {"config": config}},
-                                     headers={"capsnet-control-key": CONTROL_KEY})
-
-    answer = run(call())
+    answer = call(OipRestApp(plane, 1 << 20), "POST", "/v2/repository/models/m/load",
+                  json={"parameters": {"config": config}}, headers={"capsnet-control-key": CONTROL_KEY})
     assert answer.status_code == 400 and message in answer.json()["error"] and plane.repository.served == {}
 
 
@@ -160,15 +157,11 @@ def test_load_and_unload_without_the_operators_key_are_refused_on_both_transport
     app = OipRestApp(plane, 1 << 20)
     headers = {} if key is None else {"capsnet-control-key": key}
 
-    async def call(action: str) -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
-            return await client.post(f"/v2/repository/models/m/{action}", headers=headers)
-
     servicer = InferenceServicer(plane)
     metadata = () if key is None else (("capsnet-control-key", key),)
     with caplog.at_level("WARNING"):
         for action in ("unload", "load"):
-            answer = run(call(action))
+            answer = call(app, "POST", f"/v2/repository/models/m/{action}", headers=headers)
             assert answer.status_code == status and message in answer.json()["error"]
         for rpc, request in ((servicer.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name="m")),
                              (servicer.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="m"))):
@@ -183,13 +176,9 @@ def test_the_operators_key_unloads_on_rest_and_loads_on_grpc():
     plane.repository.list_store = lambda: [StoredVersion("m", "1", datetime(2026, 1, 1))]
     version = plane.repository.served["m"][0]
     plane.repository.open_version = lambda stored: version  # what a load opens again
-    app = OipRestApp(plane, 1 << 20)
-
-    async def unload() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
-            return await client.post("/v2/repository/models/m/unload", headers={"capsnet-control-key": CONTROL_KEY})
-
-    assert run(unload()).status_code == 200 and not plane.repository.serves("m")
+    unloaded = call(OipRestApp(plane, 1 << 20), "POST", "/v2/repository/models/m/unload",
+                    headers={"capsnet-control-key": CONTROL_KEY})
+    assert unloaded.status_code == 200 and not plane.repository.serves("m")
     servicer = InferenceServicer(plane)
     run(servicer.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="m"),
                                      FakeContext((("capsnet-control-key", CONTROL_KEY),))))
@@ -197,13 +186,7 @@ def test_the_operators_key_unloads_on_rest_and_loads_on_grpc():
 
 
 def test_oip_rest_refuses_a_body_over_the_limit_with_413_before_the_model_runs(model):
-    app = OipRestApp(dataplane(model), 1000)
-
-    async def call() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
-            return await client.post("/v2/models/m/infer", json=oip_request())  # ~3 kB of JSON
-
-    answer = run(call())
+    answer = call(OipRestApp(dataplane(model), 1000), "POST", "/v2/models/m/infer", json=oip_request())  # ~3 kB
     assert answer.status_code == 413 and "over 1000 bytes (CAPSNET_MAX_REQUEST_BYTES)" in answer.json()["error"]
     assert model.calls == 0
 
@@ -231,14 +214,9 @@ def test_a_load_whose_export_cannot_be_opened_fails_on_both_transports_and_keeps
         raise OSError(f"cannot open the export of {stored.name}:{stored.version}")
 
     plane.repository.open_version = broken
-    app = OipRestApp(plane, 1 << 20)
-
-    async def call() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://oip") as client:
-            return await client.post("/v2/repository/models/m/load", headers={"capsnet-control-key": CONTROL_KEY})
-
     with caplog.at_level("WARNING"):
-        answer = run(call())
+        answer = call(OipRestApp(plane, 1 << 20), "POST", "/v2/repository/models/m/load",
+                      headers={"capsnet-control-key": CONTROL_KEY})
         aborted = grpc_abort(InferenceServicer(plane).RepositoryModelLoad(
             pb.RepositoryModelLoadRequest(model_name="m"), FakeContext((("capsnet-control-key", CONTROL_KEY),))))
     assert answer.status_code == 500 and aborted.code == grpc.StatusCode.INTERNAL
