@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +81,13 @@ class ModelFacts:
     def graph_outputs(self) -> list[str]:
         return list(self.config["outputs"])
 
-    @property
+    # served_outputs and output_dims are read on every request (runtime, data plane, packing): worked
+    # out once per version, not per request. Nothing changes `config` after it is read.
+    @cached_property
     def served_outputs(self) -> list[str]:
         """The outputs every protocol returns, in packing order."""
-        return [name for name in SERVED_OUTPUTS if name in self.graph_outputs]
+        graph = set(self.graph_outputs)
+        return [name for name in SERVED_OUTPUTS if name in graph]
 
     @property
     def reconstructs(self) -> bool:
@@ -95,7 +99,7 @@ class ModelFacts:
         """explain / reconstruct / perturb work: the export has the decoder and the explorer's outputs."""
         return bool(self.config.get("decoder")) and set(EXPLAIN_OUTPUTS) <= set(self.graph_outputs)
 
-    @property
+    @cached_property
     def output_dims(self) -> dict[str, list[int]]:
         """Per served output, its shape after the batch axis."""
         k, d, s = len(self.class_names), self.pose_dim, self.image_size
